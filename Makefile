@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Each creates the
+# local virtual environment .venv when it is missing and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint doc bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[tests,docs]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m skdnc --output skdnc_output
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check skdnc tests examples benchmarks
+	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(MAKE) doc
+
+doc: $(STAMP)
+	rm -rf doc/_build doc/auto_examples doc/generated
+	$(VENV)/bin/sphinx-build -W --keep-going -b html doc doc/_build/html
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[benchmarks]"
+	$(PY) benchmarks/bench_rfm.py
+
+clean:
+	rm -rf $(VENV) doc/_build doc/auto_examples doc/generated

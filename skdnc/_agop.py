@@ -1,0 +1,196 @@
+"""The Average Gradient Outer Product (AGOP) of kernel predictors, and PSD powers.
+
+For a kernel predictor :math:`f(x) = \\sum_j \\alpha_j k_M(x, c_j)` with outputs
+:math:`f_1, \\dots, f_K`, the AGOP over points :math:`x_1, \\dots, x_m` is
+
+.. math:: \\mathrm{AGOP}(f) = \\frac{1}{m} \\sum_{i=1}^m \\sum_{c=1}^K
+          \\nabla f_c(x_i) \\nabla f_c(x_i)^\\top
+
+(Section 3.3 of the paper). For a radial kernel,
+:math:`\\nabla_x k_M(x, z) = w(x, z)\\, M (z - x)` (see
+:meth:`skdnc._kernels.Kernel.gradient_weights`), so with the weight matrix
+:math:`W_{ij} = w(x_i, c_j)`,
+
+.. math:: \\nabla f_c(x_i) = M \\Big(\\sum_j W_{ij}\\alpha_{jc} c_j
+          - \\big(\\textstyle\\sum_j W_{ij} \\alpha_{jc}\\big) x_i\\Big)
+          = M h_{ic}.
+
+All :math:`h_{ic}` of a block of points come from two matrix products,
+``W @ (alpha (x) C)`` and ``W @ alpha``, and the AGOP is
+:math:`M (\\frac{1}{m}\\sum h h^\\top) M`: batched GEMMs, never an ``m x n x d`` or
+``K x m x n`` tensor. This module is the only place in skdnc that computes an AGOP.
+"""
+
+import torch
+
+from skdnc._kernels import apply_metric, iter_row_blocks, sqdist
+
+AGOP_NORMALIZATIONS = ("max", "trace", None)
+
+
+def kernel_agop(
+    X,
+    centers,
+    alpha,
+    M,
+    kernel,
+    *,
+    self_index=None,
+    centering=False,
+    diag=False,
+    block_size=None,
+):
+    """AGOP of ``f(x) = k_M(x, centers) @ alpha`` over the rows of ``X``.
+
+    Parameters
+    ----------
+    X : torch.Tensor of shape (m, d)
+        Points at which the gradients are taken.
+    centers : torch.Tensor of shape (n, d)
+        The kernel machine's centres.
+    alpha : torch.Tensor of shape (n, K)
+        Dual coefficients.
+    M : torch.Tensor of shape (d, d) or (d,), or None
+        Mahalanobis matrix (full, diagonal, or the identity).
+    kernel : skdnc._kernels.Kernel
+    self_index : torch.Tensor of shape (m,), dtype long, optional
+        ``self_index[i] = j`` when ``X[i]`` is ``centers[j]`` (``-1`` when it is not
+        a centre). Those self-pairs, where the gradient of a Laplace kernel is not
+        defined, are dropped by index, as in the paper's code.
+    centering : bool, default=False
+        Subtract each output's mean gradient before the outer products (the AGOP
+        is then the gradients' covariance rather than their second moment).
+    diag : bool, default=False
+        Return only the diagonal of the AGOP.
+    block_size : int, optional
+        Rows of ``X`` per block; default all at once.
+
+    Returns
+    -------
+    agop : torch.Tensor of shape (d, d), or (d,) when ``diag``
+        Averaged over the ``m`` points and summed over the ``K`` outputs.
+    """
+    m, d = X.shape
+    n, n_outputs = alpha.shape
+    # alpha (x) C: row j holds alpha_jc * c_j for every output c, shape (n, K * d).
+    alpha_centers = (alpha[:, :, None] * centers[:, None, :]).reshape(n, -1)
+    c_sqnorms = (apply_metric(centers, M) * centers).sum(dim=1)
+    acc = X.new_zeros(d if diag else (d, d))
+    hsum = X.new_zeros(n_outputs, d)
+    for rows in iter_row_blocks(m, block_size or m):
+        Xb = X[rows]
+        D2 = sqdist(Xb, centers, M, Z_sqnorms=c_sqnorms)
+        W = kernel.gradient_weights(kernel.from_sqdist(D2.clone()), D2)
+        del D2
+        if self_index is not None:
+            idx = self_index[rows]
+            hit = (idx >= 0).nonzero().squeeze(1)
+            W[hit, idx[hit]] = 0.0
+        H = (W @ alpha_centers).view(-1, n_outputs, d)
+        H -= (W @ alpha)[:, :, None] * Xb[:, None, :]
+        del W
+        hsum += H.sum(dim=0)
+        H = H.view(-1, d)
+        acc += (H * H).sum(dim=0) if diag else H.T @ H
+    acc /= m
+    if centering:
+        hbar = hsum / m
+        acc -= (hbar * hbar).sum(dim=0) if diag else hbar.T @ hbar
+    if M is None:
+        return acc
+    if M.ndim == 1:  # diagonal metric: M h scales coordinates
+        return acc * M * M if diag else acc * M[:, None] * M[None, :]
+    if diag:
+        raise ValueError("diag=True needs a diagonal M (a 1-D tensor) or None.")
+    return M @ acc @ M
+
+
+def normalize_agop(A, normalization="max"):
+    """Rescale an AGOP (full or diagonal).
+
+    Parameters
+    ----------
+    A : torch.Tensor of shape (d, d) or (d,)
+    normalization : {"max", "trace", None}
+        ``"max"``: divide by the largest entry (for a PSD matrix, the largest
+        diagonal entry), what the paper's code and the ``rfm`` package do.
+        ``"trace"``: scale to trace ``d``, the trace of the identity M starts
+        from, so that distances keep the scale the bandwidth was chosen for.
+        ``None``: leave as it is.
+
+    Returns
+    -------
+    A : torch.Tensor
+        A new tensor; unchanged when the AGOP is zero (a constant predictor).
+    """
+    diagonal = A if A.ndim == 1 else torch.diagonal(A)
+    if normalization is None:
+        return A.clone()
+    if normalization == "max":
+        scale = diagonal.max()
+    elif normalization == "trace":
+        scale = diagonal.sum() / diagonal.shape[0]
+    else:
+        raise ValueError(
+            f"agop_normalization must be one of {AGOP_NORMALIZATIONS}; got "
+            f"{normalization!r}."
+        )
+    if not torch.isfinite(scale) or scale <= 0:
+        return A.clone()
+    return A / scale
+
+
+def psd_power(M, power=0.5):
+    """Power of a symmetric PSD matrix via ``eigh`` in float64, negatives clipped.
+
+    Parameters
+    ----------
+    M : torch.Tensor of shape (d, d) or (d,)
+        Symmetric matrix, or the diagonal of a diagonal one.
+    power : float, default=0.5
+
+    Returns
+    -------
+    M_power : torch.Tensor, same shape, dtype and device as ``M``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdnc._agop import psd_power
+    >>> A = torch.tensor([[4.0, 0.0], [0.0, 9.0]], dtype=torch.float64)
+    >>> psd_power(A, 0.5)
+    tensor([[2., 0.],
+            [0., 3.]], dtype=torch.float64)
+    """
+    if M.ndim == 1:
+        return M.double().clamp(min=0).pow(power).to(M.dtype)
+    M64 = M.double()
+    evals, evecs = torch.linalg.eigh((M64 + M64.T) / 2)
+    evals = evals.clamp(min=0).pow(power)
+    return ((evecs * evals) @ evecs.T).to(M.dtype)
+
+
+def sample_points(n, agop_samples, generator):
+    """Indices of a seeded random subset of ``range(n)`` (sorted).
+
+    Parameters
+    ----------
+    n : int
+    agop_samples : int, float in (0, 1] or None
+        A number of points, a fraction of ``n``, or ``None`` for all points up to
+        20,000 (a random 20,000 beyond).
+    generator : torch.Generator
+
+    Returns
+    -------
+    index : torch.Tensor of shape (m,), dtype long, on the CPU
+    """
+    if agop_samples is None:
+        m = min(n, 20_000)
+    elif isinstance(agop_samples, float):
+        m = max(1, int(round(agop_samples * n)))
+    else:
+        m = min(n, int(agop_samples))
+    if m >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:m].sort().values

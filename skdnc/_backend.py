@@ -1,0 +1,118 @@
+"""Torch backend helpers: device and dtype resolution, array conversion, seeding.
+
+Every estimator resolves its ``device``/``dtype`` parameters here, in ``fit``, into
+local variables; nothing in this module touches global torch state.
+"""
+
+import os
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device="auto"):
+    """Return the :class:`torch.device` named by an estimator's ``device`` parameter.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
+        ``"auto"`` picks CUDA when it is available and the CPU otherwise.
+
+    Returns
+    -------
+    device : torch.device
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif device in (None, "auto"):
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or a torch device; got "
+                f"{device!r}."
+            ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} asks for CUDA, but torch.cuda.is_available() is False."
+            " Use device='auto' or device='cpu'."
+        )
+    return resolved
+
+
+def resolve_dtype(dtype="float64"):
+    """Return the torch dtype named by an estimator's ``dtype`` parameter."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype)]
+    except KeyError:
+        raise ValueError(
+            f"dtype must be one of {sorted(_DTYPES)}; got {dtype!r}."
+        ) from None
+
+
+def to_tensor(X, device, dtype):
+    """Copy an array into a new torch tensor on ``device`` with ``dtype``.
+
+    Always copies, so that read-only inputs (memmaps) are valid and the caller's
+    array is never aliased.
+    """
+    if isinstance(X, torch.Tensor):
+        return X.detach().to(device=device, dtype=dtype, copy=True)
+    return torch.tensor(np.asarray(X), device=device, dtype=dtype)
+
+
+def to_numpy(T, dtype=None):
+    """Return a NumPy copy of a tensor (moved to the CPU), optionally cast."""
+    A = T.detach().cpu().numpy()
+    return A if dtype is None else A.astype(dtype, copy=False)
+
+
+def make_generator(random_state):
+    """Seeded CPU :class:`torch.Generator` from a scikit-learn ``random_state``.
+
+    Random draws are made on the CPU with this generator and then moved to the
+    compute device, so that a seed gives the same numbers on every device.
+    """
+    rng = check_random_state(random_state)
+    seed = int(rng.randint(np.iinfo(np.int32).max))
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def memory_budget_bytes(memory_budget, device):
+    """Number of bytes a computation may use on ``device``.
+
+    Parameters
+    ----------
+    memory_budget : float or None
+        Budget in GiB. ``None`` means: 80% of the free memory of a CUDA device, or
+        half of the physical memory that is available now on the CPU.
+    device : torch.device
+
+    Returns
+    -------
+    budget : int
+        Budget in bytes.
+    """
+    if memory_budget is not None:
+        return int(float(memory_budget) * 2**30)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.8 * free)
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        available = 8 * 2**30
+    return int(0.5 * available)
+
+
+def block_rows(n_cols, bytes_per_entry, budget, n_buffers=3, minimum=1):
+    """Rows per block so that ``n_buffers`` blocks of ``n_cols`` fit in ``budget``."""
+    rows = budget // max(1, n_buffers * n_cols * bytes_per_entry)
+    return int(max(minimum, rows))

@@ -1,0 +1,150 @@
+"""Radial kernels with a Mahalanobis matrix M, evaluated in memory-bounded blocks.
+
+Every kernel here is a function of the Mahalanobis distance
+
+.. math:: d_M(x, z) = \\sqrt{(x - z)^\\top M (x - z)}
+
+computed from the quadratic form :math:`x^\\top M x - 2 x^\\top M z + z^\\top M z`
+(clamped at 0), so no square root of M is needed. ``M`` is a full ``(d, d)`` matrix,
+a ``(d,)`` vector holding a diagonal, or ``None`` for the identity.
+
+This module is the single place where kernels, their radial profiles and the
+weights of their gradients are defined; the AGOP (:mod:`skdnc._agop`) and the
+solvers (:mod:`skdnc._solvers`) call it.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+KERNELS = ("laplace", "gaussian", "exponential")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A radial kernel :math:`k(x, z) = \\phi(d_M(x, z))`.
+
+    Parameters
+    ----------
+    name : {"laplace", "gaussian", "exponential"}
+        ``"laplace"``: :math:`\\exp(-d/L)`; ``"gaussian"``:
+        :math:`\\exp(-d^2 / (2L^2))`; ``"exponential"`` (the generalized exponent):
+        :math:`\\exp(-d^p / L^p)`.
+    bandwidth : float
+        The bandwidth :math:`L > 0`.
+    exponent : float, default=1.0
+        The exponent :math:`p \\in (0, 2]` of the ``"exponential"`` kernel; ignored
+        by the others.
+    """
+
+    name: str = "laplace"
+    bandwidth: float = 10.0
+    exponent: float = 1.0
+
+    def from_sqdist(self, D2):
+        """Kernel values from squared distances, in place (``D2`` is overwritten)."""
+        L = float(self.bandwidth)
+        if self.name == "laplace":
+            return D2.sqrt_().mul_(-1.0 / L).exp_()
+        if self.name == "gaussian":
+            return D2.mul_(-0.5 / L**2).exp_()
+        p = float(self.exponent)
+        return D2.pow_(p / 2).mul_(-(L**-p)).exp_()
+
+    def gradient_weights(self, K, D2):
+        """Weights :math:`w` with :math:`\\nabla_x k(x, z) = w \\, M (z - x)`.
+
+        For :math:`k = \\phi(s)`, :math:`s = d_M^2`, :math:`w = -2\\phi'(s)`:
+        Laplace :math:`k / (L d)`, Gaussian :math:`k / L^2`, generalized exponent
+        :math:`p\\,k\\,d^{p-2} / L^p`. Pairs at distance 0 get weight 0 (their
+        difference vector is 0); callers mask self-pairs by index as well, because
+        a point's computed distance to itself need not be exactly 0.
+
+        ``K`` is overwritten with the result; ``D2`` is left as it is.
+        """
+        L = float(self.bandwidth)
+        if self.name == "gaussian":
+            return K.mul_(1.0 / L**2)
+        zero = D2 <= 0
+        if self.name == "laplace":
+            W = K.div_(D2.sqrt().mul_(L))
+        else:
+            p = float(self.exponent)
+            W = K.mul_(D2.pow(p / 2 - 1).mul_(p * L**-p))
+        return W.masked_fill_(zero, 0.0)
+
+
+def mahalanobis_sqnorms(X, M):
+    """Row norms :math:`x_i^\\top M x_i` (``M`` full, diagonal or ``None``)."""
+    return (apply_metric(X, M) * X).sum(dim=1)
+
+
+def apply_metric(X, M):
+    """Rows :math:`x_i^\\top M` of ``X M`` (``M`` full, diagonal or ``None``)."""
+    if M is None:
+        return X
+    if M.ndim == 1:
+        return X * M
+    return X @ M
+
+
+def sqdist(X, Z, M=None, *, X_sqnorms=None, Z_sqnorms=None, XM=None):
+    """Squared Mahalanobis distances between rows of ``X`` and ``Z``, clamped at 0.
+
+    Parameters
+    ----------
+    X : torch.Tensor of shape (n, d)
+    Z : torch.Tensor of shape (m, d)
+    M : torch.Tensor of shape (d, d) or (d,), or None
+    X_sqnorms, Z_sqnorms, XM : torch.Tensor, optional
+        Precomputed :math:`x^\\top M x`, :math:`z^\\top M z` and ``X M``.
+
+    Returns
+    -------
+    D2 : torch.Tensor of shape (n, m)
+    """
+    XM = apply_metric(X, M) if XM is None else XM
+    if X_sqnorms is None:
+        X_sqnorms = (XM * X).sum(dim=1)
+    if Z_sqnorms is None:
+        Z_sqnorms = mahalanobis_sqnorms(Z, M)
+    D2 = XM @ Z.T
+    D2.mul_(-2.0).add_(X_sqnorms[:, None]).add_(Z_sqnorms[None, :])
+    return D2.clamp_(min=0.0)
+
+
+def kernel_matrix(X, Z, M, kernel, *, self_offset=None):
+    """Kernel matrix ``k_M(X, Z)``.
+
+    Parameters
+    ----------
+    X : torch.Tensor of shape (n, d)
+    Z : torch.Tensor of shape (m, d)
+    M : torch.Tensor of shape (d, d) or (d,), or None
+    kernel : Kernel
+    self_offset : int, optional
+        When the rows of ``X`` are the rows ``self_offset:self_offset + n`` of ``Z``,
+        their distances to themselves are set to exactly 0 (the quadratic form
+        leaves rounding noise there).
+
+    Returns
+    -------
+    K : torch.Tensor of shape (n, m)
+    """
+    D2 = sqdist(X, Z, M)
+    if self_offset is not None:
+        zero_self_pairs(D2, self_offset)
+    return kernel.from_sqdist(D2)
+
+
+def zero_self_pairs(D2, offset):
+    """Set ``D2[i, offset + i] = 0``: a point's distance to itself, by index."""
+    D2.diagonal(offset).fill_(0.0)
+    return D2
+
+
+def iter_row_blocks(n, block_size):
+    """Yield ``slice`` objects covering ``range(n)`` in blocks of ``block_size``."""
+    block_size = max(1, int(block_size))
+    for start in range(0, n, block_size):
+        yield slice(start, min(n, start + block_size))
