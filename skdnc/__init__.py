@@ -1,4 +1,4 @@
-"""skdnc: AGOP feature learning (RFM, Deep RFM) and deep neural collapse, for sklearn."""
+"""skdnc: AGOP feature learning (RFM, Deep RFM) and deep neural collapse measurement."""
 
 from skdnc._rfm import RFMClassifier, RFMRegressor
 

@@ -5,6 +5,7 @@ local variables; nothing in this module touches global torch state.
 """
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -13,13 +14,16 @@ from sklearn.utils import check_random_state
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def resolve_device(device="auto"):
+def resolve_device(device="auto", *, fallback=False):
     """Return the :class:`torch.device` named by an estimator's ``device`` parameter.
 
     Parameters
     ----------
     device : {"auto", "cpu", "cuda"}, str or torch.device, default="auto"
         ``"auto"`` picks CUDA when it is available and the CPU otherwise.
+    fallback : bool, default=False
+        When CUDA is asked for but not available, warn and use the CPU instead of
+        raising: what prediction with a model fitted on a GPU machine needs.
 
     Returns
     -------
@@ -38,6 +42,14 @@ def resolve_device(device="auto"):
                 f"{device!r}."
             ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
+        if fallback:
+            warnings.warn(
+                f"device={device!r} is not available on this machine; computing on "
+                "the CPU.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return torch.device("cpu")
         raise ValueError(
             f"device={device!r} asks for CUDA, but torch.cuda.is_available() is False."
             " Use device='auto' or device='cpu'."

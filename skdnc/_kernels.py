@@ -15,8 +15,6 @@ solvers (:mod:`skdnc._solvers`) call it.
 
 from dataclasses import dataclass
 
-import torch
-
 KERNELS = ("laplace", "gaussian", "exponential")
 
 

@@ -290,7 +290,7 @@ class _BaseRFM(BaseEstimator):
 
     # -- prediction -----------------------------------------------------------------
     def _fitted_tensors(self, X):
-        device = resolve_device(self.device)
+        device = resolve_device(self.device, fallback=True)
         dtype = torch.float64 if self.centers_.dtype == np.float64 else torch.float32
         C = torch.tensor(self.centers_, device=device, dtype=dtype)
         M = torch.tensor(self.M_, device=device, dtype=dtype)

@@ -69,25 +69,27 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
         scale = float(K.diagonal().mean())
         K.diagonal().add_(reg + jitter)
         info = torch.empty((), dtype=torch.int32, device=K.device)
-        L, info = torch.linalg.cholesky_ex(K, out=(K, info))
+        torch.linalg.cholesky_ex(K, out=(K, info))  # in place: K holds the factor
         if int(info) == 0:
-            break
-        del K, L
+            _warn_conditioning(K.diagonal(), reg, jitter, eps)
+            return torch.cholesky_solve(Y, K)
+        del K
         jitter = max(100 * jitter, 1e3 * eps * scale)
-    else:
-        raise ValueError(
-            f"The kernel matrix is not positive definite even with a jitter of "
-            f"{jitter:.3g} added to its diagonal (reg={reg}). Increase reg."
-        )
-    diag = L.diagonal()
-    cond_lower_bound = float((diag.max() / diag.min()) ** 2)
+    raise ValueError(
+        f"The kernel matrix is not positive definite even with a jitter of "
+        f"{jitter:.3g} added to its diagonal (reg={reg}). Increase reg."
+    )
+
+
+def _warn_conditioning(factor_diagonal, reg, jitter, eps):
+    cond_lower_bound = float((factor_diagonal.max() / factor_diagonal.min()) ** 2)
     if jitter > 0:
         warnings.warn(
             f"The kernel matrix with reg={reg} is not numerically positive "
             f"definite; a jitter of {jitter:.3g} was added to its diagonal. Use a "
             "larger reg for a well-posed solve.",
             LinAlgWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     elif not math.isfinite(cond_lower_bound) or cond_lower_bound > 1e-2 / eps:
         warnings.warn(
@@ -95,9 +97,8 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
             f">= {cond_lower_bound:.3g}); the dual coefficients may be inaccurate. "
             "Use a larger reg or dtype='float64'.",
             LinAlgWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return torch.cholesky_solve(Y, L)
 
 
 def fit_kernel_regression(X, Y, M, kernel, reg, *, solver="auto", budget):
