@@ -101,7 +101,16 @@ def rfm_rounds(
     for t in range(n_rounds + 1):
         tic = time.perf_counter()
         alpha = fit_kernel_regression(
-            X, Y, M, kernel, params["reg"], solver=params["solver"], budget=budget
+            X,
+            Y,
+            M,
+            kernel,
+            params["reg"],
+            solver=params["solver"],
+            budget=budget,
+            solver_params=params["solver_params"],
+            generator=generator,
+            log=log,
         )
         if evaluate is not None:
             scores.append(evaluate(alpha, M))
@@ -134,6 +143,7 @@ class _BaseRFM(BaseEstimator):
         "centering": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "solver": [StrOptions(set(SOLVERS))],
+        "solver_params": [dict, None],
         "device": [str, torch.device],
         "dtype": [StrOptions({"float32", "float64"})],
         "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
@@ -157,6 +167,7 @@ class _BaseRFM(BaseEstimator):
         centering=False,
         validation_fraction=0.2,
         solver="auto",
+        solver_params=None,
         device="auto",
         dtype="float64",
         memory_budget=None,
@@ -176,6 +187,7 @@ class _BaseRFM(BaseEstimator):
         self.centering = centering
         self.validation_fraction = validation_fraction
         self.solver = solver
+        self.solver_params = solver_params
         self.device = device
         self.dtype = dtype
         self.memory_budget = memory_budget
@@ -209,6 +221,7 @@ class _BaseRFM(BaseEstimator):
             "agop_power": float(self.agop_power),
             "centering": bool(self.centering),
             "solver": self.solver,
+            "solver_params": self.solver_params,
         }
 
     def _log(self, message):
@@ -386,9 +399,15 @@ _RFM_DOC_PARAMETERS = """
         choose the number of AGOP updates in ``0..n_iter``; the model is then refit
         on all the data with that number. ``0`` uses ``n_iter`` updates, unchecked.
         Ignored when too few samples make a split meaningless.
-    solver : {"auto", "cholesky"}, default="auto"
-        Linear solver of the kernel ridge system. ``"auto"`` uses the exact
-        Cholesky solve while the kernel matrix fits ``memory_budget``.
+    solver : {"auto", "cholesky", "cg"}, default="auto"
+        Linear solver of the kernel ridge system. ``"cholesky"`` is exact (the
+        kernel matrix is factored in place); ``"cg"`` is conjugate gradients with
+        a Nystrom preconditioner, which keeps the kernel matrix in memory when it
+        fits and recomputes it in row blocks when it does not. ``"auto"`` uses
+        the exact solve while the kernel matrix fits ``memory_budget``.
+    solver_params : dict, default=None
+        Options of ``"cg"``: ``tol`` (relative residual, 1e-6), ``max_iter``
+        (1000) and ``rank`` (1000) of the preconditioner.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction
         (``"auto"``: CUDA when available). Fitted attributes are NumPy arrays, so
@@ -519,6 +538,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         validation_fraction=0.2,
         target_coding="pm1",
         solver="auto",
+        solver_params=None,
         device="auto",
         dtype="float64",
         memory_budget=None,
@@ -539,6 +559,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             centering=centering,
             validation_fraction=validation_fraction,
             solver=solver,
+            solver_params=solver_params,
             device=device,
             dtype=dtype,
             memory_budget=memory_budget,

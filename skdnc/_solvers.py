@@ -1,41 +1,67 @@
 """Linear solves for kernel regression, ``(K_M(X, X) + reg I) alpha = Y``.
 
 One entry point, :func:`fit_kernel_regression`, used by every estimator, and one
-for blocked prediction, :func:`kernel_predict`.
+for blocked prediction, :func:`kernel_predict`. Two solvers:
+
+``"cholesky"``
+    The exact solve: the kernel matrix is built once and factored in place
+    (``n^2`` numbers of memory, ``n^3 / 3`` flops).
+``"cg"``
+    Conjugate gradients on all right-hand sides at once, preconditioned by a
+    randomized Nystrom approximation of rank ``q`` (Frangella, Tropp and Udell,
+    2023), with the kernel held in memory when it fits the budget (one
+    ``n x n`` by ``n x K`` product per iteration) and recomputed in row blocks
+    when it does not (memory ``O(n d + block x n)``).
+
+``"auto"`` takes the exact solve while its kernel matrix fits the memory budget,
+and conjugate gradients otherwise.
 """
 
 import math
+import time
 import warnings
 
 import torch
-from scipy.linalg import LinAlgWarning
+from scipy.linalg import LinAlgWarning, get_lapack_funcs
 
 from skdnc._kernels import iter_row_blocks, kernel_matrix
 
-SOLVERS = ("auto", "cholesky")
+SOLVERS = ("auto", "cholesky", "cg")
+SOLVER_PARAMS = {"tol": 1e-6, "max_iter": 1000, "rank": 1000}
 
 
 def _gib(n_bytes):
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
-def cholesky_bytes(n, itemsize):
-    """Memory of the exact solve: the kernel matrix, factored in place."""
-    return n * n * itemsize
+def choose_solver(solver, n, itemsize, budget, rank=SOLVER_PARAMS["rank"]):
+    """Resolve ``solver`` into ``("cholesky" | "cg", kernel_in_memory)``.
 
-
-def choose_solver(solver, n, itemsize, budget):
-    """Resolve ``solver="auto"`` and check that the chosen solve fits ``budget``."""
+    The exact solve needs the ``n x n`` kernel matrix (factored in place); conjugate
+    gradients need the ``n x q`` Nystrom factor and either the kernel matrix or, when
+    that does not fit, a few row blocks of it.
+    """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
-    need = cholesky_bytes(n, itemsize)
-    if need > budget:
+    kernel_bytes = n * n * itemsize
+    nystrom_bytes = 3 * n * min(n, rank) * itemsize
+    if solver == "auto":
+        solver = "cholesky" if kernel_bytes <= budget else "cg"
+    if solver == "cholesky":
+        if kernel_bytes > budget:
+            raise ValueError(
+                f"The {n} x {n} kernel matrix needs {_gib(kernel_bytes)}, more than "
+                f"the memory budget of {_gib(budget)}. Raise memory_budget (in "
+                "GiB), use solver='cg' or 'auto', or dtype='float32'."
+            )
+        return "cholesky", True
+    if nystrom_bytes + 16 * n * itemsize > budget:
         raise ValueError(
-            f"The {n} x {n} kernel matrix needs {_gib(need)}, more than the memory "
-            f"budget of {_gib(budget)}. Raise memory_budget (in GiB), use "
-            "dtype='float32', or fit on fewer samples."
+            f"The rank-{min(n, rank)} Nystrom preconditioner for {n} points needs "
+            f"{_gib(nystrom_bytes)}, more than the memory budget of {_gib(budget)}. "
+            "Raise memory_budget (in GiB) or lower solver_params['rank']."
         )
-    return "cholesky"
+    return "cg", kernel_bytes + nystrom_bytes <= budget
 
 
 def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
@@ -68,17 +94,43 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
         K = build_kernel()
         scale = float(K.diagonal().mean())
         K.diagonal().add_(reg + jitter)
-        info = torch.empty((), dtype=torch.int32, device=K.device)
-        torch.linalg.cholesky_ex(K, out=(K, info))  # in place: K holds the factor
-        if int(info) == 0:
+        if _factor_in_place(K):
             _warn_conditioning(K.diagonal(), reg, jitter, eps)
-            return torch.cholesky_solve(Y, K)
+            return _solve_factored(K, Y)
         del K
         jitter = max(100 * jitter, 1e3 * eps * scale)
     raise ValueError(
         f"The kernel matrix is not positive definite even with a jitter of "
         f"{jitter:.3g} added to its diagonal (reg={reg}). Increase reg."
     )
+
+
+def _factor_in_place(K):
+    """Cholesky factor of the symmetric ``K`` in its own memory; ``True`` on success.
+
+    On the CPU, LAPACK's ``potrf`` runs on the transposed (Fortran-ordered) view of
+    ``K``, the same matrix since ``K`` is symmetric, and overwrites it: no second
+    ``n x n`` buffer, which ``torch.linalg.cholesky`` would allocate. The lower
+    factor of that view is the upper-triangular ``U = L^T`` of ``K``'s rows.
+    """
+    if K.device.type == "cpu":
+        a = K.numpy().T
+        (potrf,) = get_lapack_funcs(("potrf",), (a,))
+        _, info = potrf(a, lower=True, overwrite_a=True, clean=False)
+        return info == 0
+    info = torch.empty((), dtype=torch.int32, device=K.device)
+    torch.linalg.cholesky_ex(K, out=(K, info))
+    return int(info) == 0
+
+
+def _solve_factored(K, Y):
+    """Solve with a factor from :func:`_factor_in_place`."""
+    if K.device.type == "cpu":  # LAPACK on the Fortran view; torch would copy K
+        a = K.numpy().T
+        (potrs,) = get_lapack_funcs(("potrs",), (a,))
+        X, _ = potrs(a, Y.cpu().numpy(), lower=True)
+        return torch.from_numpy(X).to(Y.dtype)
+    return torch.cholesky_solve(Y, K)
 
 
 def _warn_conditioning(factor_diagonal, reg, jitter, eps):
@@ -101,7 +153,19 @@ def _warn_conditioning(factor_diagonal, reg, jitter, eps):
         )
 
 
-def fit_kernel_regression(X, Y, M, kernel, reg, *, solver="auto", budget):
+def fit_kernel_regression(
+    X,
+    Y,
+    M,
+    kernel,
+    reg,
+    *,
+    solver="auto",
+    budget,
+    solver_params=None,
+    generator=None,
+    log=None,
+):
     """Dual coefficients of kernel ridge regression with the kernel ``k_M``.
 
     Parameters
@@ -113,18 +177,147 @@ def fit_kernel_regression(X, Y, M, kernel, reg, *, solver="auto", budget):
     M : torch.Tensor of shape (d, d) or (d,), or None
     kernel : skdnc._kernels.Kernel
     reg : float
-    solver : {"auto", "cholesky"}, default="auto"
+    solver : {"auto", "cholesky", "cg"}, default="auto"
     budget : int
         Memory budget in bytes.
+    solver_params : dict, optional
+        For ``"cg"``: ``tol`` (relative residual, default 1e-6), ``max_iter``
+        (default 1000) and ``rank`` of the Nystrom preconditioner (default 1000).
+    generator : torch.Generator, optional
+        Draws the Nystrom landmarks.
+    log : callable, optional
+        ``log(message)``: one line per solve, with the residual for ``"cg"``.
 
     Returns
     -------
     alpha : torch.Tensor of shape (n, K)
     """
-    choose_solver(solver, X.shape[0], X.element_size(), budget)
-    return cholesky_solve_kernel(
-        lambda: kernel_matrix(X, X, M, kernel, self_offset=0), Y, reg
+    options = {**SOLVER_PARAMS, **(solver_params or {})}
+    n = X.shape[0]
+    method, in_memory = choose_solver(
+        solver, n, X.element_size(), budget, options["rank"]
     )
+    if method == "cholesky":
+        return cholesky_solve_kernel(
+            lambda: kernel_matrix(X, X, M, kernel, self_offset=0), Y, reg
+        )
+    tic = time.perf_counter()
+    if in_memory:
+        K = kernel_matrix(X, X, M, kernel, self_offset=0)
+        matvec = K.__matmul__
+    else:
+        rows = max(1, (budget - 3 * n * options["rank"] * X.element_size()) // (
+            3 * n * X.element_size()
+        ))  # fmt: skip
+
+        def matvec(V):
+            out = torch.empty_like(V)
+            for block in iter_row_blocks(n, rows):
+                Kb = kernel_matrix(X[block], X, M, kernel, self_offset=block.start)
+                out[block] = Kb @ V
+            return out
+
+    precondition = nystrom_preconditioner(
+        X, M, kernel, reg, rank=options["rank"], generator=generator
+    )
+    alpha, n_iter, residual = conjugate_gradient(
+        matvec, Y, reg, precondition, tol=options["tol"], max_iter=options["max_iter"]
+    )
+    if log is not None:
+        mode = "kernel in memory" if in_memory else "kernel in blocks"
+        log(
+            f"cg ({mode}): {n_iter} iterations, relative residual {residual:.2e}, "
+            f"{time.perf_counter() - tic:.2f} s"
+        )
+    if residual > options["tol"]:
+        warnings.warn(
+            f"Conjugate gradients stopped after {n_iter} iterations at a relative "
+            f"residual of {residual:.2e} > tol={options['tol']:g}. Raise "
+            "solver_params['max_iter'] or ['rank'], or increase reg.",
+            LinAlgWarning,
+            stacklevel=2,
+        )
+    return alpha
+
+
+def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
+    r"""Randomized Nystrom preconditioner of ``K + reg I``, applied by Woodbury.
+
+    With ``q`` landmark rows ``S`` drawn uniformly, ``K ~ K_nS K_SS^{-1} K_Sn =
+    U diag(lam) U^T`` (a thin SVD of ``K_nS L^{-T}``). The preconditioner
+
+    .. math:: P^{-1} = (\lambda_q + \mu)\, U (\Lambda + \mu I)^{-1} U^\top
+              + (I - U U^\top)
+
+    leaves the directions outside ``U`` alone and maps the top ``q`` eigenvalues of
+    ``K + mu I`` to about ``lambda_q + mu``.
+
+    Returns
+    -------
+    apply : callable
+        ``apply(R) -> P^{-1} R`` for ``R`` of shape (n, K).
+    """
+    n = X.shape[0]
+    q = min(n, int(rank))
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    landmarks = torch.randperm(n, generator=generator)[:q].to(X.device)
+    K_nq = kernel_matrix(X, X[landmarks], M, kernel)
+    K_qq = K_nq[landmarks]
+    shift = torch.finfo(X.dtype).eps * q * float(K_qq.diagonal().mean())
+    K_qq = K_qq + shift * torch.eye(q, dtype=X.dtype, device=X.device)
+    L, info = torch.linalg.cholesky_ex(K_qq)
+    if int(info) != 0:  # rank-deficient landmarks: fall back to an eigen-root
+        evals, evecs = torch.linalg.eigh(K_qq)
+        L = evecs * evals.clamp(min=shift).sqrt()
+    F = torch.linalg.solve_triangular(L, K_nq.T, upper=False).T  # K_nq L^{-T}
+    del K_nq
+    U, S, _ = torch.linalg.svd(F, full_matrices=False)
+    del F
+    lam = S**2
+    lam_q = float(lam[-1])
+
+    def apply(R):
+        UR = U.T @ R
+        return R + U @ (((lam_q + reg) / (lam + reg))[:, None] * UR - UR)
+
+    return apply
+
+
+def conjugate_gradient(matvec, Y, reg, precondition, *, tol, max_iter):
+    """Preconditioned CG for ``(K + reg I) A = Y``, all columns at once.
+
+    Each column runs its own CG recursion (its own step sizes); they share the
+    matrix products. Columns that have converged stop moving.
+
+    Returns
+    -------
+    A : torch.Tensor of shape (n, K)
+    n_iter : int
+    residual : float
+        Largest relative residual ``||y - (K + reg I) a|| / ||y||`` over columns.
+    """
+    A = torch.zeros_like(Y)
+    R = Y.clone()
+    y_norm = torch.linalg.vector_norm(Y, dim=0).clamp(min=torch.finfo(Y.dtype).tiny)
+    Z = precondition(R)
+    P = Z.clone()
+    rz = (R * Z).sum(dim=0)
+    residual = torch.linalg.vector_norm(R, dim=0) / y_norm
+    n_iter = 0
+    while n_iter < max_iter and float(residual.max()) > tol:
+        n_iter += 1
+        KP = matvec(P) + reg * P
+        active = residual > tol
+        step = torch.where(active, rz / (P * KP).sum(dim=0), torch.zeros_like(rz))
+        A += step * P
+        R -= step * KP
+        Z = precondition(R)
+        rz_new = (R * Z).sum(dim=0)
+        P = Z + torch.where(active, rz_new / rz, torch.zeros_like(rz)) * P
+        rz = rz_new
+        residual = torch.linalg.vector_norm(R, dim=0) / y_norm
+    return A, n_iter, float(residual.max())
 
 
 def kernel_predict(X, centers, alpha, M, kernel, *, budget):
