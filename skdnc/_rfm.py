@@ -406,7 +406,8 @@ _RFM_DOC_PARAMETERS = """
         fits and recomputes it in row blocks when it does not. ``"auto"`` uses
         the exact solve while the kernel matrix fits ``memory_budget``.
     solver_params : dict, default=None
-        Options of ``"cg"``: ``tol`` (relative residual, 1e-6), ``max_iter``
+        Options of ``"cg"``: ``tol`` (relative residual; 1e-6 in float64, 1e-4
+        in float32), ``max_iter``
         (1000) and ``rank`` (1000) of the preconditioner.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction

@@ -27,7 +27,7 @@ from scipy.linalg import LinAlgWarning, get_lapack_funcs
 from skdnc._kernels import iter_row_blocks, kernel_matrix
 
 SOLVERS = ("auto", "cholesky", "cg")
-SOLVER_PARAMS = {"tol": 1e-6, "max_iter": 1000, "rank": 1000}
+SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
 
 
 def _gib(n_bytes):
@@ -181,7 +181,8 @@ def fit_kernel_regression(
     budget : int
         Memory budget in bytes.
     solver_params : dict, optional
-        For ``"cg"``: ``tol`` (relative residual, default 1e-6), ``max_iter``
+        For ``"cg"``: ``tol`` (relative residual; default 1e-6 in float64, 1e-4
+        in float32), ``max_iter``
         (default 1000) and ``rank`` of the Nystrom preconditioner (default 1000).
     generator : torch.Generator, optional
         Draws the Nystrom landmarks.
@@ -193,6 +194,8 @@ def fit_kernel_regression(
     alpha : torch.Tensor of shape (n, K)
     """
     options = {**SOLVER_PARAMS, **(solver_params or {})}
+    if options["tol"] is None:  # what the working precision can reach
+        options["tol"] = 1e-6 if X.dtype == torch.float64 else 1e-4
     n = X.shape[0]
     method, in_memory = choose_solver(
         solver, n, X.element_size(), budget, options["rank"]
