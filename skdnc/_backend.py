@@ -124,7 +124,12 @@ def memory_budget_bytes(memory_budget, device):
     return int(0.5 * available)
 
 
-def block_rows(n_cols, bytes_per_entry, budget, n_buffers=3, minimum=1):
-    """Rows per block so that ``n_buffers`` blocks of ``n_cols`` fit in ``budget``."""
-    rows = budget // max(1, n_buffers * n_cols * bytes_per_entry)
-    return int(max(minimum, rows))
+def block_rows(n_cols, itemsize, budget, n_buffers=1, max_entries=2**26):
+    """Rows per block of a computation that holds ``n_buffers`` blocks of ``n_cols``.
+
+    At most ``budget`` bytes in all, and at most ``max_entries`` numbers per buffer:
+    beyond some ten thousand rows a bigger block only costs memory, as the matrix
+    products are already at full speed.
+    """
+    per_row = max(1, n_buffers * n_cols * itemsize)
+    return int(max(1, min(budget // per_row, max_entries // max(1, n_cols))))

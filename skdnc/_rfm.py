@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skdnc._agop import kernel_agop, normalize_agop, psd_power, sample_points
 from skdnc._backend import (
+    block_rows,
     make_generator,
     memory_budget_bytes,
     resolve_device,
@@ -49,7 +50,7 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator):
         self_index=idx,
         centering=params["centering"],
         diag=params["diag"],
-        block_size=max(1, budget // max(1, 4 * n * X.element_size())),
+        block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
     )
     A = normalize_agop(A, params["agop_normalization"])
     if torch.count_nonzero(A) == 0:
@@ -346,7 +347,7 @@ class _BaseRFM(BaseEstimator):
             self_index = None
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
-        rows = max(1, budget // max(1, 4 * len(C) * C.element_size()))
+        rows = block_rows(len(C), C.element_size(), budget, n_buffers=3)
         A = kernel_agop(
             Xt, C, alpha, M, self._kernel(), self_index=self_index,
             diag=bool(self.diag), block_size=rows,

@@ -24,6 +24,7 @@ import warnings
 import torch
 from scipy.linalg import LinAlgWarning, get_lapack_funcs
 
+from skdnc._backend import block_rows
 from skdnc._kernels import iter_row_blocks, kernel_matrix
 
 SOLVERS = ("auto", "cholesky", "cg")
@@ -209,9 +210,8 @@ def fit_kernel_regression(
         K = kernel_matrix(X, X, M, kernel, self_offset=0)
         matvec = K.__matmul__
     else:
-        rows = max(1, (budget - 3 * n * options["rank"] * X.element_size()) // (
-            3 * n * X.element_size()
-        ))  # fmt: skip
+        nystrom = 3 * n * options["rank"] * X.element_size()
+        rows = block_rows(n, X.element_size(), budget - nystrom, n_buffers=2)
 
         def matvec(V):
             out = torch.empty_like(V)
@@ -326,7 +326,7 @@ def conjugate_gradient(matvec, Y, reg, precondition, *, tol, max_iter):
 def kernel_predict(X, centers, alpha, M, kernel, *, budget):
     """``k_M(X, centers) @ alpha`` in row blocks that fit ``budget`` bytes."""
     n = centers.shape[0]
-    rows = max(1, budget // max(1, 3 * n * X.element_size()))
+    rows = block_rows(n, X.element_size(), budget, n_buffers=2)
     out = X.new_empty(X.shape[0], alpha.shape[1])
     for block in iter_row_blocks(X.shape[0], rows):
         out[block] = kernel_matrix(X[block], centers, M, kernel) @ alpha
