@@ -17,7 +17,6 @@ Usage::
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,9 +37,19 @@ def make_data(n, seed=0):
     return X.astype(np.float32), y
 
 
-def _rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def _status(key):
+    """A size from /proc/self/status, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak():
+    """Reset the peak resident set size (VmHWM) to the current one (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def one_round(n, solver, agop_samples, budget_gib):
@@ -60,7 +69,8 @@ def one_round(n, solver, agop_samples, budget_gib):
     Y = Y.to(device)
     X_test = torch.tensor(X_all[n:], device=device)
     budget = memory_budget_bytes(budget_gib, device)
-    rss_before = _rss()
+    _reset_peak()
+    rss_before = _status("VmRSS")
     kernel = Kernel("laplace", 10.0)
     params = {
         "agop_samples": agop_samples,
@@ -83,7 +93,7 @@ def one_round(n, solver, agop_samples, budget_gib):
     t_round = time.perf_counter() - tic
     F = kernel_predict(X_test, X, alpha, None, kernel, budget=budget)
     accuracy = float((F.argmax(1).cpu().numpy() == y_all[n:]).mean())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    peak = _status("VmHWM") - rss_before
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     return {

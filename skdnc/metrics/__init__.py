@@ -1,0 +1,43 @@
+"""Neural-collapse metrics (NC1, NC2, CDNV, Gram/label correlation) and scorers.
+
+The functions compute in float64 on features of any float dtype (NumPy, pandas,
+torch) and labels of any type; :class:`NeuralCollapseScorer` measures them inside
+a pipeline, and :func:`make_collapse_scorer` turns them into ``scoring=``
+callables for cross-validation.
+"""
+
+from skdnc.metrics._collapse import (
+    ClassStatistics,
+    cdnv_score,
+    class_statistics,
+    gram_label_correlation,
+    nc1_score,
+    nc2_score,
+    neural_collapse_report,
+)
+from skdnc.metrics._scorer import (
+    NeuralCollapseScorer,
+    gram_label_correlation_scorer,
+    make_collapse_scorer,
+    neg_cdnv_scorer,
+    neg_nc1_pinv_scorer,
+    neg_nc1_scorer,
+    neg_nc2_scorer,
+)
+
+__all__ = [
+    "ClassStatistics",
+    "NeuralCollapseScorer",
+    "cdnv_score",
+    "class_statistics",
+    "gram_label_correlation",
+    "gram_label_correlation_scorer",
+    "make_collapse_scorer",
+    "nc1_score",
+    "nc2_score",
+    "neg_cdnv_scorer",
+    "neg_nc1_pinv_scorer",
+    "neg_nc1_scorer",
+    "neg_nc2_scorer",
+    "neural_collapse_report",
+]
