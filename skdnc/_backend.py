@@ -124,6 +124,13 @@ def memory_budget_bytes(memory_budget, device):
     return int(0.5 * available)
 
 
+def release_memory(device):
+    """Hand the memory of freed tensors back to the device (CUDA's caching
+    allocator keeps it otherwise), so that it does not grow across CV folds."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def block_rows(n_cols, itemsize, budget, n_buffers=1, max_entries=2**26):
     """Rows per block of a computation that holds ``n_buffers`` blocks of ``n_cols``.
 

@@ -18,6 +18,7 @@ from skdnc._backend import (
     block_rows,
     make_generator,
     memory_budget_bytes,
+    release_memory,
     resolve_device,
     resolve_dtype,
     to_numpy,
@@ -297,6 +298,8 @@ class _BaseRFM(BaseEstimator):
         self.history_ = history
         diagonal = self.M_ if self.M_.ndim == 1 else np.diag(self.M_)
         self.feature_importances_ = diagonal / diagonal.sum()
+        del Xt, M, alpha
+        release_memory(device)
         return self
 
     def _after_validation(self, F, Y):
