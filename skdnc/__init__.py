@@ -1,11 +1,27 @@
-"""skdnc: AGOP feature learning (RFM, Deep RFM) and deep neural collapse measurement."""
+"""skdnc: AGOP feature learning (RFM, Deep RFM) and deep neural collapse measurement.
 
+The estimators follow scikit-learn's API and compute with torch, on a GPU when there
+is one. The subpackages :mod:`skdnc.metrics` (NC1, NC2 and collapse scorers),
+:mod:`skdnc.nn` (training and probing networks) and :mod:`skdnc.datasets` (the
+paper's data sets) complete the public surface.
+"""
+
+from skdnc import datasets, metrics
+from skdnc._deep_rfm import DeepRFMTransformer
+from skdnc._nfa import NFAProbe
 from skdnc._rfm import RFMClassifier, RFMRegressor
+from skdnc.metrics import NeuralCollapseScorer, make_collapse_scorer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DeepRFMTransformer",
+    "NFAProbe",
+    "NeuralCollapseScorer",
     "RFMClassifier",
     "RFMRegressor",
+    "datasets",
+    "make_collapse_scorer",
+    "metrics",
     "__version__",
 ]

@@ -1,0 +1,53 @@
+"""Train and probe neural networks: per-layer AGOP, the Neural Feature Ansatz, and
+NC1 split by each weight's singular value decomposition (torch only).
+
+The models of the paper's Appendix C (:func:`make_mlp`, :func:`make_resnet18`,
+:func:`make_vgg11`), SGD training with measurements (:func:`train_network`), and
+probes for any :class:`torch.nn.Module` whose MLP layers are named
+(:func:`probe_network`). The command ``python -m skdnc.nn`` (``skdnc-nn``) runs the
+paper's experiment and writes its figures.
+"""
+
+from skdnc.nn._models import (
+    ARCHITECTURES,
+    HeadedNetwork,
+    make_mlp,
+    make_model,
+    make_resnet18,
+    make_vgg11,
+)
+from skdnc.nn._probe import (
+    STAGES,
+    NetworkProbe,
+    find_layers,
+    layer_agops,
+    nfa_correlation,
+    probe_network,
+)
+from skdnc.nn._train import (
+    TrainingHistory,
+    aggregate_histories,
+    pm1_targets,
+    train_network,
+    train_seeds,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "STAGES",
+    "HeadedNetwork",
+    "NetworkProbe",
+    "TrainingHistory",
+    "aggregate_histories",
+    "find_layers",
+    "layer_agops",
+    "make_mlp",
+    "make_model",
+    "make_resnet18",
+    "make_vgg11",
+    "nfa_correlation",
+    "pm1_targets",
+    "probe_network",
+    "train_network",
+    "train_seeds",
+]

@@ -1,0 +1,269 @@
+"""The networks of the paper's Appendix C, with one uniform structure for probing.
+
+Every model built here is a :class:`HeadedNetwork`: ``backbone`` (a feature
+extractor, or a flatten for the MLP), ``head_layers`` (an :class:`torch.nn.ModuleList`
+of ``Sequential(Linear(bias=False), ReLU())`` blocks, the "named MLP layers" that
+the probes of :mod:`skdnc.nn._probe` measure) and ``readout`` (the last ``Linear``).
+
+Initialisation follows the paper's code (``nc_nn.py``): hidden layers get
+``xavier_uniform_(gain=init_scale)``, i.e. :math:`U(\\pm g\\sqrt{6/(d_{in}+d_{out})})`
+(for a square layer this is :math:`\\sqrt 3\\, g` times PyTorch's default bound
+:math:`1/\\sqrt{d_{in}}`); the readout keeps PyTorch's default init, and so does the
+first head layer behind a ResNet18 or VGG11 backbone. In the plain MLP every hidden
+layer, the first included, gets the scaled init, as in the paper's code.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from skdnc._backend import make_generator
+
+__all__ = [
+    "ARCHITECTURES",
+    "HeadedNetwork",
+    "make_mlp",
+    "make_model",
+    "make_resnet18",
+    "make_vgg11",
+]
+
+ARCHITECTURES = ("mlp", "resnet18", "vgg11")
+
+
+class HeadedNetwork(nn.Module):
+    """A backbone followed by a bias-free ReLU MLP head and a linear readout.
+
+    ``forward(x) = readout(head_layers[L-1](...head_layers[0](flatten(backbone(x)))))``.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        Feature extractor; its output is flattened to ``(n, d)``.
+    head_layers : sequence of torch.nn.Module
+        The hidden layers, each ``Sequential(Linear, ReLU)``.
+    readout : torch.nn.Linear
+        The output layer.
+    """
+
+    def __init__(self, backbone, head_layers, readout):
+        super().__init__()
+        self.backbone = backbone
+        self.head_layers = nn.ModuleList(head_layers)
+        self.readout = readout
+
+    def features(self, x):
+        """Output of the last hidden layer (the input of ``readout``)."""
+        h = torch.flatten(self.backbone(x), 1)
+        for layer in self.head_layers:
+            h = layer(h)
+        return h
+
+    def forward(self, x):
+        return self.readout(self.features(x))
+
+
+def _head(in_features, n_classes, width, depth, init_scale, scale_first):
+    """Hidden blocks and readout of the bias-free MLP head."""
+    layers = []
+    d = in_features
+    for index in range(depth):
+        linear = nn.Linear(d, width, bias=False)
+        if index > 0 or scale_first:
+            nn.init.xavier_uniform_(linear.weight, gain=init_scale)
+        layers.append(nn.Sequential(linear, nn.ReLU()))
+        d = width
+    return layers, nn.Linear(d, n_classes, bias=False)
+
+
+@contextmanager
+def _seeded(random_state):
+    """Seed torch's global RNG for an init, restoring its state afterwards.
+
+    ``nn.Linear`` and torchvision draw their init from the global generator; with a
+    ``random_state`` the draws come from a forked, seeded state and the caller's
+    global state is left as it was. ``None`` draws from the global generator.
+    """
+    if random_state is None:
+        yield
+        return
+    seed = make_generator(random_state).initial_seed()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_mlp(
+    in_features,
+    n_classes=10,
+    *,
+    width=512,
+    depth=5,
+    init_scale=0.3,
+    random_state=None,
+):
+    """Bias-free ReLU MLP of the paper's Appendix C.
+
+    Parameters
+    ----------
+    in_features : int
+        Input dimension (images are flattened by the backbone).
+    n_classes : int, default=10
+    width : int, default=512
+    depth : int, default=5
+        Number of hidden ``Linear + ReLU`` layers.
+    init_scale : float, default=0.3
+        Gain of ``xavier_uniform_`` on every hidden layer (the paper uses 0.3, and
+        0.2 for MNIST).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the init without changing torch's global random state; ``None``
+        draws from (and advances) torch's global generator.
+
+    Returns
+    -------
+    model : HeadedNetwork
+        ``backbone`` is :class:`torch.nn.Flatten`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdnc.nn import make_mlp
+    >>> net = make_mlp(64, width=32, random_state=0)
+    >>> len(net.head_layers), net(torch.zeros(3, 64)).shape
+    (5, torch.Size([3, 10]))
+    """
+    with _seeded(random_state):
+        layers, readout = _head(in_features, n_classes, width, depth, init_scale, True)
+    return HeadedNetwork(nn.Flatten(), layers, readout)
+
+
+def make_resnet18(
+    in_channels=3,
+    n_classes=10,
+    *,
+    width=512,
+    depth=5,
+    init_scale=0.3,
+    random_state=None,
+):
+    """torchvision's ResNet18 (untrained) with a 5-layer bias-free MLP head.
+
+    ``conv1`` becomes ``Conv2d(in_channels, 64, 7, stride=2, padding=3,
+    bias=False)`` (the ImageNet stem is kept, as in the paper's code) and ``fc`` is
+    removed, so the backbone gives 512 features for any input size >= 32x32.
+
+    Parameters
+    ----------
+    in_channels : int, default=3
+        1 for MNIST, 3 for CIFAR-10 and SVHN.
+    n_classes : int, default=10
+    width : int, default=512
+        Width of the head.
+    depth : int, default=5
+        Hidden layers of the head.
+    init_scale : float, default=0.3
+        Xavier gain of the head's hidden layers after the first.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the init without changing torch's global random state.
+
+    Returns
+    -------
+    model : HeadedNetwork
+    """
+    from torchvision.models import resnet18
+
+    with _seeded(random_state):
+        backbone = resnet18(weights=None)
+        backbone.conv1 = nn.Conv2d(
+            in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False
+        )
+        backbone.fc = nn.Identity()
+        layers, readout = _head(512, n_classes, width, depth, init_scale, False)
+    return HeadedNetwork(backbone, layers, readout)
+
+
+def make_vgg11(
+    in_channels=3,
+    n_classes=10,
+    *,
+    width=512,
+    depth=5,
+    init_scale=0.3,
+    random_state=None,
+):
+    """torchvision's VGG11 truncated before its last two poolings, with an MLP head.
+
+    The backbone is ``vgg11(weights=None).features[:15]`` (6 convolutions and 3
+    max-poolings, ending with a ReLU; built with torchvision's ``make_layers`` and
+    VGG init, without the unused classifier) with the first convolution replaced
+    by ``Conv2d(in_channels, 64, 3, padding=1, bias=False)`` (default init, as in
+    the paper's code), then
+    ``AdaptiveAvgPool2d((4, 4))``: 512 * 4 * 4 = 8192 features.
+
+    Parameters
+    ----------
+    in_channels : int, default=3
+    n_classes : int, default=10
+    width : int, default=512
+    depth : int, default=5
+    init_scale : float, default=0.3
+        Xavier gain of the head's hidden layers after the first.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the init without changing torch's global random state.
+
+    Returns
+    -------
+    model : HeadedNetwork
+    """
+    from torchvision.models.vgg import cfgs, make_layers
+
+    with _seeded(random_state):
+        # vgg11(weights=None).features, initialised as torchvision's VGG does,
+        # without allocating its 120M-parameter classifier.
+        features = make_layers(cfgs["A"])[:15]
+        for module in features.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(
+                    module.weight, mode="fan_out", nonlinearity="relu"
+                )
+                nn.init.zeros_(module.bias)
+        features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1, bias=False)
+        backbone = nn.Sequential(
+            *features, nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten()
+        )
+        layers, readout = _head(512 * 16, n_classes, width, depth, init_scale, False)
+    return HeadedNetwork(backbone, layers, readout)
+
+
+def make_model(arch, input_shape, n_classes=10, **kwargs):
+    """Build one of :data:`ARCHITECTURES` for inputs of shape ``input_shape``.
+
+    Parameters
+    ----------
+    arch : {"mlp", "resnet18", "vgg11"}
+    input_shape : tuple of int
+        Shape of one input, ``(d,)`` or ``(c, h, w)``.
+    n_classes : int, default=10
+    **kwargs
+        ``width``, ``depth``, ``init_scale``, ``random_state``.
+
+    Returns
+    -------
+    model : HeadedNetwork
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if arch == "mlp":
+        in_features = 1
+        for s in input_shape:
+            in_features *= s
+        return make_mlp(in_features, n_classes, **kwargs)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}; got {arch!r}.")
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"arch={arch!r} needs image inputs of shape (c, h, w); got input_shape="
+            f"{input_shape}."
+        )
+    build = make_resnet18 if arch == "resnet18" else make_vgg11
+    return build(input_shape[0], n_classes, **kwargs)

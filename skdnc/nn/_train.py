@@ -1,0 +1,393 @@
+"""Training as in the paper's Appendix C, with per-layer measurements along the way.
+
+SGD (momentum optional) on mini-batches of 128, mean squared error on one-hot
+targets coded +-1 (the true class +1, the others -1), a constant learning rate.
+Every ``measure_every`` epochs the training loss and accuracy are recorded, and
+:func:`skdnc.nn.probe_network` measures NC1 by SVD stage and the NFA at every hidden
+layer. Histories save to and load from JSON; several seeds aggregate to means and
+standard deviations.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from skdnc._backend import make_generator, resolve_device
+from skdnc.nn._probe import _as_input, _batches, _model_dtype, probe_network
+
+__all__ = [
+    "TrainingHistory",
+    "aggregate_histories",
+    "pm1_targets",
+    "train_network",
+    "train_seeds",
+]
+
+
+def pm1_targets(y_index, n_classes):
+    """One-hot targets coded +-1: +1 for the true class, -1 elsewhere.
+
+    Parameters
+    ----------
+    y_index : array-like of int, shape (n_samples,)
+        Class indices ``0, ..., n_classes - 1``.
+    n_classes : int
+
+    Returns
+    -------
+    Y : torch.Tensor of shape (n_samples, n_classes), float32
+
+    Examples
+    --------
+    >>> from skdnc.nn import pm1_targets
+    >>> pm1_targets([0, 2], 3)
+    tensor([[ 1., -1., -1.],
+            [-1., -1.,  1.]])
+    """
+    idx = torch.as_tensor(np.asarray(y_index), dtype=torch.long)
+    Y = -torch.ones(len(idx), int(n_classes))
+    Y[torch.arange(len(idx)), idx] = 1.0
+    return Y
+
+
+@dataclass
+class TrainingHistory:
+    """What :func:`train_network` recorded.
+
+    Attributes
+    ----------
+    epochs : list of int
+        Epochs at which measurements were taken (0: before training).
+    loss : list of float
+        Training MSE over all points (eval mode) at those epochs.
+    accuracy : list of float
+        Training accuracy at those epochs.
+    probes : list of dict
+        :meth:`NetworkProbe.to_dict` at those epochs (empty without probes).
+    epoch_loss : list of float
+        Mean mini-batch loss of every epoch ``1, ..., epochs``.
+    config : dict
+        The training settings (and anything the caller adds).
+    """
+
+    epochs: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    probes: list = field(default_factory=list)
+    epoch_loss: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        """Plain dict of lists (JSON-ready)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def save(self, path):
+        """Write the history to ``path`` as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path):
+        """Read a history written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def curve(self, key):
+        """A recorded quantity as an array over the measured epochs.
+
+        Parameters
+        ----------
+        key : str
+            ``"loss"``, ``"accuracy"``, or a key of :meth:`NetworkProbe.to_dict`
+            (``"nc1"`` gives shape (n_epochs, n_layers, 3), ``"nfa_correlation"``
+            (n_epochs, n_layers), ``"within_share"`` (n_epochs,), ...).
+
+        Returns
+        -------
+        values : ndarray
+        """
+        if key in ("loss", "accuracy", "epochs"):
+            return np.asarray(getattr(self, key), dtype=float)
+        if not self.probes:
+            raise ValueError("This history has no probe measurements.")
+        return np.asarray([p[key] for p in self.probes], dtype=float)
+
+
+def _n_outputs(model, X):
+    """Number of outputs of ``model`` (one sample through it in eval mode)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(X[:1])
+    finally:
+        model.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(
+            f"The model must output (n_samples, n_classes) scores; got shape "
+            f"{tuple(out.shape)}."
+        )
+    return out.shape[1]
+
+
+def _encode_labels(y, n_outputs):
+    """Classes and class indices: integer labels in ``[0, n_outputs)`` index the
+    outputs directly; other labels are sorted and must number ``n_outputs``."""
+    if np.issubdtype(y.dtype, np.integer) and y.min() >= 0 and y.max() < n_outputs:
+        return np.arange(n_outputs), y.astype(np.int64)
+    classes, y_index = np.unique(y, return_inverse=True)
+    if len(classes) != n_outputs:
+        raise ValueError(
+            f"y has {len(classes)} classes but the model has {n_outputs} outputs."
+        )
+    return classes, y_index
+
+
+def _evaluate(model, X, Y, batch_size, device, dtype):
+    """Training MSE and accuracy over all points, in eval mode, no grad."""
+    was_training = model.training
+    loss, correct = 0.0, 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for rows in _batches(len(X), batch_size):
+                out = model(_as_input(X[rows], device, dtype))
+                target = Y[rows].to(device=device, dtype=out.dtype)
+                loss += float(((out - target) ** 2).mean(dim=1).sum())
+                correct += int((out.argmax(1) == target.argmax(1)).sum())
+    finally:
+        model.train(was_training)
+    return loss / len(X), correct / len(X)
+
+
+def train_network(
+    model,
+    X,
+    y,
+    *,
+    epochs=500,
+    lr=0.05,
+    momentum=0.0,
+    weight_decay=0.0,
+    batch_size=128,
+    measure_every=None,
+    probe=True,
+    layers=None,
+    probe_batch_size=512,
+    device="auto",
+    random_state=None,
+    progress=True,
+):
+    """Train ``model`` in place with SGD on the MSE to +-1 one-hot targets.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Moved to ``device`` and trained in place; its train/eval mode is restored
+        at the end. Its dtype (float32 or float64) is the compute dtype.
+    X : array-like or torch.Tensor of shape (n_samples, ...)
+        Training inputs in the model's input shape.
+    y : array-like of shape (n_samples,)
+        Class labels. Integers in ``[0, n_outputs)`` index the model's outputs
+        directly; other labels are sorted, and there must be one per output.
+    epochs : int, default=500
+    lr : float, default=0.05
+    momentum : float, default=0.0
+    weight_decay : float, default=0.0
+    batch_size : int, default=128
+    measure_every : int, default=None
+        Measure at epochs ``0, k, 2k, ...`` and at the last epoch; ``None``: only
+        before and after training.
+    probe : bool, default=True
+        Run :func:`probe_network` at each measurement (else only loss and
+        accuracy).
+    layers : list, default=None
+        Layers to probe, see :func:`find_layers`.
+    probe_batch_size : int, default=512
+    device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
+    random_state : int, RandomState instance or None, default=None
+        Seeds the order of the mini-batches (a CPU :class:`torch.Generator`; the
+        global RNG is not used). The init is the model builder's.
+    progress : bool, default=True
+        Show a tqdm progress bar over the epochs.
+
+    Returns
+    -------
+    history : TrainingHistory
+
+    Notes
+    -----
+    The loss is ``nn.MSELoss()`` (mean over the batch and the outputs), as in the
+    paper's code. One optimiser is used for the whole run (the paper's code makes a
+    new one every epoch, which matters only with momentum).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc.nn import make_mlp, train_network
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.normal(size=(64, 5)).astype(np.float32), np.arange(64) % 2
+    >>> net = make_mlp(5, 2, width=16, depth=2, init_scale=1.0, random_state=0)
+    >>> h = train_network(net, X, y, epochs=3, lr=0.1, device="cpu", progress=False,
+    ...                   random_state=0)
+    >>> h.epochs, len(h.probes), len(h.epoch_loss)
+    ([0, 3], 2, 3)
+    """
+    device = resolve_device(device)
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(
+            f"X and y must have the same number of samples; got {len(X)} and {len(y)}."
+        )
+    model.to(device)
+    dtype = _model_dtype(model)
+    Xt = _as_input(X, device, dtype)
+    classes, y_index = _encode_labels(y, _n_outputs(model, Xt))
+    Yt = pm1_targets(y_index, len(classes)).to(device=device, dtype=dtype)
+    generator = make_generator(random_state)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    history = TrainingHistory(
+        config={
+            "epochs": int(epochs),
+            "lr": float(lr),
+            "momentum": float(momentum),
+            "weight_decay": float(weight_decay),
+            "batch_size": int(batch_size),
+            "measure_every": measure_every,
+            "n_samples": len(X),
+            "classes": classes.tolist(),
+        }
+    )
+
+    def measure(epoch):
+        loss, acc = _evaluate(model, Xt, Yt, probe_batch_size, device, dtype)
+        history.epochs.append(int(epoch))
+        history.loss.append(loss)
+        history.accuracy.append(acc)
+        if probe:
+            result = probe_network(
+                model, Xt, y_index, layers=layers, batch_size=probe_batch_size
+            )
+            history.probes.append(result.to_dict())
+
+    was_training = model.training
+    n = len(Xt)
+    try:
+        measure(0)
+        bar = tqdm(range(1, int(epochs) + 1), desc="training", unit="epoch",
+                   disable=not progress)  # fmt: skip
+        for epoch in bar:
+            model.train()
+            order = torch.randperm(n, generator=generator).to(device)
+            total = 0.0
+            for rows in _batches(n, batch_size):
+                idx = order[rows]
+                optimizer.zero_grad(set_to_none=True)
+                out = model(Xt[idx])
+                loss = torch.nn.functional.mse_loss(out, Yt[idx])
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            history.epoch_loss.append(total / n)
+            bar.set_postfix(loss=f"{total / n:.4g}")
+            if epoch == epochs or (measure_every and epoch % int(measure_every) == 0):
+                measure(epoch)
+    finally:
+        model.train(was_training)
+    return history
+
+
+def train_seeds(build_model, X, y, *, seeds=(0, 1, 2), **kwargs):
+    """Train one freshly built model per seed.
+
+    Parameters
+    ----------
+    build_model : callable
+        ``build_model(seed) -> torch.nn.Module``, e.g.
+        ``lambda s: make_mlp(64, random_state=s)``.
+    X, y
+        As for :func:`train_network`.
+    seeds : iterable of int, default=(0, 1, 2)
+        Each seeds both the init (through ``build_model``) and the batch order.
+    **kwargs
+        Passed to :func:`train_network`.
+
+    Returns
+    -------
+    histories : list of TrainingHistory
+        Each with ``config["seed"]``.
+    """
+    histories = []
+    for seed in seeds:
+        history = train_network(build_model(seed), X, y, random_state=seed, **kwargs)
+        history.config["seed"] = int(seed)
+        histories.append(history)
+    return histories
+
+
+_CURVES = (
+    "loss",
+    "accuracy",
+    "nc1",
+    "nc2",
+    "nfa_correlation",
+    "nfa_correlation_uncentered",
+    "nfa_correlation_agop",
+    "right_share",
+    "within_share",
+    "between_share",
+)
+
+
+def aggregate_histories(histories):
+    """Mean and standard deviation over seeds of every recorded curve.
+
+    Parameters
+    ----------
+    histories : list of TrainingHistory
+        Runs with the same measured epochs.
+
+    Returns
+    -------
+    summary : dict
+        ``"epochs"``, ``"n_seeds"``, and for each curve ``key`` (``"loss"``,
+        ``"nc1"``, ``"nfa_correlation"``, ...) ``key + "_mean"`` and ``key + "_std"``
+        as nested lists (std with ``ddof=1``, 0 for one seed). ``"final_nfa_mean"``
+        and ``"final_nfa_std"`` are the paper's statistic: mean and (unbiased) std
+        of the last measurement's sqrt-AGOP NFA correlation over seeds x layers.
+
+    Examples
+    --------
+    >>> from skdnc.nn import TrainingHistory, aggregate_histories
+    >>> a = TrainingHistory(epochs=[0, 1], loss=[1.0, 0.5], accuracy=[0.1, 0.9])
+    >>> b = TrainingHistory(epochs=[0, 1], loss=[1.0, 0.7], accuracy=[0.1, 0.7])
+    >>> aggregate_histories([a, b])["loss_mean"]
+    [1.0, 0.6]
+    """
+    if not histories:
+        raise ValueError("histories is empty.")
+    epochs = histories[0].epochs
+    if any(h.epochs != epochs for h in histories):
+        raise ValueError("All histories must have the same measured epochs.")
+    ddof = 1 if len(histories) > 1 else 0
+    summary = {"epochs": list(epochs), "n_seeds": len(histories)}
+    for key in _CURVES:
+        if key not in ("loss", "accuracy") and not all(h.probes for h in histories):
+            continue
+        stack = np.stack([h.curve(key) for h in histories])
+        summary[key + "_mean"] = stack.mean(axis=0).tolist()
+        summary[key + "_std"] = stack.std(axis=0, ddof=ddof).tolist()
+    if all(h.probes for h in histories):
+        final = np.concatenate([h.curve("nfa_correlation")[-1] for h in histories])
+        summary["final_nfa_mean"] = float(final.mean())
+        summary["final_nfa_std"] = float(final.std(ddof=1)) if len(final) > 1 else 0.0
+    return summary

@@ -1,0 +1,208 @@
+"""Tests of NFAProbe: networks, RFM and Deep RFM estimators, pipelines, cloning."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from torch import nn
+
+from skdnc._agop import psd_power
+from skdnc._deep_rfm import DeepRFMTransformer
+from skdnc._nfa import NFAProbe
+from skdnc._rfm import RFMClassifier
+from skdnc.datasets import load_dataset
+from skdnc.metrics import nc1_score
+from skdnc.nn import make_mlp, nfa_correlation, probe_network
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_dataset(
+        "digits", n_samples=200, balanced=True, standardize=True, return_X_y=True
+    )
+    return X.astype(np.float64), y
+
+
+def test_probe_in_pipeline(digits):
+    X, y = digits
+    net = make_mlp(64, 10, width=32, depth=3, random_state=0)
+    pipe = make_pipeline(NFAProbe(net), LogisticRegression(max_iter=200))
+    pipe.fit(X, y)
+    assert pipe.score(X, y) > 0.9  # the probe passed X through to the classifier
+    probe = pipe[0]
+    assert probe.nfa_correlation_.shape == (3,) and probe.nc1_.shape == (3, 3)
+    assert probe.stages_ == ("input", "right", "output")
+    assert list(probe.layer_names_) == [f"head_layers.{i}" for i in range(3)]
+    assert np.all(np.abs(probe.nfa_correlation_) <= 1)
+    np.testing.assert_array_equal(probe.transform(X), X)
+    assert probe.transform(X.astype(np.float32)).dtype == np.float32
+    reference = probe_network(net, X, y)
+    np.testing.assert_allclose(probe.nc1_, reference.nc1, rtol=1e-6)
+    np.testing.assert_allclose(probe.nfa_correlation_, reference.nfa_correlation,
+                               rtol=1e-6)  # fmt: skip
+    assert probe.svd_share_ == pytest.approx(reference.right_share, rel=1e-6)
+    # The stage-0 NC1 of the first layer is the data's own.
+    assert probe.nc1_[0, 0] == pytest.approx(nc1_score(X, y), rel=1e-5)
+    assert net.training  # mode restored
+
+
+def test_pandas_output_and_feature_names(digits):
+    pd = pytest.importorskip("pandas")
+    X, y = digits
+    df = pd.DataFrame(X, columns=[f"px{i}" for i in range(64)])
+    probe = NFAProbe(make_mlp(64, 10, width=8, depth=2, random_state=0))
+    out = probe.set_output(transform="pandas").fit_transform(df, y)
+    assert list(out.columns) == list(df.columns)
+    np.testing.assert_array_equal(out.to_numpy(), X)
+
+
+def test_clone_and_params():
+    net = make_mlp(4, 2, width=5, depth=2, random_state=0)
+    probe = NFAProbe(net, layers=["head_layers.1"], batch_size=7)
+    params = probe.get_params()
+    assert params["layers"] == ["head_layers.1"] and params["batch_size"] == 7
+    twin = clone(probe)
+    assert twin.get_params()["batch_size"] == 7 and twin.layers == ["head_layers.1"]
+    assert twin.estimator is not net  # deep-copied, as clone does for non-estimators
+    assert not hasattr(twin, "nfa_correlation_")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 4)), np.arange(20) % 2
+    twin.set_params(batch_size=3).fit(X, y)
+    assert twin.nfa_correlation_.shape == (1,)
+    assert list(twin.layer_names_) == ["head_layers.1"]
+    again = pickle.loads(pickle.dumps(twin))
+    np.testing.assert_array_equal(again.nc1_, twin.nc1_)
+    np.testing.assert_array_equal(again.transform(X), X)
+
+
+def test_input_shape_for_conv_nets(digits):
+    X, y = digits
+    torch.manual_seed(0)
+    conv = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 64, 16), nn.ReLU(), nn.Linear(16, 10),
+    ).double()  # fmt: skip
+    probe = NFAProbe(conv, input_shape=(1, 8, 8)).fit(X, y)
+    assert list(probe.layer_names_) == ["3"] and probe.nc1_.shape == (1, 3)
+    assert np.isfinite(probe.nc1_).all()
+    with pytest.raises(ValueError, match="input_shape"):
+        NFAProbe(conv, input_shape=(3, 8, 8)).fit(X, y)
+
+
+def test_errors(digits):
+    X, y = digits
+    with pytest.raises(TypeError, match="torch.nn.Module or a fitted RFM"):
+        NFAProbe(LogisticRegression()).fit(X, y)
+    with pytest.raises(ValueError, match="2 classes"):
+        NFAProbe(make_mlp(64, 10, width=4)).fit(X, np.zeros(len(X)))
+    with pytest.raises(NotFittedError):
+        NFAProbe(make_mlp(64, 10, width=4)).transform(X)
+    with pytest.raises(ValueError, match="batch_size"):
+        NFAProbe(make_mlp(64, 10, width=4), batch_size=0).fit(X, y)
+
+
+# -- RFM and Deep RFM ---------------------------------------------------------------
+class _StandInRFM:
+    """M_ = S and AGOP = S^2: the NFA with AGOP^{1/2} holds exactly."""
+
+    def __init__(self, S):
+        self.M_ = S
+
+    def agop(self, X):
+        return self.M_ @ self.M_
+
+
+def test_rfm_stand_in_exact_nfa(digits):
+    X, y = digits
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(64, 64))
+    S = B @ B.T / 64
+    probe = NFAProbe(_StandInRFM(S)).fit(X, y)
+    assert probe.nfa_correlation_[0] == pytest.approx(1.0, abs=1e-10)
+    assert probe.nfa_correlation_agop_[0] < 0.999  # corr(S, S^2) < 1
+    right = X @ psd_power(torch.tensor(S), 0.5).numpy()
+    assert probe.nc1_[0, 1] == pytest.approx(nc1_score(right, y), rel=1e-10)
+    assert np.isnan(probe.nc1_[0, 2]) and np.isnan(probe.svd_share_)
+
+
+def test_real_rfm(digits):
+    X, y = digits
+    rfm = RFMClassifier(n_iter=2, device="cpu", random_state=0).fit(X, y)
+    probe = NFAProbe(rfm).fit(X, y)
+    assert probe.nfa_correlation_.shape == (1,)
+    assert -1 <= probe.nfa_correlation_[0] <= 1
+    sqrt_agop = psd_power(torch.tensor(rfm.agop(X)), 0.5)
+    assert probe.nfa_correlation_[0] == pytest.approx(
+        nfa_correlation(rfm.M_, sqrt_agop), abs=1e-12
+    )
+
+
+class _StandInDeepRFM:
+    """Orthogonal random weights, so (W M^{1/2})'(W M^{1/2}) = M exactly."""
+
+    def __init__(self, d, n_layers, seed=0):
+        rng = np.random.default_rng(seed)
+        self.layers_ = []
+        for _ in range(n_layers):
+            B = rng.normal(size=(d, d))
+            Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+            M = B @ B.T / d
+            sqrt_M = psd_power(torch.tensor(M), 0.5).numpy()
+            self.layers_.append({"sqrt_M": sqrt_M, "W": Q, "b": None,
+                                 "feature_map": "relu"})  # fmt: skip
+
+    def transform_layers(self, X):
+        out, H = [], X
+        for index, layer in enumerate(self.layers_):
+            MX = H @ layer["sqrt_M"]
+            Phi = np.maximum(MX @ layer["W"].T, 0)
+            out.append({"layer": index + 1, "input": H, "agop": MX, "features": Phi})
+            H = Phi
+        return out
+
+
+def test_deep_rfm_stand_in(digits):
+    X, y = digits
+    est = _StandInDeepRFM(64, 2)
+    probe = NFAProbe(est).fit(X, y)
+    assert list(probe.layer_names_) == ["layer1", "layer2"]
+    np.testing.assert_allclose(probe.nfa_correlation_agop_, 1.0, atol=1e-10)
+    for index, layer in enumerate(est.layers_):
+        sqrt_M = layer["sqrt_M"]
+        M = sqrt_M @ sqrt_M
+        assert probe.nfa_correlation_[index] == pytest.approx(
+            nfa_correlation(M, sqrt_M), abs=1e-10
+        )
+        assert probe.nfa_correlation_uncentered_[index] == pytest.approx(
+            nfa_correlation(M, sqrt_M, centered=False), abs=1e-10
+        )
+    reps = est.transform_layers(X)
+    assert probe.nc1_[1, 2] == pytest.approx(nc1_score(reps[1]["features"], y))
+
+
+def test_real_deep_rfm(digits):
+    X, y = digits
+    est = DeepRFMTransformer(L=2, width=64, n_agop_steps=1, device="cpu",
+                             random_state=0).fit(X, y)  # fmt: skip
+    probe = NFAProbe(est).fit(X, y)
+    assert probe.nc1_.shape == (2, 3)
+    assert np.all(np.abs(probe.nfa_correlation_) <= 1)
+    history = est.collapse_history_
+    # Deep RFM's fit records the stages before rows are normalised for the next
+    # layer; transform_layers must return the same (un-normalised) features.
+    np.testing.assert_allclose(probe.nc1_[:, 0], history["nc1_input"], rtol=1e-8)
+    np.testing.assert_allclose(probe.nc1_[:, 1], history["nc1_agop"], rtol=1e-8)
+    np.testing.assert_allclose(probe.nc1_[:, 2], history["nc1_features"], rtol=1e-8)

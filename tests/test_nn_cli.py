@@ -1,0 +1,72 @@
+"""The ``python -m skdnc.nn`` command, run in-process on digits with tiny settings."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from skdnc.nn.__main__ import DIGITS_DEFAULTS, PAPER_DEFAULTS, build_parser, main
+from skdnc.nn.__main__ import _settings as settings_of
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_command_writes_table_figures_and_json(tmp_path, capsys):
+    status = main([
+        "--dataset", "digits", "--n-samples", "100", "--epochs", "3",
+        "--seeds", "0", "1", "--measure-every", "2", "--width", "16",
+        "--depth", "3", "--lr", "0.1", "--device", "cpu", "--quiet",
+        "--output", str(tmp_path),
+    ])  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    for name in ("head_layers.0", "head_layers.2", "NC1 SV^T", "NFA sqrt-AGOP"):
+        assert name in printed
+    for png in ("figure2_nc1_svd_mlp_digits.png", "figure10_training_mlp_digits.png"):
+        assert (tmp_path / png).read_bytes()[:8] == PNG
+    assert "head_layers.1" in (tmp_path / "nn_table_mlp_digits.txt").read_text()
+    results = json.loads((tmp_path / "nn_results_mlp_digits.json").read_text())
+    assert results["config"]["epochs"] == 3 and results["config"]["seeds"] == [0, 1]
+    assert len(results["histories"]) == 2
+    summary = results["summary"]
+    assert summary["epochs"] == [0, 2, 3] and summary["n_seeds"] == 2
+    assert np.asarray(summary["nc1_mean"]).shape == (3, 3, 3)
+    assert np.asarray(summary["nfa_correlation_std"]).shape == (3, 3)
+    losses = [h["loss"] for h in results["histories"]]
+    np.testing.assert_allclose(summary["loss_mean"], np.mean(losses, axis=0))
+    assert len(results["final"]["right_share"]) == 2
+
+
+def test_command_conv_backbone_on_digit_images(tmp_path):
+    main([
+        "--arch", "resnet18", "--n-samples", "40", "--epochs", "1", "--seeds", "0",
+        "--width", "8", "--depth", "2", "--device", "cpu", "--quiet",
+        "--output", str(tmp_path),
+    ])  # fmt: skip
+    assert (tmp_path / "figure11_training_resnet18_digits.png").read_bytes()[:8] == PNG
+    results = json.loads((tmp_path / "nn_results_resnet18_digits.json").read_text())
+    assert results["config"]["input_shape"] == [1, 8, 8]
+
+
+def test_defaults_and_bad_arguments(tmp_path):
+    parse = build_parser().parse_args
+    assert settings_of(parse([])) == DIGITS_DEFAULTS
+    paper = settings_of(parse(["--dataset", "cifar10"]))
+    assert paper == PAPER_DEFAULTS and paper["lr"] == 0.05
+    assert settings_of(parse(["--dataset", "mnist"]))["init_scale"] == 0.2
+    assert settings_of(parse(["--dataset", "mnist", "--init-scale", "0.4"]))[
+        "init_scale"
+    ] == 0.4
+    with pytest.raises(SystemExit, match="--epochs"):
+        main(["--epochs", "0", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--arch", "lenet"])
