@@ -746,6 +746,12 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     The validation score that chooses the number of AGOP updates is the
     coefficient of determination :math:`R^2`.
 
+    References
+    ----------
+    .. [1] A. Radhakrishnan, D. Beaglehole, P. Pandit and M. Belkin, "Mechanism for
+       feature learning in neural networks and backpropagation-free machine
+       learning models", Science 383, 2024.
+
     Examples
     --------
     >>> import numpy as np

@@ -20,9 +20,11 @@ and conjugate gradients otherwise.
 import math
 import time
 import warnings
+from contextlib import nullcontext
 
 import torch
 from scipy.linalg import LinAlgWarning, get_lapack_funcs
+from threadpoolctl import threadpool_limits
 
 from skdnc._backend import block_rows
 from skdnc._kernels import iter_row_blocks, kernel_matrix
@@ -117,11 +119,18 @@ def _factor_in_place(K):
     if K.device.type == "cpu":
         a = K.numpy().T
         (potrf,) = get_lapack_funcs(("potrf",), (a,))
-        _, info = potrf(a, lower=True, overwrite_a=True, clean=False)
+        with _small_problem_threads(len(a)):
+            _, info = potrf(a, lower=True, overwrite_a=True, clean=False)
         return info == 0
     info = torch.empty((), dtype=torch.int32, device=K.device)
     torch.linalg.cholesky_ex(K, out=(K, info))
     return int(info) == 0
+
+
+def _small_problem_threads(n):
+    """One BLAS thread for a factorization too small to gain from more: on a busy
+    machine a two-threaded Cholesky of a few hundred rows was 50x slower."""
+    return threadpool_limits(limits=1, user_api="blas") if n < 2048 else nullcontext()
 
 
 def _solve_factored(K, Y):
@@ -129,7 +138,8 @@ def _solve_factored(K, Y):
     if K.device.type == "cpu":  # LAPACK on the Fortran view; torch would copy K
         a = K.numpy().T
         (potrs,) = get_lapack_funcs(("potrs",), (a,))
-        X, _ = potrs(a, Y.cpu().numpy(), lower=True)
+        with _small_problem_threads(len(a)):
+            X, _ = potrs(a, Y.cpu().numpy(), lower=True)
         return torch.from_numpy(X).to(Y.dtype)
     return torch.cholesky_solve(Y, K)
 
