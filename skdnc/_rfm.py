@@ -120,7 +120,7 @@ def rfm_rounds(
             M = agop_step(X, alpha, M, kernel, params=params, budget=budget,
                           generator=generator)  # fmt: skip
         if log is not None:
-            score = f", validation score {scores[-1]:.4f}" if scores else ""
+            score = f", validation score {scores[-1][0]:.4f}" if scores else ""
             log(f"round {t}: {time.perf_counter() - tic:.2f} s{score}")
     return M, alpha, scores
 

@@ -20,11 +20,9 @@ and conjugate gradients otherwise.
 import math
 import time
 import warnings
-from contextlib import nullcontext
 
 import torch
-from scipy.linalg import LinAlgWarning, get_lapack_funcs
-from threadpoolctl import threadpool_limits
+from scipy.linalg import LinAlgWarning
 
 from skdnc._backend import block_rows
 from skdnc._kernels import iter_row_blocks, kernel_matrix
@@ -98,7 +96,7 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
         scale = float(K.diagonal().mean())
         K.diagonal().add_(reg + jitter)
         if _factor_in_place(K):
-            _warn_conditioning(K.diagonal(), reg, jitter, eps)
+            _warn_conditioning(K.diagonal(), reg, jitter, eps)  # diag of U
             return _solve_factored(K, Y)
         del K
         jitter = max(100 * jitter, 1e3 * eps * scale)
@@ -111,37 +109,23 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
 def _factor_in_place(K):
     """Cholesky factor of the symmetric ``K`` in its own memory; ``True`` on success.
 
-    On the CPU, LAPACK's ``potrf`` runs on the transposed (Fortran-ordered) view of
-    ``K``, the same matrix since ``K`` is symmetric, and overwrites it: no second
-    ``n x n`` buffer, which ``torch.linalg.cholesky`` would allocate. The lower
-    factor of that view is the upper-triangular ``U = L^T`` of ``K``'s rows.
+    ``K.mT`` is a Fortran-ordered view of the same (symmetric) matrix, which LAPACK
+    factors in place: no second ``n x n`` buffer, which ``torch.linalg.cholesky``
+    on ``K`` itself would allocate. Afterwards ``K.mT`` holds ``U`` with
+    ``K = U^T U`` in its upper triangle.
     """
-    if K.device.type == "cpu":
-        a = K.numpy().T
-        (potrf,) = get_lapack_funcs(("potrf",), (a,))
-        with _small_problem_threads(len(a)):
-            _, info = potrf(a, lower=True, overwrite_a=True, clean=False)
-        return info == 0
+    U = K.mT
     info = torch.empty((), dtype=torch.int32, device=K.device)
-    torch.linalg.cholesky_ex(K, out=(K, info))
+    torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
     return int(info) == 0
 
 
-def _small_problem_threads(n):
-    """One BLAS thread for a factorization too small to gain from more: on a busy
-    machine a two-threaded Cholesky of a few hundred rows was 50x slower."""
-    return threadpool_limits(limits=1, user_api="blas") if n < 2048 else nullcontext()
-
-
 def _solve_factored(K, Y):
-    """Solve with a factor from :func:`_factor_in_place`."""
-    if K.device.type == "cpu":  # LAPACK on the Fortran view; torch would copy K
-        a = K.numpy().T
-        (potrs,) = get_lapack_funcs(("potrs",), (a,))
-        with _small_problem_threads(len(a)):
-            X, _ = potrs(a, Y.cpu().numpy(), lower=True)
-        return torch.from_numpy(X).to(Y.dtype)
-    return torch.cholesky_solve(Y, K)
+    """Solve with the factor from :func:`_factor_in_place`, without copying it
+    (``torch.cholesky_solve`` would)."""
+    U = K.mT
+    Z = torch.linalg.solve_triangular(U.mT, Y, upper=False)
+    return torch.linalg.solve_triangular(U, Z, upper=True)
 
 
 def _warn_conditioning(factor_diagonal, reg, jitter, eps):

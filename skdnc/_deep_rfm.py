@@ -1,0 +1,604 @@
+"""Deep Recursive Feature Machines (Algorithm 1 of the paper) and their feature maps.
+
+A layer of Deep RFM fits a kernel machine to the (row-normalised) representation,
+takes the Average Gradient Outer Product (AGOP) ``M`` of that machine, and maps the
+data through ``Phi(M^{1/2} x)`` with an untrained random feature map ``Phi``. The
+kernel solve and the AGOP are the RFM core's (:mod:`skdnc._solvers`,
+:func:`skdnc._rfm.agop_step`); this module adds the random feature maps, which
+:mod:`skdnc._theory` uses as well.
+"""
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from tqdm.auto import tqdm
+
+from skdnc._agop import psd_power
+from skdnc._backend import (
+    make_generator,
+    memory_budget_bytes,
+    resolve_device,
+    resolve_dtype,
+    to_numpy,
+    to_tensor,
+)
+from skdnc._kernels import KERNELS, Kernel, iter_row_blocks
+from skdnc._rfm import agop_step
+from skdnc._solvers import SOLVERS, fit_kernel_regression
+
+FEATURE_MAPS = ("relu", "cos")
+DEFAULT_WIDTH = {"relu": 1024, "cos": 4096}
+#: Names of the three representations of a layer, in the order they are computed.
+STAGES = ("input", "agop", "features")
+
+
+# -- random feature maps -------------------------------------------------------------
+def draw_feature_map(kind, n_features_in, width, *, gamma=0.05, generator=None):
+    """Draw the random weights of a feature map, in float64 on the CPU.
+
+    Parameters
+    ----------
+    kind : {"relu", "cos"}
+        ``"relu"``: :math:`W_{ij} \\sim \\mathcal N(0, 2/D)` and no offset.
+        ``"cos"``: :math:`W_{ij} \\sim \\mathrm{Cauchy}(0, \\gamma)` and offsets
+        :math:`b_i \\sim U[0, 2\\pi)`.
+    n_features_in : int
+        Input dimension :math:`d`.
+    width : int
+        Number of features :math:`D`.
+    gamma : float, default=0.05
+        Scale :math:`\\gamma` of the Cauchy frequencies (``"cos"`` only).
+    generator : torch.Generator, optional
+        Source of the draws; a fixed seed when omitted.
+
+    Returns
+    -------
+    W : torch.Tensor of shape (width, n_features_in)
+    b : torch.Tensor of shape (width,) or None
+        ``None`` for ``"relu"``.
+    """
+    if kind not in FEATURE_MAPS:
+        raise ValueError(f"feature_map must be one of {FEATURE_MAPS}; got {kind!r}.")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    shape = (int(width), int(n_features_in))
+    if kind == "relu":
+        W = torch.randn(shape, generator=generator, dtype=torch.float64)
+        return W.mul_(math.sqrt(2.0 / width)), None
+    W = torch.empty(shape, dtype=torch.float64).cauchy_(0.0, float(gamma),
+                                                         generator=generator)
+    b = torch.rand(int(width), generator=generator, dtype=torch.float64)
+    return W, b.mul_(2 * math.pi)
+
+
+def apply_feature_map(X, W, b, kind, *, out=None, block_rows=None):
+    """Random features :math:`\\Phi(x)` of the rows of ``X``, in row blocks.
+
+    ``"relu"``: :math:`\\Phi(x) = \\mathrm{ReLU}(W x)`. With
+    :math:`W_{ij} \\sim \\mathcal N(0, 2/D)`,
+    :math:`\\mathbb E\\, \\Phi(x)^\\top \\Phi(z) = \\frac{\\|x\\| \\|z\\|}{\\pi}
+    (\\sin\\theta + (\\pi - \\theta)\\cos\\theta)` (Proposition A.1).
+
+    ``"cos"``: :math:`\\Phi(x) = \\sqrt{2/D}\\, \\cos(W x + b)`, random Fourier
+    features of the :math:`\\ell_1`-Laplace kernel:
+    :math:`\\mathbb E\\, \\Phi(x)^\\top \\Phi(z) = \\exp(-\\gamma \\|x - z\\|_1)`,
+    because a Cauchy(0, :math:`\\gamma`) variable has characteristic function
+    :math:`e^{-\\gamma |t|}`.
+
+    Parameters
+    ----------
+    X : torch.Tensor of shape (n, d)
+    W : torch.Tensor of shape (D, d)
+    b : torch.Tensor of shape (D,) or None
+    kind : {"relu", "cos"}
+    out : torch.Tensor of shape (n, D), optional
+        Where to write the result.
+    block_rows : int, optional
+        Rows of ``X`` per block; default all at once.
+
+    Returns
+    -------
+    Phi : torch.Tensor of shape (n, D)
+    """
+    n, D = X.shape[0], W.shape[0]
+    if out is None:
+        out = X.new_empty(n, D)
+    scale = math.sqrt(2.0 / D)
+    for rows in iter_row_blocks(n, block_rows or max(n, 1)):
+        Z = torch.matmul(X[rows], W.T, out=out[rows])
+        if kind == "relu":
+            Z.clamp_(min=0.0)
+        else:
+            Z.add_(b).cos_().mul_(scale)
+    return out
+
+
+def normalize_rows(X):
+    """Divide every row by its Euclidean norm, in place; zero rows stay zero."""
+    norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
+    return X.div_(norms.clamp_(min=torch.finfo(X.dtype).tiny))
+
+
+# -- the estimator --------------------------------------------------------------------
+class DeepRFMTransformer(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
+    """Deep Recursive Feature Machine: the representation of Algorithm 1.
+
+    Every layer normalises each sample to unit norm, fits a kernel machine to the
+    class labels, computes the Average Gradient Outer Product ``M`` of that machine
+    with respect to the layer's input, and maps the data through a random feature
+    map applied after ``M^{1/2}``. Projecting onto the AGOP at every layer drives
+    deep neural collapse: the within-class variability (NC1) of the layer inputs
+    falls exponentially with depth and the class means approach a simplex ETF
+    (NC2). Runs on torch, on a GPU when there is one.
+
+    Parameters
+    ----------
+    L : int, default=18
+        Number of layers (the paper's Figure 1 shows 18).
+    kernel : {"laplace", "gaussian", "exponential"}, default="laplace"
+        Kernel of every layer's kernel machine (the paper uses the Laplace kernel
+        :math:`\\exp(-\\|x - z\\| / L)`; the Gaussian for ReLU on MNIST).
+    bandwidth : float, default=2.0
+        Kernel bandwidth; the layer inputs have unit norm, so distances are at
+        most 2.
+    exponent : float, default=1.0
+        Exponent of the ``"exponential"`` kernel.
+    reg : float, default=1e-3
+        Ridge of the kernel solve. The paper states a ridgeless solve (``reg=0``);
+        its code effectively uses 1e-3, the default here, which stays well-posed
+        as the layers collapse.
+    n_agop_steps : int, default=1
+        AGOP estimates per layer. ``1`` (Algorithm 1): solve with ``M = I`` and
+        take the AGOP of that machine. ``t > 1``: re-solve with the current ``M``
+        and take its AGOP again, ``t`` times in all (full RFM iterations). ``0``:
+        no kernel machine, ``M = I``, i.e. a deep random-feature model, the
+        paper's control without the AGOP.
+    agop_power : float, default=0.5
+        The data are mapped by :math:`M^{p}` with this power ``p`` (the paper's
+        :math:`M^{1/2}`; ``1.0`` applies the AGOP itself).
+    agop_samples : int, float or None, default=None
+        Training points at which each AGOP is taken: a number, a fraction, or
+        ``None`` for all of them up to 20,000. Drawn with ``random_state``.
+    agop_normalization : {"max", "trace"} or None, default="max"
+        Rescaling of the AGOP: by its largest entry (the paper's code), to trace
+        ``d``, or none. :math:`M^{1/2}` is applied before a row normalisation,
+        so the scale matters only to further AGOP steps within a layer.
+    feature_map : {"relu", "cos"}, default="relu"
+        ``"relu"``: :math:`\\mathrm{ReLU}(W x)`, :math:`W_{ij} \\sim
+        \\mathcal N(0, 2/D)`. ``"cos"``: :math:`\\sqrt{2/D}\\cos(W x + b)` with
+        Cauchy(0, ``gamma``) frequencies and uniform phases, random Fourier
+        features of :math:`\\exp(-\\gamma \\|x - z\\|_1)`.
+    width : int, default=None
+        Number of random features :math:`D`; ``None`` means 1024 for ``"relu"``
+        and 4096 for ``"cos"`` (the paper's widths).
+    gamma : float, default=0.05
+        Scale of the ``"cos"`` map's kernel (the paper's 0.05 for MNIST, 0.1 for
+        CIFAR-10 and SVHN).
+    target_coding : {"pm1", "onehot"}, default="pm1"
+        Targets of each kernel machine: +1 for the class and -1 elsewhere (the
+        paper's coding), or 1 and 0.
+    normalize : {"rows"} or None, default="rows"
+        ``"rows"`` divides every sample by its norm at the start of each layer
+        and at the end, as Algorithm 1 does. ``None`` skips it (the variant of the
+        paper's Section 4.2 analysis).
+    record_metrics : bool, default=True
+        Measure NC1 and NC2 of every layer's three representations during
+        :meth:`fit` and store them in ``collapse_history_``.
+    solver : {"auto", "cholesky", "cg"}, default="auto"
+        Linear solver of the kernel machines (see :class:`RFMClassifier`).
+    solver_params : dict, default=None
+        Options of the ``"cg"`` solver.
+    device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
+        Where the computation runs (``"auto"``: CUDA when available).
+    dtype : {"float64", "float32"}, default="float64"
+        Precision of the computation. ``"float32"`` is several times faster on a
+        GPU and about twice as fast on a CPU.
+    memory_budget : float, default=None
+        Memory, in GiB, one computation may use; ``None``: 80% of a GPU's free
+        memory or half of the available RAM.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random feature maps and the AGOP points. All draws are made on
+        the CPU, so a seed gives the same maps on every device.
+    verbose : int, default=0
+        Show a progress bar over the layers (with the current NC1).
+
+    Attributes
+    ----------
+    layers_ : list of dict
+        One dict per layer with ``"sqrt_M"`` (ndarray of shape (d_l, d_l), the
+        matrix :math:`M_l^{p}` applied to the layer's input), ``"W"`` (ndarray of
+        shape (D, d_l)), ``"b"`` (ndarray of shape (D,) or None) and
+        ``"feature_map"``. Arrays are in the computation's dtype.
+    collapse_history_ : dict of ndarray or None
+        With ``record_metrics``: ``"layer"`` (1, ..., L) and, for every stage
+        ``s`` in ``("input", "agop", "features")`` (the row-normalised input
+        :math:`X_l`, :math:`M_l^{1/2} X_l` and :math:`\\Phi_l(M_l^{1/2} X_l)`),
+        ``"nc1_s"`` (tr Sigma_W / tr Sigma_B), ``"nc2_s"`` (Frobenius distance of
+        the centred, normalised class-mean Gram matrix from the simplex ETF's),
+        ``"nc2_mse_s"`` (its mean squared entry, the paper code's NC2) and
+        ``"gram_corr_s"`` (correlation of the centred, normalised Gram matrix with
+        the label kernel, the statistic of Figure 1), each of shape (L,), from
+        :func:`skdnc.metrics.neural_collapse_report`. ``None`` without
+        ``record_metrics``.
+    classes_ : ndarray of shape (n_classes,)
+        The class labels seen in :meth:`fit`.
+    n_features_in_ : int
+        Number of features seen in :meth:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen in :meth:`fit`, when ``X`` has string column names.
+
+    See Also
+    --------
+    RFMClassifier : One RFM; the usual classifier on top of the representation.
+    skdnc.metrics.nc1_score : The NC1 measurement.
+
+    Notes
+    -----
+    Algorithm 1 of [1]_: for :math:`l = 1, \\dots, L`,
+
+    1. :math:`x \\leftarrow x / \\|x\\|` for every sample;
+    2. :math:`\\alpha_l = (k(X_l, X_l) + \\mu I)^{-1} Y`, with the kernel ``kernel``;
+    3. :math:`M_l = \\frac{1}{m} \\sum_i \\sum_c \\nabla f_{l,c}(x_i)
+       \\nabla f_{l,c}(x_i)^\\top`, the AGOP of
+       :math:`f_l = \\alpha_l^\\top k(\\cdot, X_l)` at the training points (each
+       point's own centre left out, where the Laplace kernel is not
+       differentiable), divided by its largest entry;
+    4. :math:`X_{l+1} = \\Phi_l(M_l^{1/2} X_l)`.
+
+    :meth:`transform` returns :math:`X_{L+1}` after the final row normalisation:
+    the input of the paper's last kernel machine :math:`k_{L+1}`, so that
+    ``Pipeline([DeepRFMTransformer(), RFMClassifier()])`` is Algorithm 1 with an
+    RFM as its readout. :meth:`transform_layers` returns the three
+    representations of every layer.
+
+    The cost of a layer is that of an RFM round on ``n`` points of dimension
+    ``D``: the kernel matrix (:math:`2 n^2 D` flops), its Cholesky factor
+    (:math:`n^3/3`), the AGOP (:math:`2 n m K D + 2 m K D^2`) and the feature map
+    (:math:`2 n D^2`). ``agop_samples``, a smaller ``width`` and ``dtype="float32"``
+    make it cheaper.
+
+    References
+    ----------
+    .. [1] D. Beaglehole, P. Súkeník, M. Mondelli and M. Belkin, "Average gradient
+       outer product as a mechanism for deep neural collapse", NeurIPS 2024.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skdnc import DeepRFMTransformer
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X, y = X[:300], y[:300]
+    >>> drfm = DeepRFMTransformer(L=4, width=128, random_state=0).fit(X, y)
+    >>> drfm.transform(X).shape
+    (300, 128)
+    >>> nc1 = drfm.collapse_history_["nc1_input"]
+    >>> bool(nc1[-1] < 0.2 * nc1[0])
+    True
+    """
+
+    _parameter_constraints = {
+        "L": [Interval(Integral, 1, None, closed="left")],
+        "kernel": [StrOptions(set(KERNELS))],
+        "bandwidth": [Interval(Real, 0, None, closed="neither")],
+        "exponent": [Interval(Real, 0, 2, closed="right")],
+        "reg": [Interval(Real, 0, None, closed="left")],
+        "n_agop_steps": [Interval(Integral, 0, None, closed="left")],
+        "agop_power": [Interval(Real, 0, None, closed="neither")],
+        "agop_samples": [
+            Interval(Integral, 1, None, closed="left"),
+            Interval(Real, 0, 1, closed="right"),
+            None,
+        ],
+        "agop_normalization": [StrOptions({"max", "trace"}), None],
+        "feature_map": [StrOptions(set(FEATURE_MAPS))],
+        "width": [Interval(Integral, 1, None, closed="left"), None],
+        "gamma": [Interval(Real, 0, None, closed="neither")],
+        "target_coding": [StrOptions({"pm1", "onehot"})],
+        "normalize": [StrOptions({"rows"}), None],
+        "record_metrics": ["boolean"],
+        "solver": [StrOptions(set(SOLVERS))],
+        "solver_params": [dict, None],
+        "device": [str, torch.device],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        L=18,
+        kernel="laplace",
+        bandwidth=2.0,
+        exponent=1.0,
+        reg=1e-3,
+        n_agop_steps=1,
+        agop_power=0.5,
+        agop_samples=None,
+        agop_normalization="max",
+        feature_map="relu",
+        width=None,
+        gamma=0.05,
+        target_coding="pm1",
+        normalize="rows",
+        record_metrics=True,
+        solver="auto",
+        solver_params=None,
+        device="auto",
+        dtype="float64",
+        memory_budget=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.L = L
+        self.kernel = kernel
+        self.bandwidth = bandwidth
+        self.exponent = exponent
+        self.reg = reg
+        self.n_agop_steps = n_agop_steps
+        self.agop_power = agop_power
+        self.agop_samples = agop_samples
+        self.agop_normalization = agop_normalization
+        self.feature_map = feature_map
+        self.width = width
+        self.gamma = gamma
+        self.target_coding = target_coding
+        self.normalize = normalize
+        self.record_metrics = record_metrics
+        self.solver = solver
+        self.solver_params = solver_params
+        self.device = device
+        self.dtype = dtype
+        self.memory_budget = memory_budget
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fitting ----------------------------------------------------------------------
+    def _encode_targets(self, y_index, n_classes):
+        low = -1.0 if self.target_coding == "pm1" else 0.0
+        Y = np.full((len(y_index), n_classes), low)
+        Y[np.arange(len(y_index)), y_index] = 1.0
+        return Y
+
+    def _layer_agop(self, X, Y, kernel, *, budget, generator):
+        """The layer's AGOP ``M_l`` (``None`` for the identity)."""
+        params = {
+            "agop_samples": self.agop_samples,
+            "agop_normalization": self.agop_normalization,
+            "agop_power": 1.0,
+            "centering": False,
+            "diag": False,
+        }
+        M = None
+        for _ in range(int(self.n_agop_steps)):
+            alpha = fit_kernel_regression(
+                X, Y, M, kernel, float(self.reg), solver=self.solver, budget=budget,
+                solver_params=self.solver_params, generator=generator,
+            )  # fmt: skip
+            M = agop_step(X, alpha, M, kernel, params=params, budget=budget,
+                          generator=generator)  # fmt: skip
+            del alpha
+        return M
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Fit the L layers of Deep RFM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Class labels, of any type (every layer fits a kernel machine to them).
+
+        Returns
+        -------
+        self : DeepRFMTransformer
+            The fitted transformer.
+        """
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError(
+                "DeepRFMTransformer needs samples of at least 2 classes in the data; "
+                f"got 1 class: {self.classes_[0]!r}."
+            )
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype)
+        budget = memory_budget_bytes(self.memory_budget, device)
+        generator = make_generator(self.random_state)
+        kernel = Kernel(self.kernel, float(self.bandwidth), float(self.exponent))
+        width = DEFAULT_WIDTH[self.feature_map] if self.width is None else self.width
+        Y = to_tensor(self._encode_targets(y_index, n_classes), device, dtype)
+        record = _MetricsRecorder(y_index) if self.record_metrics else None
+
+        Xl = to_tensor(X, device, dtype)
+        layers = []
+        bar = tqdm(range(int(self.L)), desc="Deep RFM", unit="layer",
+                   disable=not self.verbose)  # fmt: skip
+        for _ in bar:
+            if self.normalize == "rows":
+                normalize_rows(Xl)
+            d = Xl.shape[1]
+            M = self._layer_agop(Xl, Y, kernel, budget=budget, generator=generator)
+            if M is None:
+                sqrt_M = torch.eye(d, device=device, dtype=dtype)
+            else:
+                sqrt_M = psd_power(M, float(self.agop_power))
+            del M
+            W, b = draw_feature_map(self.feature_map, d, width, gamma=self.gamma,
+                                    generator=generator)  # fmt: skip
+            layer = {
+                "sqrt_M": sqrt_M,
+                "W": W.to(device=device, dtype=dtype),
+                "b": None if b is None else b.to(device=device, dtype=dtype),
+                "feature_map": self.feature_map,
+            }
+            MX = Xl @ sqrt_M
+            Phi = apply_feature_map(
+                MX, layer["W"], layer["b"], self.feature_map,
+                block_rows=_feature_block_rows(MX, width, budget),
+            )  # fmt: skip
+            if record is not None:
+                record(Xl, MX, Phi)
+                bar.set_postfix(nc1=f"{record.history['nc1_input'][-1]:.3g}")
+            layers.append({k: _to_numpy_or_none(v) for k, v in layer.items()})
+            Xl, MX = Phi, None
+        self.layers_ = layers
+        self.collapse_history_ = None if record is None else record.result()
+        return self
+
+    # -- transforming -----------------------------------------------------------------
+    @property
+    def _n_features_out(self):
+        """Number of output features (the last layer's width)."""
+        return self.layers_[-1]["W"].shape[0]
+
+    def _forward(self, X, keep):
+        """Run the fitted layers on ``X``; ``keep(l)`` says which layers to return."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        out_dtype = X.dtype
+        device = resolve_device(self.device, fallback=True)
+        dtype = torch.float64 if self.layers_[0]["W"].dtype == np.float64 else (
+            torch.float32
+        )  # fmt: skip
+        budget = memory_budget_bytes(self.memory_budget, device)
+        Xl = to_tensor(X, device, dtype)
+        kept = []
+        for index, layer in enumerate(self.layers_):
+            if self.normalize == "rows":
+                normalize_rows(Xl)
+            sqrt_M = torch.tensor(layer["sqrt_M"], device=device, dtype=dtype)
+            W = torch.tensor(layer["W"], device=device, dtype=dtype)
+            b = layer["b"]
+            b = None if b is None else torch.tensor(b, device=device, dtype=dtype)
+            MX = Xl @ sqrt_M
+            Phi = apply_feature_map(MX, W, b, layer["feature_map"],
+                                    block_rows=_feature_block_rows(MX, len(W), budget))
+            if keep(index):
+                # Copies: the next layer normalises Phi in place.
+                kept.append({
+                    "layer": index + 1,
+                    "input": np.array(to_numpy(Xl), dtype=out_dtype),
+                    "agop": np.array(to_numpy(MX), dtype=out_dtype),
+                    "features": np.array(to_numpy(Phi), dtype=out_dtype),
+                })  # fmt: skip
+            Xl, MX = Phi, None
+        if self.normalize == "rows":
+            normalize_rows(Xl)
+        return to_numpy(Xl, out_dtype), kept
+
+    def transform(self, X):
+        """Map ``X`` through the fitted layers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out)
+            The output of the last layer, :math:`\\Phi_L(M_L^{1/2} X_L)`, with each
+            row normalised to unit norm (when ``normalize="rows"``), in the input's
+            float dtype.
+        """
+        return self._forward(X, keep=lambda index: False)[0]
+
+    def transform_layers(self, X, *, layers=None):
+        """Every layer's three representations of ``X``, for measurement.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input data.
+        layers : iterable of int, default=None
+            Layers to return, numbered ``1, ..., L``; ``None`` returns all of them.
+            All layers run; only these are kept (they can be large).
+
+        Returns
+        -------
+        representations : list of dict
+            One dict per kept layer ``l``, in order, with ``"layer"`` (``l``) and
+            ndarrays in the input's float dtype: ``"input"`` the layer's input
+            :math:`X_l` (row-normalised when ``normalize="rows"``), ``"agop"``
+            :math:`M_l^{1/2} X_l` and ``"features"`` :math:`\\Phi_l(M_l^{1/2} X_l)`.
+            On the training data these are the representations that ``fit``
+            measured for ``collapse_history_``.
+        """
+        check_is_fitted(self)
+        L = len(self.layers_)
+        if layers is None:
+            wanted = set(range(L))
+        else:
+            wanted = {int(l) - 1 for l in layers}
+            if any(l < 0 or l >= L for l in wanted):
+                raise ValueError(
+                    f"layers must be numbers between 1 and {L}; got {sorted(layers)}."
+                )
+        return self._forward(X, keep=wanted.__contains__)[1]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.non_deterministic = str(self.device) == "cuda"
+        return tags
+
+
+def _to_numpy_or_none(value):
+    return to_numpy(value) if isinstance(value, torch.Tensor) else value
+
+
+def _feature_block_rows(X, width, budget):
+    """Rows per block of a feature map: input and output blocks within budget."""
+    per_row = (X.shape[1] + 2 * width) * X.element_size()
+    return max(1, budget // max(1, per_row))
+
+
+class _MetricsRecorder:
+    """Per-layer collapse metrics of the three stages (see ``collapse_history_``)."""
+
+    #: Keys of :func:`skdnc.metrics.neural_collapse_report` and their history names.
+    METRICS = {
+        "nc1": "nc1",
+        "nc2": "nc2",
+        "nc2_mse": "nc2_mse",
+        "gram_label_correlation": "gram_corr",
+    }
+
+    def __init__(self, y):
+        self.y = np.asarray(y)
+        self.history = {"layer": []}
+        for stage in STAGES:
+            for name in self.METRICS.values():
+                self.history[f"{name}_{stage}"] = []
+
+    def __call__(self, *representations):
+        from skdnc.metrics import neural_collapse_report
+
+        self.history["layer"].append(len(self.history["layer"]) + 1)
+        for stage, Z in zip(STAGES, representations):
+            report = neural_collapse_report(to_numpy(Z), self.y)
+            for key, name in self.METRICS.items():
+                self.history[f"{name}_{stage}"].append(float(report[key]))
+
+    def result(self):
+        return {key: np.asarray(values) for key, values in self.history.items()}

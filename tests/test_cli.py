@@ -1,0 +1,79 @@
+"""The main job, ``python -m skdnc``: table, figures and JSON on tiny settings."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from skdnc.__main__ import build_parser, log_linear_fit, main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_main_writes_table_figures_and_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main([
+        "--L", "3", "--n-samples", "300", "--width", "32", "--agop-samples", "100",
+        "--cv-folds", "2", "--gram-layers", "1", "3", "--output", str(out),
+        "--quiet", "--threads", "1",
+    ])  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "NC1 X" in printed and "NC2 Φ" in printed
+    assert "per-layer factor" in printed
+    assert "deep_rfm+rfm: accuracy" in printed and "rfm: accuracy" in printed
+
+    for name in ("figure1_gram_relu.png", "figure3_collapse_relu.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
+    table = (out / "deep_rfm_table.txt").read_text().splitlines()
+    assert len(table) == 2 + 3
+
+    results = json.loads((out / "deep_rfm_results.json").read_text())
+    history = results["history"]
+    assert history["layer"] == [1, 2, 3]
+    for stage in ("input", "agop", "features"):
+        for metric in ("nc1", "nc2", "nc2_mse", "gram_corr"):
+            values = history[f"{metric}_{stage}"]
+            assert len(values) == 3 and np.all(np.isfinite(values))
+    assert results["nc1_input_first"] == history["nc1_input"][0]
+    assert results["nc1_input_last"] < results["nc1_input_first"]
+    assert results["config"]["n_samples"] == 300
+    assert results["figure1_layers"] == [1, 3]
+    cv = results["cross_validation"]
+    assert set(cv) == {"deep_rfm+rfm", "rfm"}
+    for res in cv.values():
+        assert len(res["scores"]) == 2 and 0.5 < res["mean"] <= 1.0
+
+
+def test_main_cos_features_without_cv(tmp_path):
+    out = tmp_path / "cos"
+    main(["--L", "2", "--n-samples", "150", "--feature-map", "cos", "--width", "64",
+          "--gamma", "0.1", "--no-cv", "--output", str(out), "--quiet"])  # fmt: skip
+    assert (out / "figure4_collapse_cos.png").exists()
+    results = json.loads((out / "deep_rfm_results.json").read_text())
+    assert results["cross_validation"] is None
+    assert results["config"]["feature_map"] == "cos"
+
+
+def test_parser_defaults_and_errors(tmp_path):
+    args = build_parser().parse_args([])
+    assert (args.dataset, args.L, args.feature_map, args.output) == (
+        "digits", 18, "relu", "skdnc_output"
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--feature-map", "tanh"])
+    with pytest.raises(SystemExit):
+        main(["--L", "0", "--output", str(tmp_path)])
+
+
+def test_log_linear_fit():
+    factor, r2 = log_linear_fit(3.0 * 0.5 ** np.arange(6))
+    assert factor == pytest.approx(0.5) and r2 == pytest.approx(1.0)

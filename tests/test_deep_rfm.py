@@ -1,0 +1,279 @@
+"""DeepRFMTransformer: deep neural collapse on digits, reproducibility, conformance.
+
+The collapse tests follow the calibration of the reference notes (sections 3.4-3.7):
+sklearn's digits, 50 samples per class, per-feature standardisation, ReLU features
+of width 256, Laplace bandwidth 2, ridge 1e-3.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skdnc._deep_rfm import DeepRFMTransformer
+from skdnc._rfm import RFMClassifier
+from skdnc.datasets import standardize
+from skdnc.metrics import gram_label_correlation, nc1_score, nc2_score
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small factorizations stall with two threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:50]
+                          for c in range(10)])  # fmt: skip
+    return standardize(X[idx]), y[idx]
+
+
+@pytest.fixture(scope="module")
+def deep(digits, one_thread):
+    X, y = digits
+    return DeepRFMTransformer(L=8, width=256, random_state=0).fit(X, y)
+
+
+def _log_linear(values):
+    layers = np.arange(len(values))
+    slope, intercept = np.polyfit(layers, np.log(values), 1)
+    residual = np.log(values) - (slope * layers + intercept)
+    total = np.sum((np.log(values) - np.log(values).mean()) ** 2)
+    return np.exp(slope), 1 - np.sum(residual**2) / total
+
+
+# -- the paper's claims on digits -----------------------------------------------------
+def test_nc1_of_layer_inputs_falls_exponentially(deep):
+    nc1 = deep.collapse_history_["nc1_input"]
+    factor, r2 = _log_linear(nc1)
+    assert r2 >= 0.95
+    assert 0.3 <= factor <= 0.6  # observed 0.44-0.45 over seeds
+    assert nc1[-1] < 0.02 * nc1[0]
+
+
+def test_agop_projection_lowers_nc1_and_feature_map_does_not(deep):
+    h = deep.collapse_history_
+    # M^{1/2} cuts NC1 at every layer (observed ratios 0.30-0.38)...
+    assert np.all(h["nc1_agop"] <= 0.65 * h["nc1_input"])
+    # ...and the random feature map does not (observed ratios 1.3-1.5).
+    assert np.all(h["nc1_features"] >= 0.9 * h["nc1_agop"])
+
+
+def test_without_agop_nc1_does_not_fall(digits):
+    X, y = digits
+    h = DeepRFMTransformer(L=6, width=256, n_agop_steps=0, random_state=0).fit(
+        X, y
+    ).collapse_history_
+    assert np.allclose(h["nc1_agop"], h["nc1_input"])  # M = I
+    assert h["nc1_input"][-1] > h["nc1_input"][0]  # observed 1.63 -> 3.2
+
+
+def test_nc2_falls(deep):
+    h = deep.collapse_history_
+    # The paper code's NC2 (mean squared entry) at layer 5: 0.053 -> 0.002-0.005.
+    assert h["nc2_mse_input"][4] < 0.2 * h["nc2_mse_input"][0]
+    assert h["nc2_input"][4] < 0.5 * h["nc2_input"][0]
+
+
+def test_gram_matrix_approaches_label_kernel(deep):
+    corr = deep.collapse_history_["gram_corr_input"]
+    assert np.all(np.diff(corr[:6]) > -0.01)  # observed 0.50, 0.68, 0.82, 0.90, ...
+    assert corr[4] >= 0.9
+    assert corr[-1] >= 0.93
+
+
+# -- fitted maps and reproducibility --------------------------------------------------
+def test_transform_layers_reproduces_fit_time_representations(deep, digits):
+    X, y = digits
+    reps = deep.transform_layers(X)
+    h = deep.collapse_history_
+    assert [r["layer"] for r in reps] == list(range(1, 9))
+    for stage in ("input", "agop", "features"):
+        nc1 = [nc1_score(r[stage], y) for r in reps]
+        nc2 = [nc2_score(r[stage], y) for r in reps]
+        gram = [gram_label_correlation(r[stage], y) for r in reps]
+        np.testing.assert_allclose(nc1, h[f"nc1_{stage}"], rtol=1e-10)
+        np.testing.assert_allclose(nc2, h[f"nc2_{stage}"], rtol=1e-10)
+        np.testing.assert_allclose(gram, h[f"gram_corr_{stage}"], rtol=1e-10)
+    # Each layer's input is the previous layer's features, row-normalised.
+    for prev, nxt in zip(reps[:-1], reps[1:]):
+        F = prev["features"]
+        np.testing.assert_allclose(
+            nxt["input"], F / np.linalg.norm(F, axis=1, keepdims=True), atol=1e-12
+        )
+    # The stages are the fitted maps applied by hand.
+    layer = deep.layers_[2]
+    MX = reps[2]["input"] @ layer["sqrt_M"]
+    np.testing.assert_allclose(reps[2]["agop"], MX, atol=1e-12)
+    np.testing.assert_allclose(
+        reps[2]["features"], np.maximum(MX @ layer["W"].T, 0), atol=1e-12
+    )
+    last = reps[-1]["features"]
+    np.testing.assert_allclose(
+        deep.transform(X), last / np.linalg.norm(last, axis=1, keepdims=True),
+        atol=1e-12,
+    )  # fmt: skip
+    only = deep.transform_layers(X[:20], layers=[3])
+    assert len(only) == 1 and only[0]["layer"] == 3
+    np.testing.assert_allclose(only[0]["agop"], reps[2]["agop"][:20], atol=1e-12)
+
+
+def test_transform_of_new_data_is_per_sample(deep, digits):
+    X, _ = digits
+    Z = deep.transform(X)
+    np.testing.assert_allclose(deep.transform(X[::7]), Z[::7], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0)
+    assert Z.shape == (len(X), 256)
+
+
+def test_fitted_layers(deep):
+    assert len(deep.layers_) == 8
+    first = deep.layers_[0]
+    assert first["sqrt_M"].shape == (64, 64) and first["W"].shape == (256, 64)
+    assert first["b"] is None and first["feature_map"] == "relu"
+    for layer in deep.layers_[1:]:
+        assert layer["sqrt_M"].shape == (256, 256)
+        S = layer["sqrt_M"]
+        np.testing.assert_allclose(S, S.T, atol=1e-12)
+        assert np.linalg.eigvalsh(S).min() > -1e-10
+    # W ~ N(0, 2 / D): the sample variance of 256 x 256 entries.
+    W = deep.layers_[3]["W"]
+    assert abs(W.var() * 256 / 2 - 1) < 0.03
+    names = deep.get_feature_names_out()
+    assert names[0] == "deeprfmtransformer0" and len(names) == 256
+
+
+def test_pickle_and_clone(deep, digits):
+    X, y = digits
+    restored = pickle.loads(pickle.dumps(deep))
+    np.testing.assert_array_equal(restored.transform(X[:30]), deep.transform(X[:30]))
+    fresh = clone(deep)
+    assert fresh.get_params() == deep.get_params()
+    assert not hasattr(fresh, "layers_")
+
+
+def test_seed_determines_the_maps(digits):
+    X, y = digits
+    X, y = X[::5], y[::5]
+    a = DeepRFMTransformer(L=2, width=32, random_state=1).fit(X, y)
+    b = DeepRFMTransformer(L=2, width=32, random_state=1).fit(X, y)
+    c = DeepRFMTransformer(L=2, width=32, random_state=2).fit(X, y)
+    np.testing.assert_array_equal(a.layers_[1]["W"], b.layers_[1]["W"])
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+    assert not np.allclose(a.layers_[1]["W"], c.layers_[1]["W"])
+
+
+def test_cos_features_and_defaults(digits):
+    X, y = digits
+    X, y = X[::10], y[::10]
+    cos = DeepRFMTransformer(L=1, feature_map="cos", gamma=0.1, random_state=0)
+    Z = cos.fit(X, y).transform(X)
+    layer = cos.layers_[0]
+    assert layer["W"].shape == (4096, 64) and layer["b"].shape == (4096,)
+    assert np.all((layer["b"] >= 0) & (layer["b"] < 2 * np.pi))
+    MX = X / np.linalg.norm(X, axis=1, keepdims=True) @ layer["sqrt_M"]
+    Phi = np.sqrt(2 / 4096) * np.cos(MX @ layer["W"].T + layer["b"])
+    np.testing.assert_allclose(
+        Z, Phi / np.linalg.norm(Phi, axis=1, keepdims=True), atol=1e-10
+    )
+    relu = DeepRFMTransformer(L=1, record_metrics=False, random_state=0).fit(X, y)
+    assert relu.layers_[0]["W"].shape == (1024, 64)
+    assert relu.collapse_history_ is None
+
+
+def test_more_agop_steps_and_power(digits):
+    X, y = digits
+    X, y = X[::4], y[::4]
+    one = DeepRFMTransformer(L=1, width=64, random_state=0).fit(X, y)
+    two = DeepRFMTransformer(L=1, width=64, n_agop_steps=2, random_state=0).fit(X, y)
+    full = DeepRFMTransformer(L=1, width=64, agop_power=1.0, random_state=0).fit(X, y)
+    S1, S2, M = (m.layers_[0]["sqrt_M"] for m in (one, two, full))
+    assert not np.allclose(S1, S2)
+    # agop_power=1 applies the normalised AGOP itself; 0.5 its square root.
+    np.testing.assert_allclose(S1 @ S1, M, atol=1e-10)
+    assert np.isclose(np.abs(M).max(), 1.0)  # normalised by its largest entry
+
+
+def test_dtypes(digits):
+    X, y = digits
+    X, y = X[::5], y[::5]
+    model = DeepRFMTransformer(L=2, width=32, random_state=0)
+    assert model.fit(X.astype(np.float32), y).transform(X).dtype == np.float64
+    assert model.transform(X.astype(np.float32)).dtype == np.float32
+    fast = DeepRFMTransformer(L=2, width=32, dtype="float32", random_state=0)
+    Z32 = fast.fit(X, y).transform(X)
+    assert Z32.dtype == np.float64 and fast.layers_[0]["W"].dtype == np.float32
+    np.testing.assert_allclose(Z32, model.fit(X, y).transform(X), atol=1e-3)
+
+
+def test_pipeline_cross_validation_on_digits(digits):
+    X, y = digits
+    pipe = Pipeline([
+        ("deep_rfm", DeepRFMTransformer(L=3, width=128, record_metrics=False,
+                                        random_state=0)),
+        ("rfm", RFMClassifier(n_iter=1, random_state=0)),
+    ])  # fmt: skip
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.mean() > 0.9  # observed 0.95
+
+
+# -- errors -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"L": 0}, "'L' parameter"),
+        ({"n_agop_steps": -1}, "'n_agop_steps' parameter"),
+        ({"feature_map": "tanh"}, "'feature_map' parameter"),
+        ({"width": 0}, "'width' parameter"),
+        ({"gamma": 0.0}, "'gamma' parameter"),
+        ({"normalize": "columns"}, "'normalize' parameter"),
+        ({"device": "tpu"}, "device must be"),
+    ],
+)
+def test_invalid_parameters(digits, params, message):
+    X, y = digits
+    with pytest.raises(ValueError, match=message):
+        DeepRFMTransformer(**params).fit(X[::25], y[::25])
+
+
+def test_invalid_targets_and_inputs(digits):
+    X, y = digits
+    model = DeepRFMTransformer(L=1, width=16)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        model.fit(X[:30], np.linspace(0, 1, 30))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        model.fit(X[:30], np.zeros(30))
+    model.fit(X[::10], y[::10])
+    with pytest.raises(ValueError, match="features"):
+        model.transform(X[:5, :10])
+    with pytest.raises(ValueError, match="between 1 and 1"):
+        model.transform_layers(X[:5], layers=[2])
+
+
+def test_string_labels(digits):
+    X, y = digits
+    labels = np.array(["zero", "one", "two", "three", "four", "five", "six",
+                       "seven", "eight", "nine"])[y]  # fmt: skip
+    a = DeepRFMTransformer(L=2, width=32, random_state=0).fit(X, labels)
+    b = DeepRFMTransformer(L=2, width=32, random_state=0).fit(X, y)
+    assert a.classes_.dtype.kind == "U"
+    # The label order changes the target columns, not the kernel machines' AGOP.
+    np.testing.assert_allclose(a.transform(X), b.transform(X), atol=1e-8)
+
+
+# -- scikit-learn conformance ---------------------------------------------------------
+@parametrize_with_checks([DeepRFMTransformer(L=2, width=32, random_state=0)])
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
