@@ -38,26 +38,30 @@ def main(argv=None):
     parser.add_argument("--agop-samples", type=int, default=None)
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls")
     parser.add_argument("--no-metrics", action="store_true")
+    parser.add_argument("--device", default="cuda", help="'cpu' for a smoke run")
     args = parser.parse_args(argv)
 
-    if not torch.cuda.is_available():
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         raise SystemExit("No CUDA device: this benchmark is for a GPU machine.")
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    print(f"device: {torch.cuda.get_device_name()}, TF32 matmuls: {args.tf32}")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.cuda.reset_peak_memory_stats()
+        print(f"device: {torch.cuda.get_device_name()}, TF32 matmuls: {args.tf32}")
     X, y = make_data(args.n)
     deep = DeepRFMTransformer(
         L=args.L,
         feature_map=args.feature_map,
         agop_samples=args.agop_samples,
         dtype="float32",
-        device="cuda",
+        device=args.device,
         record_metrics=not args.no_metrics,
         random_state=0,
     )
-    torch.cuda.reset_peak_memory_stats()
     tic = time.perf_counter()
     deep.fit(X, y)
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     total = time.perf_counter() - tic
     print(f"{'layer':>5} {'seconds':>8} {'NC1(X_l)':>10} {'NC1(M^1/2 X)':>13}")
     history = deep.collapse_history_ or {}
@@ -65,8 +69,10 @@ def main(argv=None):
         nc1 = history.get("nc1_input", [np.nan] * args.L)[layer]
         nc1_m = history.get("nc1_agop", [np.nan] * args.L)[layer]
         print(f"{layer + 1:>5} {seconds:8.2f} {nc1:10.3g} {nc1_m:13.3g}")
-    print(f"total {total:.1f} s for n={args.n}, d={X.shape[1]}, L={args.L}; peak GPU "
-          f"memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")  # fmt: skip
+    print(f"total {total:.1f} s for n={args.n}, d={X.shape[1]}, L={args.L}")
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory {peak:.2f} GiB")
 
 
 if __name__ == "__main__":

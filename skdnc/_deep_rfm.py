@@ -9,6 +9,7 @@ kernel solve and the AGOP are the RFM core's (:mod:`skdnc._solvers`,
 """
 
 import math
+import time
 from numbers import Integral, Real
 
 import numpy as np
@@ -28,6 +29,7 @@ from skdnc._agop import psd_power
 from skdnc._backend import (
     make_generator,
     memory_budget_bytes,
+    release_memory,
     resolve_device,
     resolve_dtype,
     to_numpy,
@@ -233,6 +235,8 @@ class DeepRFMTransformer(
         the label kernel, the statistic of Figure 1), each of shape (L,), from
         :func:`skdnc.metrics.neural_collapse_report`. ``None`` without
         ``record_metrics``.
+    layer_times_ : ndarray of shape (L,)
+        Seconds each layer took in :meth:`fit` (metrics recording included).
     classes_ : ndarray of shape (n_classes,)
         The class labels seen in :meth:`fit`.
     n_features_in_ : int
@@ -432,7 +436,9 @@ class DeepRFMTransformer(
         layers = []
         bar = tqdm(range(int(self.L)), desc="Deep RFM", unit="layer",
                    disable=not self.verbose)  # fmt: skip
+        layer_times = []
         for _ in bar:
+            tic = time.perf_counter()
             if self.normalize == "rows":
                 normalize_rows(Xl)
             d = Xl.shape[1]
@@ -460,8 +466,12 @@ class DeepRFMTransformer(
                 bar.set_postfix(nc1=f"{record.history['nc1_input'][-1]:.3g}")
             layers.append({k: _to_numpy_or_none(v) for k, v in layer.items()})
             Xl, MX = Phi, None
+            layer_times.append(time.perf_counter() - tic)
         self.layers_ = layers
+        self.layer_times_ = np.asarray(layer_times)
         self.collapse_history_ = None if record is None else record.result()
+        del Xl, Y, Phi
+        release_memory(device)
         return self
 
     # -- transforming -----------------------------------------------------------------
