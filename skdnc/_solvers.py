@@ -24,6 +24,7 @@ import warnings
 import torch
 from scipy.linalg import LinAlgWarning
 
+from skdnc._agop import psd_eigh
 from skdnc._backend import block_rows
 from skdnc._kernels import iter_row_blocks, kernel_matrix
 
@@ -202,13 +203,17 @@ def fit_kernel_regression(
     tic = time.perf_counter()
     if in_memory:
         K = kernel_matrix(X, X, M, kernel, self_offset=0)
-        matvec = K.__matmul__
+
+        def matvec(V):
+            return K @ _column_major(V)
+
     else:
         nystrom = 3 * n * options["rank"] * X.element_size()
         rows = block_rows(n, X.element_size(), budget - nystrom, n_buffers=2)
 
         def matvec(V):
             out = torch.empty_like(V)
+            V = _column_major(V)
             for block in iter_row_blocks(n, rows):
                 Kb = kernel_matrix(X[block], X, M, kernel, self_offset=block.start)
                 out[block] = Kb @ V
@@ -237,6 +242,12 @@ def fit_kernel_regression(
     return alpha
 
 
+def _column_major(V):
+    """``V`` with columns contiguous: a tall-by-few product ``K @ V`` with ``V`` in
+    this layout ran twice as fast here (it is memory-bound on ``K``)."""
+    return V.mT.contiguous().mT
+
+
 def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
     r"""Randomized Nystrom preconditioner of ``K + reg I``, applied by Woodbury.
 
@@ -263,20 +274,27 @@ def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
     K_qq = K_nq[landmarks]
     shift = torch.finfo(X.dtype).eps * q * float(K_qq.diagonal().mean())
     K_qq = K_qq + shift * torch.eye(q, dtype=X.dtype, device=X.device)
+    # F F^T = K_nq K_qq^{-1} K_qn with F = K_nq R^{-T} for any K_qq = R R^T
     L, info = torch.linalg.cholesky_ex(K_qq)
-    if int(info) != 0:  # rank-deficient landmarks: fall back to an eigen-root
-        evals, evecs = torch.linalg.eigh(K_qq)
-        L = evecs * evals.clamp(min=shift).sqrt()
-    F = torch.linalg.solve_triangular(L, K_nq.T, upper=False).T  # K_nq L^{-T}
+    if int(info) == 0:
+        F = torch.linalg.solve_triangular(L, K_nq.T, upper=False).T
+    else:  # numerically rank-deficient landmarks: R = V diag(sqrt(evals))
+        evals, evecs = psd_eigh(K_qq)
+        F = K_nq @ (evecs / evals.clamp(min=shift).sqrt()).to(K_nq.dtype)
     del K_nq
-    U, S, _ = torch.linalg.svd(F, full_matrices=False)
+    # Thin SVD of the tall F from the eigenpairs of the small F^T F = V S^2 V^T:
+    # U = F V S^{-1}. One n x q x q GEMM instead of a tall SVD, several times
+    # faster; eigenvalues under a relative 1e-10 are dropped.
+    lam, V = psd_eigh(F.T @ F)
+    keep = lam > 1e-10 * lam[-1]
+    lam, V = lam[keep].to(F.dtype), V[:, keep].to(F.dtype)
+    U = F @ (V / lam.sqrt())
     del F
-    lam = S**2
-    lam_q = float(lam[-1])
+    lam_q = float(lam[0])
 
     def apply(R):
-        UR = U.T @ R
-        return R + U @ (((lam_q + reg) / (lam + reg))[:, None] * UR - UR)
+        UR = (R.mT @ U).mT  # the fastest layout for this product here, by 10x
+        return R + U @ _column_major(((lam_q + reg) / (lam + reg))[:, None] * UR - UR)
 
     return apply
 
@@ -322,6 +340,7 @@ def kernel_predict(X, centers, alpha, M, kernel, *, budget):
     n = centers.shape[0]
     rows = block_rows(n, X.element_size(), budget, n_buffers=2)
     out = X.new_empty(X.shape[0], alpha.shape[1])
+    alpha = _column_major(alpha)
     for block in iter_row_blocks(X.shape[0], rows):
         out[block] = kernel_matrix(X[block], centers, M, kernel) @ alpha
     return out
