@@ -9,7 +9,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
@@ -20,15 +19,6 @@ from skdnc._deep_rfm import DeepRFMTransformer
 from skdnc._rfm import RFMClassifier
 from skdnc.datasets import standardize
 from skdnc.metrics import gram_label_correlation, nc1_score, nc2_score
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small factorizations stall with two threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,6 @@ from skdnc.metrics import nc1_score
 from skdnc.nn import make_mlp, nfa_correlation, probe_network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_dataset(

@@ -40,15 +40,6 @@ from skdnc.nn import (
 DIGITS = {"width": 128, "init_scale": 0.5, "lr": 0.4, "epochs": 200}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny torch MLPs run many times faster single-threaded on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_dataset(

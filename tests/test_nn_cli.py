@@ -4,20 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from skdnc.nn.__main__ import DIGITS_DEFAULTS, PAPER_DEFAULTS, build_parser, main
 from skdnc.nn.__main__ import _settings as settings_of
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_command_writes_table_figures_and_json(tmp_path, capsys):
