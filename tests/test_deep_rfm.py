@@ -31,7 +31,7 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def deep(digits, one_thread):
+def deep(digits):
     X, y = digits
     return DeepRFMTransformer(L=8, width=256, random_state=0).fit(X, y)
 
