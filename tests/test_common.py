@@ -11,7 +11,18 @@ ESTIMATORS = [
     RFMClassifier(n_iter=1, dtype="float32", random_state=0),
 ]
 
-EXPECTED_FAILURES = {}
+EXPECTED_FAILURES = {
+    repr(ESTIMATORS[3]): {
+        "check_methods_subset_invariance": (
+            "float32: outputs on a batch and on the whole data differ by up to "
+            "4e-4, more than the check's 1e-7 tolerance. The matrix products behind "
+            "the distances are blocked differently for different numbers of rows, "
+            "and the rounding of x'Mx - 2x'Mz + z'Mz is amplified by the square "
+            "root of the Laplace kernel at small distances. float64 (the default) "
+            "passes."
+        ),
+    },
+}
 
 
 def _expected_failures(estimator):
