@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from skdnc._agop import psd_power
 from skdnc._backend import (
+    block_rows,
     make_generator,
     memory_budget_bytes,
     release_memory,
@@ -36,7 +37,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._kernels import KERNELS, Kernel, iter_row_blocks
-from skdnc._rfm import agop_step
+from skdnc._rfm import agop_step, class_targets
 from skdnc._solvers import SOLVERS, fit_kernel_regression
 
 FEATURE_MAPS = ("relu", "cos")
@@ -78,8 +79,9 @@ def draw_feature_map(kind, n_features_in, width, *, gamma=0.05, generator=None):
     if kind == "relu":
         W = torch.randn(shape, generator=generator, dtype=torch.float64)
         return W.mul_(math.sqrt(2.0 / width)), None
-    W = torch.empty(shape, dtype=torch.float64).cauchy_(0.0, float(gamma),
-                                                         generator=generator)
+    W = torch.empty(shape, dtype=torch.float64).cauchy_(
+        0.0, float(gamma), generator=generator
+    )
     b = torch.rand(int(width), generator=generator, dtype=torch.float64)
     return W, b.mul_(2 * math.pi)
 
@@ -372,12 +374,6 @@ class DeepRFMTransformer(
         self.verbose = verbose
 
     # -- fitting ----------------------------------------------------------------------
-    def _encode_targets(self, y_index, n_classes):
-        low = -1.0 if self.target_coding == "pm1" else 0.0
-        Y = np.full((len(y_index), n_classes), low)
-        Y[np.arange(len(y_index)), y_index] = 1.0
-        return Y
-
     def _layer_agop(self, X, Y, kernel, *, budget, generator):
         """The layer's AGOP ``M_l`` (``None`` for the identity)."""
         params = {
@@ -429,7 +425,9 @@ class DeepRFMTransformer(
         generator = make_generator(self.random_state)
         kernel = Kernel(self.kernel, float(self.bandwidth), float(self.exponent))
         width = DEFAULT_WIDTH[self.feature_map] if self.width is None else self.width
-        Y = to_tensor(self._encode_targets(y_index, n_classes), device, dtype)
+        Y = to_tensor(
+            class_targets(y_index, n_classes, self.target_coding), device, dtype
+        )
         record = _MetricsRecorder(y_index) if self.record_metrics else None
 
         Xl = to_tensor(X, device, dtype)
@@ -500,8 +498,13 @@ class DeepRFMTransformer(
             b = layer["b"]
             b = None if b is None else torch.tensor(b, device=device, dtype=dtype)
             MX = Xl @ sqrt_M
-            Phi = apply_feature_map(MX, W, b, layer["feature_map"],
-                                    block_rows=_feature_block_rows(MX, len(W), budget))
+            Phi = apply_feature_map(
+                MX,
+                W,
+                b,
+                layer["feature_map"],
+                block_rows=_feature_block_rows(MX, len(W), budget),
+            )
             if keep(index):
                 # Copies: the next layer normalises Phi in place.
                 kept.append({
@@ -579,8 +582,7 @@ def _to_numpy_or_none(value):
 
 def _feature_block_rows(X, width, budget):
     """Rows per block of a feature map: input and output blocks within budget."""
-    per_row = (X.shape[1] + 2 * width) * X.element_size()
-    return max(1, budget // max(1, per_row))
+    return block_rows(X.shape[1] + 2 * width, X.element_size(), budget)
 
 
 class _MetricsRecorder:

@@ -28,6 +28,14 @@ from skdnc._kernels import KERNELS, Kernel
 from skdnc._solvers import SOLVERS, fit_kernel_regression, kernel_predict
 
 
+def class_targets(y_index, n_classes, coding="pm1"):
+    """One column per class: 1 for the sample's class, and -1 (``coding="pm1"``,
+    the paper's) or 0 (``"onehot"``) elsewhere."""
+    Y = np.full((len(y_index), n_classes), -1.0 if coding == "pm1" else 0.0)
+    Y[np.arange(len(y_index)), y_index] = 1.0
+    return Y
+
+
 def agop_step(X, alpha, M, kernel, *, params, budget, generator):
     """One feature-learning step: the next metric from a fitted kernel machine.
 
@@ -601,13 +609,11 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         return self._fit(X, y_index)
 
     def _encode_targets(self, y_index):
-        low = -1.0 if self.target_coding == "pm1" else 0.0
         n_classes = len(self.classes_)
         if n_classes == 2:
+            low = -1.0 if self.target_coding == "pm1" else 0.0
             return np.where(y_index == 1, 1.0, low)[:, None]
-        Y = np.full((len(y_index), n_classes), low)
-        Y[np.arange(len(y_index)), y_index] = 1.0
-        return Y
+        return class_targets(y_index, n_classes, self.target_coding)
 
     def _split(self, n, y_index, generator):
         counts = np.bincount(y_index)
