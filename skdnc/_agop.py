@@ -1,4 +1,4 @@
-"""The Average Gradient Outer Product (AGOP) of kernel predictors, and PSD powers.
+"""The Average Gradient Outer Product (AGOP) of kernel predictors.
 
 For a kernel predictor :math:`f(x) = \\sum_j \\alpha_j k_M(x, c_j)` with outputs
 :math:`f_1, \\dots, f_K`, the AGOP over points :math:`x_1, \\dots, x_m` is
@@ -21,11 +21,10 @@ All :math:`h_{ic}` of a block of points come from two matrix products,
 ``K x m x n`` tensor. This module is the only place in skdnc that computes an AGOP.
 """
 
-import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
-from skdnc._kernels import apply_metric, iter_row_blocks, sqdist
+from skdnc._backend import iter_row_blocks
+from skdnc._kernels import apply_metric, sqdist
 
 AGOP_NORMALIZATIONS = ("max", "trace", None)
 
@@ -140,56 +139,6 @@ def normalize_agop(A, normalization="max"):
     if not torch.isfinite(scale) or scale <= 0:
         return A.clone()
     return A / scale
-
-
-def psd_power(M, power=0.5):
-    """Power of a symmetric PSD matrix via ``eigh`` in float64, negatives clipped.
-
-    Parameters
-    ----------
-    M : torch.Tensor of shape (d, d) or (d,)
-        Symmetric matrix, or the diagonal of a diagonal one.
-    power : float, default=0.5
-
-    Returns
-    -------
-    M_power : torch.Tensor, same shape, dtype and device as ``M``
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skdnc._agop import psd_power
-    >>> A = torch.tensor([[4.0, 0.0], [0.0, 9.0]], dtype=torch.float64)
-    >>> psd_power(A, 0.5)
-    tensor([[2., 0.],
-            [0., 3.]], dtype=torch.float64)
-    """
-    if M.ndim == 1:
-        return M.double().clamp(min=0).pow(power).to(M.dtype)
-    evals, evecs = psd_eigh(M)
-    evals = evals.clamp(min=0).pow(power)
-    return ((evecs * evals) @ evecs.T).to(M.dtype)
-
-
-def psd_eigh(M):
-    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, in float64.
-
-    On the CPU through NumPy's LAPACK with one thread: torch's two-threaded
-    ``eigh`` of a small matrix stalls on a busy machine (0.4 s against 2 ms for
-    100 x 100 here).
-
-    Returns
-    -------
-    evals : torch.Tensor of shape (d,), float64
-    evecs : torch.Tensor of shape (d, d), float64
-    """
-    M64 = M.double()
-    S = (M64 + M64.T) / 2
-    if S.device.type != "cpu":
-        return torch.linalg.eigh(S)
-    with threadpool_limits(limits=1, user_api="blas"):
-        evals, evecs = np.linalg.eigh(S.numpy())
-    return torch.from_numpy(evals), torch.from_numpy(evecs)
 
 
 def sample_points(n, agop_samples, generator):

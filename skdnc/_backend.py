@@ -140,3 +140,10 @@ def block_rows(n_cols, itemsize, budget, n_buffers=1, max_entries=2**26):
     """
     per_row = max(1, n_buffers * n_cols * itemsize)
     return int(max(1, min(budget // per_row, max_entries // max(1, n_cols))))
+
+
+def iter_row_blocks(n, block_size):
+    """Yield ``slice`` objects covering ``range(n)`` in blocks of ``block_size``."""
+    block_size = max(1, int(block_size))
+    for start in range(0, n, block_size):
+        yield slice(start, min(n, start + block_size))

@@ -25,9 +25,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from skdnc._agop import psd_power
 from skdnc._backend import (
     block_rows,
+    iter_row_blocks,
     make_generator,
     memory_budget_bytes,
     release_memory,
@@ -36,7 +36,8 @@ from skdnc._backend import (
     to_numpy,
     to_tensor,
 )
-from skdnc._kernels import KERNELS, Kernel, iter_row_blocks
+from skdnc._kernels import KERNELS, Kernel
+from skdnc._linalg import psd_power
 from skdnc._rfm import agop_step, class_targets
 from skdnc._solvers import SOLVERS, fit_kernel_regression
 

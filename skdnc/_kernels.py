@@ -139,10 +139,3 @@ def zero_self_pairs(D2, offset):
     """Set ``D2[i, offset + i] = 0``: a point's distance to itself, by index."""
     D2.diagonal(offset).fill_(0.0)
     return D2
-
-
-def iter_row_blocks(n, block_size):
-    """Yield ``slice`` objects covering ``range(n)`` in blocks of ``block_size``."""
-    block_size = max(1, int(block_size))
-    for start in range(0, n, block_size):
-        yield slice(start, min(n, start + block_size))

@@ -23,8 +23,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skdnc._agop import psd_power
 from skdnc._backend import resolve_device
+from skdnc._linalg import psd_power
 
 __all__ = ["NFAProbe"]
 

@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skdnc._agop import kernel_agop, normalize_agop, psd_power, sample_points
+from skdnc._agop import kernel_agop, normalize_agop, sample_points
 from skdnc._backend import (
     block_rows,
     make_generator,
@@ -25,6 +25,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._kernels import KERNELS, Kernel
+from skdnc._linalg import psd_power
 from skdnc._solvers import SOLVERS, fit_kernel_regression, kernel_predict
 
 

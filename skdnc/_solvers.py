@@ -24,9 +24,9 @@ import warnings
 import torch
 from scipy.linalg import LinAlgWarning
 
-from skdnc._agop import psd_eigh
-from skdnc._backend import block_rows
-from skdnc._kernels import iter_row_blocks, kernel_matrix
+from skdnc._backend import block_rows, iter_row_blocks
+from skdnc._kernels import kernel_matrix
+from skdnc._linalg import psd_eigh
 
 SOLVERS = ("auto", "cholesky", "cg")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from skdnc._agop import psd_power
 from skdnc._backend import make_generator
 from skdnc._deep_rfm import apply_feature_map, draw_feature_map
+from skdnc._linalg import psd_power
 
 
 def relu_kernel_closed_form(r):

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from skdnc._agop import kernel_agop, normalize_agop, psd_power, sample_points
+from skdnc._agop import kernel_agop, normalize_agop, sample_points
 from skdnc._kernels import Kernel, kernel_matrix
+from skdnc._linalg import psd_power
 
 KERNELS = [
     Kernel("laplace", 3.0),

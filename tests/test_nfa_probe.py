@@ -11,8 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from torch import nn
 
-from skdnc._agop import psd_power
 from skdnc._deep_rfm import DeepRFMTransformer
+from skdnc._linalg import psd_power
 from skdnc._nfa import NFAProbe
 from skdnc._rfm import RFMClassifier
 from skdnc.datasets import load_dataset

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from skdnc._agop import psd_power
+from skdnc._linalg import psd_power
 from skdnc.datasets import load_dataset
 from skdnc.metrics import nc1_score
 from skdnc.nn import (

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from skdnc._agop import psd_power
 from skdnc._backend import resolve_device
+from skdnc._linalg import psd_power
 
 __all__ = [
     "NetworkProbe",

@@ -1,0 +1,59 @@
+"""Symmetric positive semi-definite matrices: eigendecomposition and powers.
+
+The AGOP and the kernel matrices are PSD; their eigendecompositions (for the
+powers ``M^p`` the estimators apply, and for the Nystrom preconditioner) are taken
+here, in float64.
+"""
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+
+def psd_power(M, power=0.5):
+    """Power of a symmetric PSD matrix via ``eigh`` in float64, negatives clipped.
+
+    Parameters
+    ----------
+    M : torch.Tensor of shape (d, d) or (d,)
+        Symmetric matrix, or the diagonal of a diagonal one.
+    power : float, default=0.5
+
+    Returns
+    -------
+    M_power : torch.Tensor, same shape, dtype and device as ``M``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdnc._linalg import psd_power
+    >>> A = torch.tensor([[4.0, 0.0], [0.0, 9.0]], dtype=torch.float64)
+    >>> psd_power(A, 0.5)
+    tensor([[2., 0.],
+            [0., 3.]], dtype=torch.float64)
+    """
+    if M.ndim == 1:
+        return M.double().clamp(min=0).pow(power).to(M.dtype)
+    evals, evecs = psd_eigh(M)
+    evals = evals.clamp(min=0).pow(power)
+    return ((evecs * evals) @ evecs.T).to(M.dtype)
+
+
+def psd_eigh(M):
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, in float64.
+
+    On the CPU through NumPy's LAPACK with one thread: torch's two-threaded
+    ``eigh`` of a small matrix stalls when the other core is busy.
+
+    Returns
+    -------
+    evals : torch.Tensor of shape (d,), float64
+    evecs : torch.Tensor of shape (d, d), float64
+    """
+    M64 = M.double()
+    S = (M64 + M64.T) / 2
+    if S.device.type != "cpu":
+        return torch.linalg.eigh(S)
+    with threadpool_limits(limits=1, user_api="blas"):
+        evals, evecs = np.linalg.eigh(S.numpy())
+    return torch.from_numpy(evals), torch.from_numpy(evecs)
