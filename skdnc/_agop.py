@@ -73,22 +73,33 @@ def kernel_agop(
     """
     m, d = X.shape
     n, n_outputs = alpha.shape
-    # alpha (x) C: row j holds alpha_jc * c_j for every output c, shape (n, K * d).
-    alpha_centers = (alpha[:, :, None] * centers[:, None, :]).reshape(n, -1)
-    c_sqnorms = (apply_metric(centers, M) * centers).sum(dim=1)
+    # alpha (x) C: row j holds alpha_jc * c_j for every output c, shape (n, K * d),
+    # so that one GEMM gives every output's weighted sum of centres.
+    alpha = alpha.contiguous()
+    alpha_centers = torch.mul(alpha[:, :, None], centers[:, None, :]).view(n, -1)
+    CM = apply_metric(centers, M)
+    c_sqnorms = (CM * centers).sum(dim=1)
+    # When every point is a centre, its row norms and X M are the centres' own.
+    all_centres = self_index is not None and bool((self_index >= 0).all())
     acc = X.new_zeros(d if diag else (d, d))
     hsum = X.new_zeros(n_outputs, d)
     for rows in iter_row_blocks(m, block_size or m):
         Xb = X[rows]
-        D2 = sqdist(Xb, centers, M, Z_sqnorms=c_sqnorms)
-        W = kernel.gradient_weights(kernel.from_sqdist(D2.clone()), D2)
-        del D2
+        if all_centres:
+            idx = self_index[rows]
+            D2 = sqdist(Xb, centers, M, X_sqnorms=c_sqnorms[idx],
+                        Z_sqnorms=c_sqnorms, XM=CM[idx])  # fmt: skip
+        else:
+            D2 = sqdist(Xb, centers, M, Z_sqnorms=c_sqnorms)
         if self_index is not None:
+            # Distance 0 to itself: the weight of the self-pair becomes 0.
             idx = self_index[rows]
             hit = (idx >= 0).nonzero().squeeze(1)
-            W[hit, idx[hit]] = 0.0
+            D2[hit, idx[hit]] = 0.0
+        W = kernel.gradient_weights(D2)
+        del D2
         H = (W @ alpha_centers).view(-1, n_outputs, d)
-        H -= (W @ alpha)[:, :, None] * Xb[:, None, :]
+        H.addcmul_((W @ alpha)[:, :, None], Xb[:, None, :], value=-1.0)
         del W
         hsum += H.sum(dim=0)
         H = H.view(-1, d)

@@ -25,7 +25,13 @@ import torch
 from scipy.linalg import LinAlgWarning
 
 from skdnc._backend import block_rows, iter_row_blocks
-from skdnc._kernels import kernel_matrix
+from skdnc._kernels import (
+    apply_metric,
+    kernel_matrix,
+    sqdist,
+    training_kernel_matrix,
+    zero_self_pairs,
+)
 from skdnc._linalg import psd_eigh
 
 SOLVERS = ("auto", "cholesky", "cg")
@@ -198,11 +204,11 @@ def fit_kernel_regression(
     )
     if method == "cholesky":
         return cholesky_solve_kernel(
-            lambda: kernel_matrix(X, X, M, kernel, self_offset=0), Y, reg
+            lambda: training_kernel_matrix(X, M, kernel, triangle="lower"), Y, reg
         )
     tic = time.perf_counter()
     if in_memory:
-        K = kernel_matrix(X, X, M, kernel, self_offset=0)
+        K = training_kernel_matrix(X, M, kernel)
 
         def matvec(V):
             return K @ _column_major(V)
@@ -211,12 +217,16 @@ def fit_kernel_regression(
         nystrom = 3 * n * options["rank"] * X.element_size()
         rows = block_rows(n, X.element_size(), budget - nystrom, n_buffers=2)
 
+        XM = apply_metric(X, M)
+        norms = (XM * X).sum(dim=1)
+
         def matvec(V):
             out = torch.empty_like(V)
             V = _column_major(V)
             for block in iter_row_blocks(n, rows):
-                Kb = kernel_matrix(X[block], X, M, kernel, self_offset=block.start)
-                out[block] = Kb @ V
+                Kb = sqdist(X[block], X, None, X_sqnorms=norms[block],
+                            Z_sqnorms=norms, XM=XM[block])  # fmt: skip
+                out[block] = kernel.from_sqdist(zero_self_pairs(Kb, block.start)) @ V
             return out
 
     precondition = nystrom_preconditioner(
