@@ -67,7 +67,7 @@ def main(argv=None):
     history = deep.collapse_history_ or {}
     for layer, seconds in enumerate(deep.layer_times_):
         nc1 = history.get("nc1_input", [np.nan] * args.L)[layer]
-        nc1_m = history.get("nc1_agop", [np.nan] * args.L)[layer]
+        nc1_m = history.get("nc1_projection", [np.nan] * args.L)[layer]
         print(f"{layer + 1:>5} {seconds:8.2f} {nc1:10.3g} {nc1_m:13.3g}")
     print(f"total {total:.1f} s for n={args.n}, d={X.shape[1]}, L={args.L}")
     if cuda:

@@ -107,7 +107,7 @@ def _xrfm_fit(Xtr, ytr, Xte):
         return torch.tensor(a, dtype=torch.float32)
 
     model = RFM(
-        kernel="l2", iters=defaults.n_iter, bandwidth=defaults.bandwidth,
+        kernel="l2", iters=defaults.max_iter, bandwidth=defaults.bandwidth,
         device="cpu", verbose=False, tuning_metric="accuracy",
     )  # fmt: skip
     model.fit(

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skdnc.metrics._collapse import STAGES as _STAGES
+
 #: Defaults of the digits run, sized to finish in under two minutes on 2 CPU cores
 #: (measured: 54 s with ``--threads 1`` on a shared 2-core machine; per-layer NC1
 #: factor 0.48, NC1 1.68 -> 7e-6 over 18 layers). ``--width 256`` collapses faster
@@ -119,11 +121,11 @@ def format_table(history):
     return "\n".join(lines)
 
 
-_STAGES = ("input", "agop", "features")
+
 _STAGE_LABELS = {
     "input": "X (input)",
-    "agop": "$M^{1/2}X$",
-    "features": "$\\Phi(M^{1/2}X)$",
+    "projection": "$M^{1/2}X$",
+    "output": "$\\Phi(M^{1/2}X)$",
 }
 
 
@@ -142,7 +144,7 @@ def plot_gram(reps, y, path, title):
     fig, axes = plt.subplots(1, len(reps), figsize=(2.2 * len(reps) + 1, 2.8),
                              squeeze=False, layout="constrained")  # fmt: skip
     for ax, rep in zip(axes[0], reps):
-        image = ax.imshow(_centred_gram(rep["agop"].astype(np.float64), y),
+        image = ax.imshow(_centred_gram(rep["projection"].astype(np.float64), y),
                           cmap="viridis", vmin=-0.2, vmax=1.0,
                           interpolation="nearest")  # fmt: skip
         ax.set_title(f"layer {rep['layer']}")

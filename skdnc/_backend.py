@@ -80,9 +80,20 @@ def to_tensor(X, device, dtype):
     return torch.tensor(np.asarray(X), device=device, dtype=dtype)
 
 
-def to_numpy(T, dtype=None):
-    """Return a NumPy copy of a tensor (moved to the CPU), optionally cast."""
-    A = T.detach().cpu().numpy()
+def to_numpy(A, dtype=None):
+    """NumPy copy of a tensor (detached, moved to the CPU), optionally cast.
+
+    Reduced-precision floats (float16, bfloat16), which have no NumPy twin, come
+    back as float64. Anything that is not a tensor is returned as it is (or
+    ``np.asarray(A, dtype)`` when ``dtype`` is given), for scikit-learn's
+    validation to take over.
+    """
+    if not isinstance(A, torch.Tensor):
+        return A if dtype is None else np.asarray(A, dtype=dtype)
+    A = A.detach().cpu()
+    if A.is_floating_point() and A.dtype not in (torch.float32, torch.float64):
+        A = A.to(torch.float64)
+    A = A.numpy()
     return A if dtype is None else A.astype(dtype, copy=False)
 
 
@@ -147,3 +158,27 @@ def iter_row_blocks(n, block_size):
     block_size = max(1, int(block_size))
     for start in range(0, n, block_size):
         yield slice(start, min(n, start + block_size))
+
+
+def normalize_rows(X, *, inplace=True):
+    """Divide every row of ``X`` by its Euclidean norm; zero rows stay zero.
+
+    Parameters
+    ----------
+    X : torch.Tensor or ndarray of shape (n, d)
+        Floating-point rows.
+    inplace : bool, default=True
+        Overwrite ``X`` (and return it) rather than return a new array.
+
+    Returns
+    -------
+    X : torch.Tensor or ndarray of shape (n, d)
+        Of the same kind as the input.
+    """
+    if isinstance(X, torch.Tensor):
+        norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
+        norms.clamp_(min=torch.finfo(X.dtype).tiny)
+        return X.div_(norms) if inplace else X / norms
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]
+    out = X if inplace else np.zeros_like(X)
+    return np.divide(X, norms, out=out, where=norms > 0)

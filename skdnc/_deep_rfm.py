@@ -1,14 +1,13 @@
-"""Deep Recursive Feature Machines (Algorithm 1 of the paper) and their feature maps.
+"""Deep Recursive Feature Machines: Algorithm 1 of the paper, as a transformer.
 
 A layer of Deep RFM fits a kernel machine to the (row-normalised) representation,
 takes the Average Gradient Outer Product (AGOP) ``M`` of that machine, and maps the
 data through ``Phi(M^{1/2} x)`` with an untrained random feature map ``Phi``. The
-kernel solve and the AGOP are the RFM core's (:mod:`skdnc._solvers`,
-:func:`skdnc._rfm.agop_step`); this module adds the random feature maps, which
-:mod:`skdnc._theory` uses as well.
+kernel solve and the AGOP are the RFM core's (:mod:`skdnc._rfm_core`), the feature
+maps are :mod:`skdnc._feature_maps`; this module validates, runs the layers and
+stores them.
 """
 
-import math
 import time
 from numbers import Integral, Real
 
@@ -21,118 +20,33 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from skdnc._backend import (
     block_rows,
-    iter_row_blocks,
     make_generator,
     memory_budget_bytes,
+    normalize_rows,
     release_memory,
     resolve_device,
     resolve_dtype,
     to_numpy,
     to_tensor,
 )
+from skdnc._base import DEVICE_CONSTRAINT, check_class_labels, uses_cuda
+from skdnc._feature_maps import (
+    DEFAULT_WIDTH,
+    FEATURE_MAPS,
+    apply_feature_map,
+    draw_feature_map,
+)
 from skdnc._kernels import KERNELS, Kernel
 from skdnc._linalg import psd_power
-from skdnc._rfm import agop_step, class_targets
+from skdnc._rfm_core import agop_step, class_targets
 from skdnc._solvers import SOLVERS, fit_kernel_regression
-
-FEATURE_MAPS = ("relu", "cos")
-DEFAULT_WIDTH = {"relu": 1024, "cos": 4096}
-#: Names of the three representations of a layer, in the order they are computed.
-STAGES = ("input", "agop", "features")
-
-
-# -- random feature maps -------------------------------------------------------------
-def draw_feature_map(kind, n_features_in, width, *, gamma=0.05, generator=None):
-    """Draw the random weights of a feature map, in float64 on the CPU.
-
-    Parameters
-    ----------
-    kind : {"relu", "cos"}
-        ``"relu"``: :math:`W_{ij} \\sim \\mathcal N(0, 2/D)` and no offset.
-        ``"cos"``: :math:`W_{ij} \\sim \\mathrm{Cauchy}(0, \\gamma)` and offsets
-        :math:`b_i \\sim U[0, 2\\pi)`.
-    n_features_in : int
-        Input dimension :math:`d`.
-    width : int
-        Number of features :math:`D`.
-    gamma : float, default=0.05
-        Scale :math:`\\gamma` of the Cauchy frequencies (``"cos"`` only).
-    generator : torch.Generator, optional
-        Source of the draws; a fixed seed when omitted.
-
-    Returns
-    -------
-    W : torch.Tensor of shape (width, n_features_in)
-    b : torch.Tensor of shape (width,) or None
-        ``None`` for ``"relu"``.
-    """
-    if kind not in FEATURE_MAPS:
-        raise ValueError(f"feature_map must be one of {FEATURE_MAPS}; got {kind!r}.")
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    shape = (int(width), int(n_features_in))
-    if kind == "relu":
-        W = torch.randn(shape, generator=generator, dtype=torch.float64)
-        return W.mul_(math.sqrt(2.0 / width)), None
-    W = torch.empty(shape, dtype=torch.float64).cauchy_(
-        0.0, float(gamma), generator=generator
-    )
-    b = torch.rand(int(width), generator=generator, dtype=torch.float64)
-    return W, b.mul_(2 * math.pi)
-
-
-def apply_feature_map(X, W, b, kind, *, out=None, block_rows=None):
-    """Random features :math:`\\Phi(x)` of the rows of ``X``, in row blocks.
-
-    ``"relu"``: :math:`\\Phi(x) = \\mathrm{ReLU}(W x)`. With
-    :math:`W_{ij} \\sim \\mathcal N(0, 2/D)`,
-    :math:`\\mathbb E\\, \\Phi(x)^\\top \\Phi(z) = \\frac{\\|x\\| \\|z\\|}{\\pi}
-    (\\sin\\theta + (\\pi - \\theta)\\cos\\theta)` (Proposition A.1).
-
-    ``"cos"``: :math:`\\Phi(x) = \\sqrt{2/D}\\, \\cos(W x + b)`, random Fourier
-    features of the :math:`\\ell_1`-Laplace kernel:
-    :math:`\\mathbb E\\, \\Phi(x)^\\top \\Phi(z) = \\exp(-\\gamma \\|x - z\\|_1)`,
-    because a Cauchy(0, :math:`\\gamma`) variable has characteristic function
-    :math:`e^{-\\gamma |t|}`.
-
-    Parameters
-    ----------
-    X : torch.Tensor of shape (n, d)
-    W : torch.Tensor of shape (D, d)
-    b : torch.Tensor of shape (D,) or None
-    kind : {"relu", "cos"}
-    out : torch.Tensor of shape (n, D), optional
-        Where to write the result.
-    block_rows : int, optional
-        Rows of ``X`` per block; default all at once.
-
-    Returns
-    -------
-    Phi : torch.Tensor of shape (n, D)
-    """
-    n, D = X.shape[0], W.shape[0]
-    if out is None:
-        out = X.new_empty(n, D)
-    scale = math.sqrt(2.0 / D)
-    for rows in iter_row_blocks(n, block_rows or max(n, 1)):
-        Z = torch.matmul(X[rows], W.T, out=out[rows])
-        if kind == "relu":
-            Z.clamp_(min=0.0)
-        else:
-            Z.add_(b).cos_().mul_(scale)
-    return out
-
-
-def normalize_rows(X):
-    """Divide every row by its Euclidean norm, in place; zero rows stay zero."""
-    norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
-    return X.div_(norms.clamp_(min=torch.finfo(X.dtype).tiny))
+from skdnc.metrics import neural_collapse_report
+from skdnc.metrics._collapse import STAGES
 
 
 # -- the estimator --------------------------------------------------------------------
@@ -179,8 +93,10 @@ class DeepRFMTransformer(
         ``None`` for all of them up to 20,000. Drawn with ``random_state``.
     agop_normalization : {"max", "trace"} or None, default="max"
         Rescaling of the AGOP: by its largest entry (the paper's code), to trace
-        ``d``, or none. :math:`M^{1/2}` is applied before a row normalisation,
-        so the scale matters only to further AGOP steps within a layer.
+        ``d``, or none. With the ``"relu"`` map, which is positively homogeneous,
+        the scale of :math:`M^{p}` cancels in the next row normalisation and
+        matters only to further AGOP steps within a layer; the ``"cos"`` map is
+        not homogeneous, so there the scale changes the features themselves.
     feature_map : {"relu", "cos"}, default="relu"
         ``"relu"``: :math:`\\mathrm{ReLU}(W x)`, :math:`W_{ij} \\sim
         \\mathcal N(0, 2/D)`. ``"cos"``: :math:`\\sqrt{2/D}\\cos(W x + b)` with
@@ -222,20 +138,25 @@ class DeepRFMTransformer(
 
     Attributes
     ----------
-    layers_ : list of dict
-        One dict per layer with ``"sqrt_M"`` (ndarray of shape (d_l, d_l), the
-        matrix :math:`M_l^{p}` applied to the layer's input), ``"W"`` (ndarray of
-        shape (D, d_l)), ``"b"`` (ndarray of shape (D,) or None) and
-        ``"feature_map"``. Arrays are in the computation's dtype.
+    agop_powers_ : list of ndarray of shape (d_l, d_l)
+        Per layer, the matrix :math:`M_l^{p}` (``p = agop_power``) applied to the
+        layer's input: the AGOP ``M_l`` of the layer's kernel machine raised to
+        ``agop_power`` (the identity when ``n_agop_steps=0``).
+    weights_ : list of ndarray of shape (D, d_l)
+        Per layer, the random weights :math:`W_l` of the feature map.
+    offsets_ : list of ndarray of shape (D,) or None
+        Per layer, the random phases :math:`b_l` of the ``"cos"`` map (``None``
+        for ``"relu"``).
     collapse_history_ : dict of ndarray or None
         With ``record_metrics``: ``"layer"`` (1, ..., L) and, for every stage
-        ``s`` in ``("input", "agop", "features")`` (the row-normalised input
-        :math:`X_l`, :math:`M_l^{1/2} X_l` and :math:`\\Phi_l(M_l^{1/2} X_l)`),
+        ``s`` in ``("input", "projection", "output")`` (the row-normalised input
+        :math:`X_l`, :math:`M_l^{p} X_l` and :math:`\\Phi_l(M_l^{p} X_l)`),
         ``"nc1_s"`` (tr Sigma_W / tr Sigma_B), ``"nc2_s"`` (Frobenius distance of
         the centred, normalised class-mean Gram matrix from the simplex ETF's),
         ``"nc2_mse_s"`` (its mean squared entry, the paper code's NC2) and
-        ``"gram_corr_s"`` (correlation of the centred, normalised Gram matrix with
-        the label kernel, the statistic of Figure 1), each of shape (L,), from
+        ``"gram_label_correlation_s"`` (correlation of the centred, normalised
+        Gram matrix with the label kernel, the statistic of Figure 1), each of
+        shape (L,), from
         :func:`skdnc.metrics.neural_collapse_report`. ``None`` without
         ``record_metrics``.
     layer_times_ : ndarray of shape (L,)
@@ -318,7 +239,7 @@ class DeepRFMTransformer(
         "record_metrics": ["boolean"],
         "solver": [StrOptions(set(SOLVERS))],
         "solver_params": [dict, None],
-        "device": [str, torch.device],
+        "device": DEVICE_CONSTRAINT,
         "dtype": [StrOptions({"float32", "float64"})],
         "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
         "random_state": ["random_state"],
@@ -412,14 +333,8 @@ class DeepRFMTransformer(
             The fitted transformer.
         """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
-        self.classes_, y_index = np.unique(y, return_inverse=True)
-        n_classes = len(self.classes_)
-        if n_classes < 2:
-            raise ValueError(
-                "DeepRFMTransformer needs samples of at least 2 classes in the data; "
-                f"got 1 class: {self.classes_[0]!r}."
-            )
+        classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
+        n_classes = len(classes)
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
@@ -432,7 +347,7 @@ class DeepRFMTransformer(
         record = _MetricsRecorder(y_index) if self.record_metrics else None
 
         Xl = to_tensor(X, device, dtype)
-        layers = []
+        powers, weights, offsets = [], [], []
         bar = tqdm(range(int(self.L)), desc="Deep RFM", unit="layer",
                    disable=not self.verbose)  # fmt: skip
         layer_times = []
@@ -443,30 +358,31 @@ class DeepRFMTransformer(
             d = Xl.shape[1]
             M = self._layer_agop(Xl, Y, kernel, budget=budget, generator=generator)
             if M is None:
-                sqrt_M = torch.eye(d, device=device, dtype=dtype)
+                P = torch.eye(d, device=device, dtype=dtype)
             else:
-                sqrt_M = psd_power(M, float(self.agop_power))
+                P = psd_power(M, float(self.agop_power))
             del M
             W, b = draw_feature_map(self.feature_map, d, width, gamma=self.gamma,
                                     generator=generator)  # fmt: skip
-            layer = {
-                "sqrt_M": sqrt_M,
-                "W": W.to(device=device, dtype=dtype),
-                "b": None if b is None else b.to(device=device, dtype=dtype),
-                "feature_map": self.feature_map,
-            }
-            MX = Xl @ sqrt_M
+            W = W.to(device=device, dtype=dtype)
+            b = None if b is None else b.to(device=device, dtype=dtype)
+            MX = Xl @ P
             Phi = apply_feature_map(
-                MX, layer["W"], layer["b"], self.feature_map,
+                MX, W, b, self.feature_map,
                 block_rows=_feature_block_rows(MX, width, budget),
             )  # fmt: skip
             if record is not None:
                 record(Xl, MX, Phi)
                 bar.set_postfix(nc1=f"{record.history['nc1_input'][-1]:.3g}")
-            layers.append({k: _to_numpy_or_none(v) for k, v in layer.items()})
+            powers.append(to_numpy(P))
+            weights.append(to_numpy(W))
+            offsets.append(None if b is None else to_numpy(b))
             Xl, MX = Phi, None
             layer_times.append(time.perf_counter() - tic)
-        self.layers_ = layers
+        self.classes_ = classes
+        self.agop_powers_ = powers
+        self.weights_ = weights
+        self.offsets_ = offsets
         self.layer_times_ = np.asarray(layer_times)
         self.collapse_history_ = None if record is None else record.result()
         del Xl, Y, Phi
@@ -477,7 +393,7 @@ class DeepRFMTransformer(
     @property
     def _n_features_out(self):
         """Number of output features (the last layer's width)."""
-        return self.layers_[-1]["W"].shape[0]
+        return self.weights_[-1].shape[0]
 
     def _forward(self, X, keep):
         """Run the fitted layers on ``X``; ``keep(l)`` says which layers to return."""
@@ -485,34 +401,30 @@ class DeepRFMTransformer(
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         out_dtype = X.dtype
         device = resolve_device(self.device, fallback=True)
-        dtype = torch.float64 if self.layers_[0]["W"].dtype == np.float64 else (
+        dtype = torch.float64 if self.weights_[0].dtype == np.float64 else (
             torch.float32
         )  # fmt: skip
         budget = memory_budget_bytes(self.memory_budget, device)
         Xl = to_tensor(X, device, dtype)
         kept = []
-        for index, layer in enumerate(self.layers_):
+        layers = zip(self.agop_powers_, self.weights_, self.offsets_)
+        for index, (P, W, b) in enumerate(layers):
             if self.normalize == "rows":
                 normalize_rows(Xl)
-            sqrt_M = torch.tensor(layer["sqrt_M"], device=device, dtype=dtype)
-            W = torch.tensor(layer["W"], device=device, dtype=dtype)
-            b = layer["b"]
-            b = None if b is None else torch.tensor(b, device=device, dtype=dtype)
-            MX = Xl @ sqrt_M
+            P = to_tensor(P, device, dtype)
+            W = to_tensor(W, device, dtype)
+            b = None if b is None else to_tensor(b, device, dtype)
+            MX = Xl @ P
             Phi = apply_feature_map(
-                MX,
-                W,
-                b,
-                layer["feature_map"],
+                MX, W, b, self.feature_map,
                 block_rows=_feature_block_rows(MX, len(W), budget),
-            )
+            )  # fmt: skip
             if keep(index):
                 # Copies: the next layer normalises Phi in place.
-                kept.append({
-                    "layer": index + 1,
-                    "input": np.array(to_numpy(Xl), dtype=out_dtype),
-                    "agop": np.array(to_numpy(MX), dtype=out_dtype),
-                    "features": np.array(to_numpy(Phi), dtype=out_dtype),
+                stages = (Xl, MX, Phi)
+                kept.append({"layer": index + 1} | {
+                    stage: np.array(to_numpy(Z), dtype=out_dtype)
+                    for stage, Z in zip(STAGES, stages)
                 })  # fmt: skip
             Xl, MX = Phi, None
         if self.normalize == "rows":
@@ -552,13 +464,13 @@ class DeepRFMTransformer(
         representations : list of dict
             One dict per kept layer ``l``, in order, with ``"layer"`` (``l``) and
             ndarrays in the input's float dtype: ``"input"`` the layer's input
-            :math:`X_l` (row-normalised when ``normalize="rows"``), ``"agop"``
-            :math:`M_l^{1/2} X_l` and ``"features"`` :math:`\\Phi_l(M_l^{1/2} X_l)`.
+            :math:`X_l` (row-normalised when ``normalize="rows"``), ``"projection"``
+            :math:`M_l^{p} X_l` and ``"output"`` :math:`\\Phi_l(M_l^{p} X_l)`.
             On the training data these are the representations that ``fit``
             measured for ``collapse_history_``.
         """
         check_is_fitted(self)
-        L = len(self.layers_)
+        L = len(self.weights_)
         if layers is None:
             wanted = set(range(L))
         else:
@@ -573,12 +485,8 @@ class DeepRFMTransformer(
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        tags.non_deterministic = str(self.device) == "cuda"
+        tags.non_deterministic = uses_cuda(self.device)
         return tags
-
-
-def _to_numpy_or_none(value):
-    return to_numpy(value) if isinstance(value, torch.Tensor) else value
 
 
 def _feature_block_rows(X, width, budget):
@@ -594,7 +502,7 @@ class _MetricsRecorder:
         "nc1": "nc1",
         "nc2": "nc2",
         "nc2_mse": "nc2_mse",
-        "gram_label_correlation": "gram_corr",
+        "gram_label_correlation": "gram_label_correlation",
     }
 
     def __init__(self, y):
@@ -605,8 +513,6 @@ class _MetricsRecorder:
                 self.history[f"{name}_{stage}"] = []
 
     def __call__(self, *representations):
-        from skdnc.metrics import neural_collapse_report
-
         self.history["layer"].append(len(self.history["layer"]) + 1)
         for stage, Z in zip(STAGES, representations):
             report = neural_collapse_report(to_numpy(Z), self.y)

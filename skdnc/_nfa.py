@@ -4,8 +4,9 @@ The Neural Feature Ansatz (NFA) states that a layer's neural feature matrix
 :math:`W_l^\\top W_l` is proportional to a power of the AGOP of the model with
 respect to the layer's input, :math:`\\mathrm{AGOP}_l^{1/2}` in the paper's
 measurements. :class:`NFAProbe` measures it, with NC1/NC2 of each layer's input,
-its "right" stage and its output, on the data passed to ``fit``; the engine for
-networks is :func:`skdnc.nn.probe_network`.
+its projection and its output, on the data passed to ``fit``. The engine for
+networks is :func:`skdnc.nn.probe_network`; an adapter turns a fitted RFM or Deep
+RFM into the same :class:`~skdnc.nn.NetworkProbe` result.
 """
 
 import copy
@@ -19,17 +20,20 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skdnc._backend import resolve_device
+from skdnc._base import DEVICE_CONSTRAINT, PassthroughMixin, check_class_labels
 from skdnc._linalg import psd_power
+from skdnc.metrics import nc1_score, nc2_score
+from skdnc.metrics._collapse import STAGES
+from skdnc.nn import NetworkProbe, nfa_correlation, probe_network
 
 __all__ = ["NFAProbe"]
 
 
-class NFAProbe(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Measure the Neural Feature Ansatz and neural collapse of a model, per layer.
 
     ``fit(X, y)`` measures, on ``X``, for every layer of ``estimator``: the NFA
@@ -49,13 +53,14 @@ class NFAProbe(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
       object with ``M_`` and ``agop(X)``): one layer, feature matrix ``M_``
       against the fitted predictor's AGOP on ``X``; stages :math:`X`,
       :math:`X M^{1/2}` and NaN for the output;
-    * a fitted :class:`~skdnc.DeepRFMTransformer` (an object with ``layers_`` and
-      ``transform_layers``): per layer the effective first weight
-      :math:`W_{\\mathrm{eff}} = W M_l^{1/2}`, feature matrix
-      :math:`W_{\\mathrm{eff}}^\\top W_{\\mathrm{eff}}` against the
-      :math:`M_l^{1/2}` the layer applied (and :math:`M_l` for the "AGOP"
-      correlation); stages as returned by ``transform_layers`` (input,
-      :math:`M_l^{1/2} X_l`, :math:`\\Phi_l(M_l^{1/2} X_l)`).
+    * a fitted :class:`~skdnc.DeepRFMTransformer` (an object with
+      ``agop_powers_``, ``weights_`` and ``transform_layers``): per layer the
+      effective first weight :math:`W_{\\mathrm{eff}} = W M_l^{p}` (``p`` the
+      estimator's ``agop_power``), feature matrix
+      :math:`W_{\\mathrm{eff}}^\\top W_{\\mathrm{eff}}` against
+      :math:`M_l^{1/2}` (and :math:`M_l` for the "AGOP" correlation), whatever
+      ``p``; stages as returned by ``transform_layers`` (input,
+      :math:`M_l^{p} X_l`, :math:`\\Phi_l(M_l^{p} X_l)`).
 
     Parameters
     ----------
@@ -93,7 +98,9 @@ class NFAProbe(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         :math:`\\sum_l \\log(\\mathrm{NC1^{in}_l}/\\mathrm{NC1^{mid}_l}) /
         \\sum_l \\log(\\mathrm{NC1^{in}_l}/\\mathrm{NC1^{out}_l})` (NaN for an RFM).
     stages_ : tuple of str
-        ``("input", "right", "output")``.
+        ``("input", "projection", "output")``.
+    probe_ : skdnc.nn.NetworkProbe
+        Every measurement, as :func:`skdnc.nn.probe_network` returns it.
     layer_names_ : ndarray of str of shape (n_layers,)
     classes_ : ndarray of shape (n_classes,)
     n_features_in_ : int
@@ -139,11 +146,15 @@ class NFAProbe(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "estimator": "no_validation",
-        "layers": [list, tuple, None],
+        "estimator": [
+            torch.nn.Module,
+            HasMethods(["transform_layers"]),
+            HasMethods(["agop"]),
+        ],
+        "layers": [list, tuple, str, None],
         "input_shape": [tuple, list, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [StrOptions({"cpu", "cuda", "auto"}), torch.device, None],
+        "device": [*DEVICE_CONSTRAINT, None],
     }
 
     def __init__(
@@ -174,42 +185,33 @@ class NFAProbe(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Fitted probe.
         """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
-        self.classes_, y_index = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(
-                "NFAProbe needs at least 2 classes to measure collapse; got 1."
-            )
+        classes, y_index = check_class_labels(y, owner="NFAProbe")
         est = self.estimator
         if isinstance(est, torch.nn.Module):
-            result = self._probe_network(est, X, y_index)
-        elif hasattr(est, "layers_") and hasattr(est, "transform_layers"):
-            result = _probe_deep_rfm(est, X, y_index)
-        elif hasattr(est, "M_") and hasattr(est, "agop"):
-            result = _probe_rfm(est, X, y_index)
+            probe = self._probe_network(est, X, y_index)
         else:
-            raise TypeError(
-                "estimator must be a torch.nn.Module or a fitted RFM or Deep RFM "
-                f"estimator (with M_ and agop, or layers_ and transform_layers); "
-                f"got {type(est).__name__}."
-            )
-        names, nc1, nc2, nfa, nfa_unc, nfa_agop = result
-        self.layer_names_ = np.asarray(names, dtype=object)
-        self.nc1_ = np.asarray(nc1, dtype=np.float64)
-        self.nc2_ = np.asarray(nc2, dtype=np.float64)
-        self.nfa_correlation_ = np.asarray(nfa, dtype=np.float64)
-        self.nfa_correlation_uncentered_ = np.asarray(nfa_unc, dtype=np.float64)
-        self.nfa_correlation_agop_ = np.asarray(nfa_agop, dtype=np.float64)
-        self.stages_ = ("input", "right", "output")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.log(self.nc1_[:, :1] / self.nc1_[:, 1:]).sum(axis=0)
-            self.svd_share_ = float(logs[0] / logs[1])
+            check_is_fitted(est)
+            if hasattr(est, "transform_layers"):
+                probe = probe_deep_rfm(est, X, y_index)
+            else:
+                probe = probe_rfm(est, X, y_index)
+        self.classes_ = classes
+        self.probe_ = probe
+        self.layer_names_ = np.asarray(probe.layer_names, dtype=object)
+        self.nc1_ = np.asarray(probe.nc1, dtype=np.float64)
+        self.nc2_ = np.asarray(probe.nc2, dtype=np.float64)
+        self.nfa_correlation_ = np.asarray(probe.nfa_correlation, dtype=np.float64)
+        self.nfa_correlation_uncentered_ = np.asarray(
+            probe.nfa_correlation_uncentered, dtype=np.float64
+        )
+        self.nfa_correlation_agop_ = np.asarray(
+            probe.nfa_correlation_agop, dtype=np.float64
+        )
+        self.stages_ = STAGES
+        self.svd_share_ = probe.right_share
         return self
 
     def _probe_network(self, model, X, y_index):
-        from skdnc.nn import probe_network
-        from skdnc.nn._probe import _model_device
-
         shape = (len(X), -1) if self.input_shape is None else (
             len(X), *tuple(int(s) for s in self.input_shape)
         )  # fmt: skip
@@ -222,85 +224,105 @@ class NFAProbe(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             ) from exc
         if self.device is not None:
             device = resolve_device(self.device)
-            if device != _model_device(model):
+            if any(p.device != device for p in model.parameters()):
                 model = copy.deepcopy(model).to(device)
-        probe = probe_network(
-            model, Xr, y_index, layers=self.layers, batch_size=self.batch_size
-        )
-        return (
-            probe.layer_names,
-            probe.nc1,
-            probe.nc2,
-            probe.nfa_correlation,
-            probe.nfa_correlation_uncentered,
-            probe.nfa_correlation_agop,
-        )
-
-    def transform(self, X):
-        """Return ``X`` unchanged (validated).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Input data.
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-            The same values.
-        """
-        check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
+        try:
+            return probe_network(
+                model, Xr, y_index, layers=self.layers, batch_size=self.batch_size
+            )
+        except RuntimeError as exc:
+            if self.input_shape is None:
+                raise ValueError(
+                    f"The network could not run on X of shape {X.shape} (each "
+                    "sample a flat vector). For a network whose input is not flat, "
+                    "such as a conv net, pass input_shape, e.g. input_shape=(1, 8, 8)"
+                    f". The network said: {exc}"
+                ) from exc
+            raise
 
 
 def _stage_scores(stages, y_index):
-    from skdnc.metrics import nc1_score, nc2_score
-
+    """NC1 and NC2 of each stage (NaN where a stage does not exist)."""
     nc1 = [np.nan if Z is None else nc1_score(Z, y_index) for Z in stages]
     nc2 = [np.nan if Z is None else nc2_score(Z, y_index) for Z in stages]
     return nc1, nc2
 
 
-def _probe_rfm(est, X, y_index):
-    """One layer: ``M_`` against the fitted predictor's AGOP on ``X``."""
-    from skdnc.nn import nfa_correlation
+def _nfa_triple(F, sqrt_agop, agop):
+    """The three NFA correlations of a feature matrix ``F``."""
+    return (
+        nfa_correlation(F, sqrt_agop),
+        nfa_correlation(F, sqrt_agop, centered=False),
+        nfa_correlation(F, agop),
+    )
 
+
+def probe_rfm(est, X, y_index):
+    """One layer: ``M_`` against the fitted predictor's AGOP on ``X``.
+
+    Parameters
+    ----------
+    est : fitted RFMClassifier or RFMRegressor
+        An object with ``M_`` and ``agop(X)``.
+    X : ndarray of shape (n_samples, n_features)
+    y_index : ndarray of int of shape (n_samples,)
+
+    Returns
+    -------
+    probe : skdnc.nn.NetworkProbe
+        One layer named ``"rfm"``; stages ``X``, ``X M^{1/2}`` and NaN for the
+        output, which an RFM does not have.
+    """
     M = torch.tensor(np.asarray(est.M_), dtype=torch.float64)
     A = torch.tensor(np.asarray(est.agop(X)), dtype=torch.float64)
-    sqrt_A = psd_power(A, 0.5)
-    nfa = [nfa_correlation(M, sqrt_A)]
-    nfa_unc = [nfa_correlation(M, sqrt_A, centered=False)]
-    nfa_agop = [nfa_correlation(M, A)]
+    nfa = _nfa_triple(M, psd_power(A, 0.5), A)
     X64 = torch.tensor(X, dtype=torch.float64)
     sqrt_M = psd_power(M, 0.5)
-    right = X64 * sqrt_M if M.ndim == 1 else X64 @ sqrt_M
-    nc1, nc2 = _stage_scores([X, right.numpy(), None], y_index)
-    return ["rfm"], [nc1], [nc2], nfa, nfa_unc, nfa_agop
+    projection = X64 * sqrt_M if M.ndim == 1 else X64 @ sqrt_M
+    nc1, nc2 = _stage_scores([X, projection.numpy(), None], y_index)
+    return _network_probe(["rfm"], [nc1], [nc2], [nfa])
 
 
-def _probe_deep_rfm(est, X, y_index):
-    """Per layer: ``(W M^{1/2})'(W M^{1/2})`` against ``M^{1/2}`` (and ``M``)."""
-    from skdnc.nn._probe import _gram_correlation
+def probe_deep_rfm(est, X, y_index):
+    """Per layer: :math:`(W M^{p})^\\top (W M^{p})` against :math:`M^{1/2}` and
+    :math:`M`, for the ``p = agop_power`` the estimator applied.
 
+    Parameters
+    ----------
+    est : fitted DeepRFMTransformer
+        An object with ``agop_powers_`` (:math:`M_l^{p}`), ``weights_``,
+        ``agop_power`` and ``transform_layers(X)``.
+    X : ndarray of shape (n_samples, n_features)
+    y_index : ndarray of int of shape (n_samples,)
+
+    Returns
+    -------
+    probe : skdnc.nn.NetworkProbe
+    """
+    p = float(est.agop_power)
+    names, nc1, nc2, nfa = [], [], [], []
     reps = est.transform_layers(X)
-    names, nc1, nc2, nfa, nfa_unc, nfa_agop = [], [], [], [], [], []
-    for index, (layer, rep) in enumerate(zip(est.layers_, reps)):
-        sqrt_M = torch.tensor(np.asarray(layer["sqrt_M"]), dtype=torch.float64)
-        W = torch.tensor(np.asarray(layer["W"]), dtype=torch.float64)
-        W_eff = W @ sqrt_M
-        root = psd_power(sqrt_M, 0.5)  # root' root = sqrt_M
-        nfa.append(_gram_correlation(W_eff, root))
-        nfa_unc.append(_gram_correlation(W_eff, root, centered=False))
-        nfa_agop.append(_gram_correlation(W_eff, sqrt_M))  # sqrt_M' sqrt_M = M
-        stages = [rep[key] for key in ("input", "agop", "features")]
-        scores = _stage_scores(stages, y_index)
+    for P, W, rep in zip(est.agop_powers_, est.weights_, reps):
+        P = torch.tensor(np.asarray(P), dtype=torch.float64)
+        W_eff = torch.tensor(np.asarray(W), dtype=torch.float64) @ P
+        # P = M^p, so M^{1/2} = P^{1/(2p)} and M = P^{1/p}.
+        nfa.append(
+            _nfa_triple(W_eff.T @ W_eff, psd_power(P, 0.5 / p), psd_power(P, 1 / p))
+        )
+        scores = _stage_scores([rep[stage] for stage in STAGES], y_index)
         nc1.append(scores[0])
         nc2.append(scores[1])
-        names.append(f"layer{rep.get('layer', index + 1)}")
-    return names, nc1, nc2, nfa, nfa_unc, nfa_agop
+        names.append(f"layer{rep['layer']}")
+    return _network_probe(names, nc1, nc2, nfa)
+
+
+def _network_probe(names, nc1, nc2, nfa):
+    nfa = np.asarray(nfa, dtype=np.float64).reshape(len(names), 3)
+    return NetworkProbe(
+        layer_names=list(names),
+        nc1=np.asarray(nc1, dtype=np.float64),
+        nc2=np.asarray(nc2, dtype=np.float64),
+        nfa_correlation=nfa[:, 0],
+        nfa_correlation_uncentered=nfa[:, 1],
+        nfa_correlation_agop=nfa[:, 2],
+    )

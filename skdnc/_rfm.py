@@ -1,6 +1,5 @@
 """Recursive Feature Machines: kernel ridge regression alternating with the AGOP."""
 
-import time
 from numbers import Integral, Real
 
 import numpy as np
@@ -10,10 +9,9 @@ from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skdnc._agop import kernel_agop, normalize_agop, sample_points
+from skdnc._agop import kernel_agop
 from skdnc._backend import (
     block_rows,
     make_generator,
@@ -24,114 +22,10 @@ from skdnc._backend import (
     to_numpy,
     to_tensor,
 )
+from skdnc._base import DEVICE_CONSTRAINT, check_class_labels, uses_cuda
 from skdnc._kernels import KERNELS, Kernel
-from skdnc._linalg import psd_power
-from skdnc._solvers import SOLVERS, fit_kernel_regression, kernel_predict
-
-
-def class_targets(y_index, n_classes, coding="pm1"):
-    """One column per class: 1 for the sample's class, and -1 (``coding="pm1"``,
-    the paper's) or 0 (``"onehot"``) elsewhere."""
-    Y = np.full((len(y_index), n_classes), -1.0 if coding == "pm1" else 0.0)
-    Y[np.arange(len(y_index)), y_index] = 1.0
-    return Y
-
-
-def agop_step(X, alpha, M, kernel, *, params, budget, generator):
-    """One feature-learning step: the next metric from a fitted kernel machine.
-
-    The AGOP of ``f(x) = k_M(x, X) @ alpha`` at a random subset of the training
-    points (``params["agop_samples"]``, self-pairs dropped), normalised by
-    ``params["agop_normalization"]`` and raised to ``params["agop_power"]``.
-    A zero AGOP (a constant predictor) leaves ``M`` as it is.
-
-    Returns
-    -------
-    M : torch.Tensor of shape (d, d), or (d,) when ``params["diag"]``
-    """
-    n = X.shape[0]
-    idx = sample_points(n, params["agop_samples"], generator).to(X.device)
-    A = kernel_agop(
-        X[idx],
-        X,
-        alpha,
-        M,
-        kernel,
-        self_index=idx,
-        centering=params["centering"],
-        diag=params["diag"],
-        block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
-    )
-    A = normalize_agop(A, params["agop_normalization"])
-    if torch.count_nonzero(A) == 0:
-        return M
-    power = params["agop_power"]
-    return A if power == 1 else psd_power(A, power)
-
-
-def rfm_rounds(
-    X, Y, M, kernel, n_rounds, *, params, budget, generator, evaluate=None, log=None
-):
-    """Alternate the kernel ridge solve and the AGOP update of ``M``.
-
-    Round ``t = 0, ..., n_rounds``: solve with ``M_t``, call ``evaluate`` on the
-    predictor, and (for ``t < n_rounds``) set ``M_{t+1}`` to the normalised AGOP
-    of that predictor raised to ``params["agop_power"]``.
-
-    Parameters
-    ----------
-    X : torch.Tensor of shape (n, d)
-    Y : torch.Tensor of shape (n, K)
-    M : torch.Tensor of shape (d, d) or (d,), or None
-        Starting metric; ``None`` is the identity.
-    kernel : skdnc._kernels.Kernel
-    n_rounds : int
-        Number of AGOP updates.
-    params : dict
-        ``reg``, ``diag``, ``agop_samples``, ``agop_normalization``,
-        ``agop_power``, ``centering``, ``solver``.
-    budget : int
-        Memory budget in bytes.
-    generator : torch.Generator
-        Draws the points at which the AGOP is taken.
-    evaluate : callable, optional
-        ``evaluate(alpha, M) -> float``, called after every solve.
-    log : callable, optional
-        ``log(message)`` for progress lines.
-
-    Returns
-    -------
-    M : torch.Tensor or None
-        The metric of the last solve.
-    alpha : torch.Tensor of shape (n, K)
-        Its dual coefficients.
-    scores : list of float
-        ``evaluate``'s values, one per round (empty without ``evaluate``).
-    """
-    scores = []
-    for t in range(n_rounds + 1):
-        tic = time.perf_counter()
-        alpha = fit_kernel_regression(
-            X,
-            Y,
-            M,
-            kernel,
-            params["reg"],
-            solver=params["solver"],
-            budget=budget,
-            solver_params=params["solver_params"],
-            generator=generator,
-            log=log,
-        )
-        if evaluate is not None:
-            scores.append(evaluate(alpha, M))
-        if t < n_rounds:
-            M = agop_step(X, alpha, M, kernel, params=params, budget=budget,
-                          generator=generator)  # fmt: skip
-        if log is not None:
-            score = f", validation score {scores[-1][0]:.4f}" if scores else ""
-            log(f"round {t}: {time.perf_counter() - tic:.2f} s{score}")
-    return M, alpha, scores
+from skdnc._rfm_core import class_targets, rfm_rounds
+from skdnc._solvers import SOLVERS, kernel_predict
 
 
 class _BaseRFM(BaseEstimator):
@@ -142,7 +36,7 @@ class _BaseRFM(BaseEstimator):
         "bandwidth": [Interval(Real, 0, None, closed="neither")],
         "exponent": [Interval(Real, 0, 2, closed="right")],
         "reg": [Interval(Real, 0, None, closed="left")],
-        "n_iter": [Interval(Integral, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
         "diag": ["boolean"],
         "agop_samples": [
             Interval(Integral, 1, None, closed="left"),
@@ -155,7 +49,7 @@ class _BaseRFM(BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "solver": [StrOptions(set(SOLVERS))],
         "solver_params": [dict, None],
-        "device": [str, torch.device],
+        "device": DEVICE_CONSTRAINT,
         "dtype": [StrOptions({"float32", "float64"})],
         "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
         "warm_start": ["boolean"],
@@ -170,7 +64,7 @@ class _BaseRFM(BaseEstimator):
         bandwidth=10.0,
         exponent=1.0,
         reg=1e-3,
-        n_iter=5,
+        max_iter=5,
         diag=False,
         agop_samples=None,
         agop_normalization="max",
@@ -190,7 +84,7 @@ class _BaseRFM(BaseEstimator):
         self.bandwidth = bandwidth
         self.exponent = exponent
         self.reg = reg
-        self.n_iter = n_iter
+        self.max_iter = max_iter
         self.diag = diag
         self.agop_samples = agop_samples
         self.agop_normalization = agop_normalization
@@ -264,9 +158,9 @@ class _BaseRFM(BaseEstimator):
             M0 = torch.tensor(self.M_, device=device, dtype=dtype)
 
         log = self._log if self.verbose else None
-        n_rounds = int(self.n_iter)
+        n_rounds = int(self.max_iter)
         history = None
-        val = self._split(n, y, generator) if self.n_iter > 0 else None
+        val = self._split(n, y, generator) if self.max_iter > 0 else None
         if val is not None:
             fit_idx, val_idx = val
             Xf = to_tensor(X[fit_idx], device, dtype)
@@ -368,7 +262,7 @@ class _BaseRFM(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = str(self.device).startswith("cuda")
+        tags.non_deterministic = uses_cuda(self.device)
         return tags
 
 
@@ -387,7 +281,7 @@ _RFM_DOC_PARAMETERS = """
         Ridge :math:`\\mu` of the solve :math:`(K_M + \\mu I)\\alpha = Y`. ``0`` asks
         for the interpolating solve; a jitter is added, with a warning, if the kernel
         matrix is then not numerically positive definite.
-    n_iter : int, default=5
+    max_iter : int, default=5
         Largest number of AGOP updates of ``M``. ``0`` is plain kernel ridge
         regression with ``M = I``.
     diag : bool, default=False
@@ -403,14 +297,13 @@ _RFM_DOC_PARAMETERS = """
     agop_power : float, default=0.5
         ``M`` is set to the normalised AGOP raised to this power. The default
         square root is xRFM's convention and what Deep RFM applies to its features;
-        ``1.0`` is the original RFM's ``M = AGOP``. On sklearn's digits the square
-        root was the more accurate (0.986 against 0.978-0.983 test accuracy).
+        ``1.0`` is the original RFM's ``M = AGOP``.
     centering : bool, default=False
         Centre each output's gradients before the outer products.
     validation_fraction : float, default=0.2
         Fraction of the training data held out (stratified for classification) to
-        choose the number of AGOP updates in ``0..n_iter``; the model is then refit
-        on all the data with that number. ``0`` uses ``n_iter`` updates, unchecked.
+        choose the number of AGOP updates in ``0..max_iter``; the model is then refit
+        on all the data with that number. ``0`` uses ``max_iter`` updates, unchecked.
         Ignored when too few samples make a split meaningless.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         Linear solver of the kernel ridge system. ``"cholesky"`` is exact (the
@@ -451,8 +344,8 @@ _RFM_DOC_ATTRIBUTES = """
         AGOPs are translation invariant; this keeps float32 distances accurate).
     n_iter_ : int
         Number of AGOP updates behind ``M_``.
-    history_ : ndarray of shape (n_iter + 1,) or None
-        Validation score after ``0, 1, ..., n_iter`` AGOP updates; ``None`` when no
+    history_ : ndarray of shape (max_iter + 1,) or None
+        Validation score after ``0, 1, ..., max_iter`` AGOP updates; ``None`` when no
         validation split was made.
     feature_importances_ : ndarray of shape (n_features,)
         Diagonal of ``M_``, normalised to sum to one.
@@ -524,7 +417,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     >>> X, y = load_digits(return_X_y=True)
     >>> X_train, X_test, y_train, y_test = train_test_split(
     ...     X, y, stratify=y, random_state=0)
-    >>> clf = RFMClassifier(n_iter=2, random_state=0).fit(X_train, y_train)
+    >>> clf = RFMClassifier(max_iter=2, random_state=0).fit(X_train, y_train)
     >>> clf.score(X_test, y_test) > 0.97
     True
     >>> clf.M_.shape
@@ -543,7 +436,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         bandwidth=10.0,
         exponent=1.0,
         reg=1e-3,
-        n_iter=5,
+        max_iter=5,
         diag=False,
         agop_samples=None,
         agop_normalization="max",
@@ -565,7 +458,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             bandwidth=bandwidth,
             exponent=exponent,
             reg=reg,
-            n_iter=n_iter,
+            max_iter=max_iter,
             diag=diag,
             agop_samples=agop_samples,
             agop_normalization=agop_normalization,
@@ -600,21 +493,13 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             The fitted classifier.
         """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
-        self.classes_, y_index = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(
-                "RFMClassifier needs samples of at least 2 classes in the data; got "
-                f"1 class: {self.classes_[0]!r}."
-            )
+        self.classes_, y_index = check_class_labels(y, owner="RFMClassifier")
         return self._fit(X, y_index)
 
     def _encode_targets(self, y_index):
-        n_classes = len(self.classes_)
-        if n_classes == 2:
-            low = -1.0 if self.target_coding == "pm1" else 0.0
-            return np.where(y_index == 1, 1.0, low)[:, None]
-        return class_targets(y_index, n_classes, self.target_coding)
+        return class_targets(
+            y_index, len(self.classes_), self.target_coding, binary_column=True
+        )
 
     def _split(self, n, y_index, generator):
         counts = np.bincount(y_index)
@@ -766,7 +651,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(300, 10))
     >>> y = np.sin(X[:, 0]) + X[:, 1] ** 2
-    >>> reg = RFMRegressor(bandwidth=5.0, n_iter=3, random_state=0).fit(X, y)
+    >>> reg = RFMRegressor(bandwidth=5.0, max_iter=3, random_state=0).fit(X, y)
     >>> int(np.argmax(reg.feature_importances_)) in (0, 1)
     True
     """

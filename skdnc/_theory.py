@@ -19,8 +19,9 @@ import torch
 from sklearn.utils import check_random_state
 
 from skdnc._backend import make_generator
-from skdnc._deep_rfm import apply_feature_map, draw_feature_map
+from skdnc._feature_maps import apply_feature_map, draw_feature_map
 from skdnc._linalg import psd_power
+from skdnc._rfm_core import class_targets
 
 
 def relu_kernel_closed_form(r):
@@ -96,13 +97,6 @@ def relu_kernel_monte_carlo(x, y, width, n_draws, random_state=None):
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(n_draws))
 
 
-def _one_hot(y):
-    classes, y_index = np.unique(y, return_inverse=True)
-    Y = np.zeros((len(y_index), len(classes)))
-    Y[np.arange(len(y_index)), y_index] = 1.0
-    return Y
-
-
 def linear_agop_layer(X, y, *, reg=0.0, agop_power=0.5):
     """One Deep RFM layer with a linear kernel: ``X M^{p}`` for the AGOP ``M``.
 
@@ -134,7 +128,8 @@ def linear_agop_layer(X, y, *, reg=0.0, agop_power=0.5):
         The AGOP :math:`B B^\\top`.
     """
     X = np.asarray(X, dtype=np.float64)
-    Y = _one_hot(y)
+    classes, y_index = np.unique(y, return_inverse=True)
+    Y = class_targets(y_index, len(classes), "onehot")
     G = X @ X.T
     if reg > 0:
         alpha = np.linalg.solve(G + reg * np.eye(len(G)), Y)
@@ -226,7 +221,8 @@ def linearized_deep_rfm(X, y, L, lambda_k, lambda_phi, *, kappa="fixed_point",
     True
     """
     X = np.asarray(X, dtype=np.float64)
-    Y = _one_hot(y)
+    classes, y_index = np.unique(y, return_inverse=True)
+    Y = class_targets(y_index, len(classes), "onehot")
     counts = Y.sum(axis=0)
     if isinstance(kappa, str):
         if kappa == "paper":
@@ -317,7 +313,8 @@ def label_kernel_optimality(y, mu, *, n_kernels=200, random_state=None):
         (n_kernels,) of :math:`J` of the random kernels.
     """
     rng = check_random_state(random_state)
-    Y = _one_hot(y)
+    classes, y_index = np.unique(y, return_inverse=True)
+    Y = class_targets(y_index, len(classes), "onehot")
     n = len(Y)
     label_kernel = Y @ Y.T
     trace = np.trace(label_kernel)

@@ -39,8 +39,8 @@ def test_main_writes_table_figures_and_json(tmp_path, capsys):
     results = json.loads((out / "deep_rfm_results.json").read_text())
     history = results["history"]
     assert history["layer"] == [1, 2, 3]
-    for stage in ("input", "agop", "features"):
-        for metric in ("nc1", "nc2", "nc2_mse", "gram_corr"):
+    for stage in ("input", "projection", "output"):
+        for metric in ("nc1", "nc2", "nc2_mse", "gram_label_correlation"):
             values = history[f"{metric}_{stage}"]
             assert len(values) == 3 and np.all(np.isfinite(values))
     assert results["nc1_input_first"] == history["nc1_input"][0]

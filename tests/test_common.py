@@ -1,25 +1,54 @@
-"""scikit-learn's common estimator checks for every skdnc estimator."""
+"""scikit-learn's common estimator checks for every skdnc estimator, in one place.
+
+:class:`~skdnc.NFAProbe` is not among them: it measures a given model, whose input
+size is fixed, while the common checks feed data of any width. Its contract
+(pass-through transform, cloning, pickling, pandas output) has its own tests in
+``test_nfa_probe.py``.
+"""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skdnc import RFMClassifier, RFMRegressor
+from skdnc import (
+    DeepRFMTransformer,
+    NeuralCollapseScorer,
+    RFMClassifier,
+    RFMRegressor,
+)
 
 ESTIMATORS = [
-    RFMClassifier(n_iter=2, random_state=0),
-    RFMRegressor(n_iter=2, random_state=0),
-    RFMClassifier(n_iter=1, diag=True, kernel="gaussian", random_state=0),
-    RFMClassifier(n_iter=1, dtype="float32", random_state=0),
+    RFMClassifier(max_iter=2, random_state=0),
+    RFMRegressor(max_iter=2, random_state=0),
+    RFMClassifier(max_iter=1, diag=True, kernel="gaussian", random_state=0),
+    RFMClassifier(max_iter=1, dtype="float32", random_state=0),
+    DeepRFMTransformer(L=2, width=32, random_state=0),
+    NeuralCollapseScorer(),
+    NeuralCollapseScorer(
+        kind="pinv",
+        global_mean="sample",
+        scaling="paper_code",
+        nc2_target="orthogonal",
+        nc2_kind="mse",
+        gram_correlation=False,
+    ),
 ]
 
+#: ``n_iter_`` of an RFM is the number of AGOP updates behind ``M_``: 0 when the
+#: validation split prefers plain kernel ridge regression (``M = I``), a legitimate
+#: outcome that this check, written for iterative solvers, does not allow.
+_N_ITER_REASON = (
+    "n_iter_ counts the AGOP updates chosen on the validation split, and 0 "
+    "(plain kernel ridge regression) is a valid choice; the check demands >= 1."
+)
+
 EXPECTED_FAILURES = {
+    repr(ESTIMATORS[1]): {"check_non_transformer_estimators_n_iter": _N_ITER_REASON},
     repr(ESTIMATORS[3]): {
         "check_methods_subset_invariance": (
-            "float32: outputs on a batch and on the whole data differ by up to "
-            "4e-4, more than the check's 1e-7 tolerance. The matrix products behind "
-            "the distances are blocked differently for different numbers of rows, "
-            "and the rounding of x'Mx - 2x'Mz + z'Mz is amplified by the square "
-            "root of the Laplace kernel at small distances. float64 (the default) "
-            "passes."
+            "float32: outputs on a batch and on the whole data differ by more than "
+            "the check's 1e-7 tolerance. The matrix products behind the distances "
+            "are blocked differently for different numbers of rows, and the "
+            "rounding of x'Mx - 2x'Mz + z'Mz is amplified by the square root of "
+            "the Laplace kernel at small distances. float64 (the default) passes."
         ),
     },
 }

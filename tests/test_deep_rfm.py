@@ -13,7 +13,6 @@ from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdnc._deep_rfm import DeepRFMTransformer
 from skdnc._rfm import RFMClassifier
@@ -56,9 +55,9 @@ def test_nc1_of_layer_inputs_falls_exponentially(deep):
 def test_agop_projection_lowers_nc1_and_feature_map_does_not(deep):
     h = deep.collapse_history_
     # M^{1/2} cuts NC1 at every layer (observed ratios 0.30-0.38)...
-    assert np.all(h["nc1_agop"] <= 0.65 * h["nc1_input"])
+    assert np.all(h["nc1_projection"] <= 0.65 * h["nc1_input"])
     # ...and the random feature map does not (observed ratios 1.3-1.5).
-    assert np.all(h["nc1_features"] >= 0.9 * h["nc1_agop"])
+    assert np.all(h["nc1_output"] >= 0.9 * h["nc1_projection"])
 
 
 def test_without_agop_nc1_does_not_fall(digits):
@@ -66,7 +65,7 @@ def test_without_agop_nc1_does_not_fall(digits):
     h = DeepRFMTransformer(L=6, width=256, n_agop_steps=0, random_state=0).fit(
         X, y
     ).collapse_history_
-    assert np.allclose(h["nc1_agop"], h["nc1_input"])  # M = I
+    assert np.allclose(h["nc1_projection"], h["nc1_input"])  # M = I
     assert h["nc1_input"][-1] > h["nc1_input"][0]  # observed 1.63 -> 3.2
 
 
@@ -78,7 +77,7 @@ def test_nc2_falls(deep):
 
 
 def test_gram_matrix_approaches_label_kernel(deep):
-    corr = deep.collapse_history_["gram_corr_input"]
+    corr = deep.collapse_history_["gram_label_correlation_input"]
     assert np.all(np.diff(corr[:6]) > -0.01)  # observed 0.50, 0.68, 0.82, 0.90, ...
     assert corr[4] >= 0.9
     assert corr[-1] >= 0.93
@@ -90,34 +89,36 @@ def test_transform_layers_reproduces_fit_time_representations(deep, digits):
     reps = deep.transform_layers(X)
     h = deep.collapse_history_
     assert [r["layer"] for r in reps] == list(range(1, 9))
-    for stage in ("input", "agop", "features"):
+    for stage in ("input", "projection", "output"):
         nc1 = [nc1_score(r[stage], y) for r in reps]
         nc2 = [nc2_score(r[stage], y) for r in reps]
         gram = [gram_label_correlation(r[stage], y) for r in reps]
         np.testing.assert_allclose(nc1, h[f"nc1_{stage}"], rtol=1e-10)
         np.testing.assert_allclose(nc2, h[f"nc2_{stage}"], rtol=1e-10)
-        np.testing.assert_allclose(gram, h[f"gram_corr_{stage}"], rtol=1e-10)
+        gram_h = h[f"gram_label_correlation_{stage}"]
+        np.testing.assert_allclose(gram, gram_h, rtol=1e-10)
     # Each layer's input is the previous layer's features, row-normalised.
     for prev, nxt in zip(reps[:-1], reps[1:]):
-        F = prev["features"]
+        F = prev["output"]
         np.testing.assert_allclose(
             nxt["input"], F / np.linalg.norm(F, axis=1, keepdims=True), atol=1e-12
         )
     # The stages are the fitted maps applied by hand.
-    layer = deep.layers_[2]
-    MX = reps[2]["input"] @ layer["sqrt_M"]
-    np.testing.assert_allclose(reps[2]["agop"], MX, atol=1e-12)
+    MX = reps[2]["input"] @ deep.agop_powers_[2]
+    np.testing.assert_allclose(reps[2]["projection"], MX, atol=1e-12)
     np.testing.assert_allclose(
-        reps[2]["features"], np.maximum(MX @ layer["W"].T, 0), atol=1e-12
+        reps[2]["output"], np.maximum(MX @ deep.weights_[2].T, 0), atol=1e-12
     )
-    last = reps[-1]["features"]
+    last = reps[-1]["output"]
     np.testing.assert_allclose(
         deep.transform(X), last / np.linalg.norm(last, axis=1, keepdims=True),
         atol=1e-12,
     )  # fmt: skip
     only = deep.transform_layers(X[:20], layers=[3])
     assert len(only) == 1 and only[0]["layer"] == 3
-    np.testing.assert_allclose(only[0]["agop"], reps[2]["agop"][:20], atol=1e-12)
+    np.testing.assert_allclose(
+        only[0]["projection"], reps[2]["projection"][:20], atol=1e-12
+    )
 
 
 def test_transform_of_new_data_is_per_sample(deep, digits):
@@ -129,17 +130,16 @@ def test_transform_of_new_data_is_per_sample(deep, digits):
 
 
 def test_fitted_layers(deep):
-    assert len(deep.layers_) == 8
-    first = deep.layers_[0]
-    assert first["sqrt_M"].shape == (64, 64) and first["W"].shape == (256, 64)
-    assert first["b"] is None and first["feature_map"] == "relu"
-    for layer in deep.layers_[1:]:
-        assert layer["sqrt_M"].shape == (256, 256)
-        S = layer["sqrt_M"]
+    assert len(deep.agop_powers_) == len(deep.weights_) == len(deep.offsets_) == 8
+    assert deep.agop_powers_[0].shape == (64, 64)
+    assert deep.weights_[0].shape == (256, 64)
+    assert all(b is None for b in deep.offsets_)  # the ReLU map has no phases
+    for S in deep.agop_powers_[1:]:
+        assert S.shape == (256, 256)
         np.testing.assert_allclose(S, S.T, atol=1e-12)
         assert np.linalg.eigvalsh(S).min() > -1e-10
     # W ~ N(0, 2 / D): the sample variance of 256 x 256 entries.
-    W = deep.layers_[3]["W"]
+    W = deep.weights_[3]
     assert abs(W.var() * 256 / 2 - 1) < 0.03
     names = deep.get_feature_names_out()
     assert names[0] == "deeprfmtransformer0" and len(names) == 256
@@ -151,7 +151,7 @@ def test_pickle_and_clone(deep, digits):
     np.testing.assert_array_equal(restored.transform(X[:30]), deep.transform(X[:30]))
     fresh = clone(deep)
     assert fresh.get_params() == deep.get_params()
-    assert not hasattr(fresh, "layers_")
+    assert not hasattr(fresh, "weights_")
 
 
 def test_seed_determines_the_maps(digits):
@@ -160,9 +160,9 @@ def test_seed_determines_the_maps(digits):
     a = DeepRFMTransformer(L=2, width=32, random_state=1).fit(X, y)
     b = DeepRFMTransformer(L=2, width=32, random_state=1).fit(X, y)
     c = DeepRFMTransformer(L=2, width=32, random_state=2).fit(X, y)
-    np.testing.assert_array_equal(a.layers_[1]["W"], b.layers_[1]["W"])
+    np.testing.assert_array_equal(a.weights_[1], b.weights_[1])
     np.testing.assert_array_equal(a.transform(X), b.transform(X))
-    assert not np.allclose(a.layers_[1]["W"], c.layers_[1]["W"])
+    assert not np.allclose(a.weights_[1], c.weights_[1])
 
 
 def test_cos_features_and_defaults(digits):
@@ -170,16 +170,16 @@ def test_cos_features_and_defaults(digits):
     X, y = X[::10], y[::10]
     cos = DeepRFMTransformer(L=1, feature_map="cos", gamma=0.1, random_state=0)
     Z = cos.fit(X, y).transform(X)
-    layer = cos.layers_[0]
-    assert layer["W"].shape == (4096, 64) and layer["b"].shape == (4096,)
-    assert np.all((layer["b"] >= 0) & (layer["b"] < 2 * np.pi))
-    MX = X / np.linalg.norm(X, axis=1, keepdims=True) @ layer["sqrt_M"]
-    Phi = np.sqrt(2 / 4096) * np.cos(MX @ layer["W"].T + layer["b"])
+    W, b = cos.weights_[0], cos.offsets_[0]
+    assert W.shape == (4096, 64) and b.shape == (4096,)
+    assert np.all((b >= 0) & (b < 2 * np.pi))
+    MX = X / np.linalg.norm(X, axis=1, keepdims=True) @ cos.agop_powers_[0]
+    Phi = np.sqrt(2 / 4096) * np.cos(MX @ W.T + b)
     np.testing.assert_allclose(
         Z, Phi / np.linalg.norm(Phi, axis=1, keepdims=True), atol=1e-10
     )
     relu = DeepRFMTransformer(L=1, record_metrics=False, random_state=0).fit(X, y)
-    assert relu.layers_[0]["W"].shape == (1024, 64)
+    assert relu.weights_[0].shape == (1024, 64)
     assert relu.collapse_history_ is None
 
 
@@ -189,7 +189,7 @@ def test_more_agop_steps_and_power(digits):
     one = DeepRFMTransformer(L=1, width=64, random_state=0).fit(X, y)
     two = DeepRFMTransformer(L=1, width=64, n_agop_steps=2, random_state=0).fit(X, y)
     full = DeepRFMTransformer(L=1, width=64, agop_power=1.0, random_state=0).fit(X, y)
-    S1, S2, M = (m.layers_[0]["sqrt_M"] for m in (one, two, full))
+    S1, S2, M = (m.agop_powers_[0] for m in (one, two, full))
     assert not np.allclose(S1, S2)
     # agop_power=1 applies the normalised AGOP itself; 0.5 its square root.
     np.testing.assert_allclose(S1 @ S1, M, atol=1e-10)
@@ -204,7 +204,7 @@ def test_dtypes(digits):
     assert model.transform(X.astype(np.float32)).dtype == np.float32
     fast = DeepRFMTransformer(L=2, width=32, dtype="float32", random_state=0)
     Z32 = fast.fit(X, y).transform(X)
-    assert Z32.dtype == np.float64 and fast.layers_[0]["W"].dtype == np.float32
+    assert Z32.dtype == np.float64 and fast.weights_[0].dtype == np.float32
     np.testing.assert_allclose(Z32, model.fit(X, y).transform(X), atol=1e-3)
 
 
@@ -213,7 +213,7 @@ def test_pipeline_cross_validation_on_digits(digits):
     pipe = Pipeline([
         ("deep_rfm", DeepRFMTransformer(L=3, width=128, record_metrics=False,
                                         random_state=0)),
-        ("rfm", RFMClassifier(n_iter=1, random_state=0)),
+        ("rfm", RFMClassifier(max_iter=1, random_state=0)),
     ])  # fmt: skip
     scores = cross_val_score(pipe, X, y, cv=3)
     assert scores.mean() > 0.9  # observed 0.95
@@ -261,9 +261,3 @@ def test_string_labels(digits):
     assert a.classes_.dtype.kind == "U"
     # The label order changes the target columns, not the kernel machines' AGOP.
     np.testing.assert_allclose(a.transform(X), b.transform(X), atol=1e-8)
-
-
-# -- scikit-learn conformance ---------------------------------------------------------
-@parametrize_with_checks([DeepRFMTransformer(L=2, width=32, random_state=0)])
-def test_sklearn_compatible_estimator(estimator, check):
-    check(estimator)

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -36,7 +36,7 @@ def test_probe_in_pipeline(digits):
     assert pipe.score(X, y) > 0.9  # the probe passed X through to the classifier
     probe = pipe[0]
     assert probe.nfa_correlation_.shape == (3,) and probe.nc1_.shape == (3, 3)
-    assert probe.stages_ == ("input", "right", "output")
+    assert probe.stages_ == ("input", "projection", "output")
     assert list(probe.layer_names_) == [f"head_layers.{i}" for i in range(3)]
     assert np.all(np.abs(probe.nfa_correlation_) <= 1)
     np.testing.assert_array_equal(probe.transform(X), X)
@@ -92,11 +92,15 @@ def test_input_shape_for_conv_nets(digits):
     assert np.isfinite(probe.nc1_).all()
     with pytest.raises(ValueError, match="input_shape"):
         NFAProbe(conv, input_shape=(3, 8, 8)).fit(X, y)
+    # Without input_shape the flat rows cannot enter the conv layer: the error
+    # names the fix instead of surfacing torch's conv2d message.
+    with pytest.raises(ValueError, match=r"pass input_shape, e\.g\."):
+        NFAProbe(conv).fit(X, y)
 
 
 def test_errors(digits):
     X, y = digits
-    with pytest.raises(TypeError, match="torch.nn.Module or a fitted RFM"):
+    with pytest.raises(TypeError, match="'estimator' parameter of NFAProbe"):
         NFAProbe(LogisticRegression()).fit(X, y)
     with pytest.raises(ValueError, match="2 classes"):
         NFAProbe(make_mlp(64, 10, width=4)).fit(X, np.zeros(len(X)))
@@ -107,11 +111,14 @@ def test_errors(digits):
 
 
 # -- RFM and Deep RFM ---------------------------------------------------------------
-class _StandInRFM:
+class _StandInRFM(BaseEstimator):
     """M_ = S and AGOP = S^2: the NFA with AGOP^{1/2} holds exactly."""
 
     def __init__(self, S):
         self.M_ = S
+
+    def fit(self, X, y):
+        return self
 
     def agop(self, X):
         return self.M_ @ self.M_
@@ -132,7 +139,7 @@ def test_rfm_stand_in_exact_nfa(digits):
 
 def test_real_rfm(digits):
     X, y = digits
-    rfm = RFMClassifier(n_iter=2, device="cpu", random_state=0).fit(X, y)
+    rfm = RFMClassifier(max_iter=2, device="cpu", random_state=0).fit(X, y)
     probe = NFAProbe(rfm).fit(X, y)
     assert probe.nfa_correlation_.shape == (1,)
     assert -1 <= probe.nfa_correlation_[0] <= 1
@@ -142,26 +149,32 @@ def test_real_rfm(digits):
     )
 
 
-class _StandInDeepRFM:
+class _StandInDeepRFM(BaseEstimator):
     """Orthogonal random weights, so (W M^{1/2})'(W M^{1/2}) = M exactly."""
+
+    agop_power = 0.5
 
     def __init__(self, d, n_layers, seed=0):
         rng = np.random.default_rng(seed)
-        self.layers_ = []
+        self.agop_powers_, self.weights_ = [], []
         for _ in range(n_layers):
             B = rng.normal(size=(d, d))
             Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
             M = B @ B.T / d
-            sqrt_M = psd_power(torch.tensor(M), 0.5).numpy()
-            self.layers_.append({"sqrt_M": sqrt_M, "W": Q, "b": None,
-                                 "feature_map": "relu"})  # fmt: skip
+            self.agop_powers_.append(psd_power(torch.tensor(M), 0.5).numpy())
+            self.weights_.append(Q)
+
+    def fit(self, X, y):
+        return self
 
     def transform_layers(self, X):
         out, H = [], X
-        for index, layer in enumerate(self.layers_):
-            MX = H @ layer["sqrt_M"]
-            Phi = np.maximum(MX @ layer["W"].T, 0)
-            out.append({"layer": index + 1, "input": H, "agop": MX, "features": Phi})
+        for index, (P, W) in enumerate(zip(self.agop_powers_, self.weights_)):
+            MX = H @ P
+            Phi = np.maximum(MX @ W.T, 0)
+            out.append(
+                {"layer": index + 1, "input": H, "projection": MX, "output": Phi}
+            )
             H = Phi
         return out
 
@@ -172,8 +185,7 @@ def test_deep_rfm_stand_in(digits):
     probe = NFAProbe(est).fit(X, y)
     assert list(probe.layer_names_) == ["layer1", "layer2"]
     np.testing.assert_allclose(probe.nfa_correlation_agop_, 1.0, atol=1e-10)
-    for index, layer in enumerate(est.layers_):
-        sqrt_M = layer["sqrt_M"]
+    for index, sqrt_M in enumerate(est.agop_powers_):
         M = sqrt_M @ sqrt_M
         assert probe.nfa_correlation_[index] == pytest.approx(
             nfa_correlation(M, sqrt_M), abs=1e-10
@@ -182,7 +194,7 @@ def test_deep_rfm_stand_in(digits):
             nfa_correlation(M, sqrt_M, centered=False), abs=1e-10
         )
     reps = est.transform_layers(X)
-    assert probe.nc1_[1, 2] == pytest.approx(nc1_score(reps[1]["features"], y))
+    assert probe.nc1_[1, 2] == pytest.approx(nc1_score(reps[1]["output"], y))
 
 
 def test_real_deep_rfm(digits):
@@ -196,5 +208,44 @@ def test_real_deep_rfm(digits):
     # Deep RFM's fit records the stages before rows are normalised for the next
     # layer; transform_layers must return the same (un-normalised) features.
     np.testing.assert_allclose(probe.nc1_[:, 0], history["nc1_input"], rtol=1e-8)
-    np.testing.assert_allclose(probe.nc1_[:, 1], history["nc1_agop"], rtol=1e-8)
-    np.testing.assert_allclose(probe.nc1_[:, 2], history["nc1_features"], rtol=1e-8)
+    np.testing.assert_allclose(probe.nc1_[:, 1], history["nc1_projection"], rtol=1e-8)
+    np.testing.assert_allclose(probe.nc1_[:, 2], history["nc1_output"], rtol=1e-8)
+
+
+def _pearson(A, B):
+    a, b = A.ravel() - A.mean(), B.ravel() - B.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def _numpy_power(S, power):
+    evals, evecs = np.linalg.eigh((S + S.T) / 2)
+    return (evecs * np.clip(evals, 0, None) ** power) @ evecs.T
+
+
+@pytest.mark.parametrize("agop_power", [1.0, 0.25])
+def test_deep_rfm_nfa_for_any_agop_power(digits, agop_power):
+    """The layer applies P = M^p; the NFA compares (W P)'(W P) with M^{1/2} and M,
+    recovered here from P with NumPy's eigh, independently of the probe."""
+    X, y = digits
+    est = DeepRFMTransformer(
+        L=2, width=48, agop_power=agop_power, device="cpu", random_state=0
+    ).fit(X, y)
+    probe = NFAProbe(est).fit(X, y)
+    for index, (P, W) in enumerate(zip(est.agop_powers_, est.weights_)):
+        F = (W @ P).T @ (W @ P)
+        M = _numpy_power(P, 1 / agop_power)
+        expected = _pearson(F, _numpy_power(M, 0.5))
+        assert probe.nfa_correlation_[index] == pytest.approx(expected, abs=1e-8)
+        assert probe.nfa_correlation_agop_[index] == pytest.approx(
+            _pearson(F, M), abs=1e-8
+        )
+        # Reading P as M^{1/2} (the power the paper uses) gives another number.
+        assert abs(probe.nfa_correlation_[index] - _pearson(F, P)) > 1e-3
+
+
+def test_unfitted_estimator_is_rejected(digits):
+    X, y = digits
+    with pytest.raises(NotFittedError):
+        NFAProbe(RFMClassifier()).fit(X, y)
+    with pytest.raises(NotFittedError):
+        NFAProbe(DeepRFMTransformer()).fit(X, y)

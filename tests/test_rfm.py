@@ -47,12 +47,14 @@ def _low_rank_problem(n, seed):
 def test_feature_learning_recovers_the_relevant_subspace():
     X, y, U = _low_rank_problem(1500, 0)
     X_test, y_test, _ = _low_rank_problem(2000, 1)
-    rfm = RFMClassifier(bandwidth=10.0, n_iter=5, validation_fraction=0, random_state=0)
+    rfm = RFMClassifier(
+        bandwidth=10.0, max_iter=5, validation_fraction=0, random_state=0
+    )
     rfm.fit(X, y)
     evecs = np.linalg.eigh(rfm.M_)[1][:, -2:]
     cosines = np.cos(subspace_angles(evecs, U))
     assert cosines.min() > 0.95
-    plain = RFMClassifier(bandwidth=10.0, n_iter=0).fit(X, y)
+    plain = RFMClassifier(bandwidth=10.0, max_iter=0).fit(X, y)
     err_rfm = 1 - rfm.score(X_test, y_test)
     err_plain = 1 - plain.score(X_test, y_test)
     # measured: 0.072 against 0.23
@@ -63,7 +65,7 @@ def test_agop_method_matches_autograd_of_the_fitted_predictor():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 4))
     y = X[:, 0] - 2 * X[:, 1] ** 2
-    reg = RFMRegressor(bandwidth=3.0, n_iter=1, validation_fraction=0).fit(X, y)
+    reg = RFMRegressor(bandwidth=3.0, max_iter=1, validation_fraction=0).fit(X, y)
     C = torch.tensor(reg.centers_)
     M = torch.tensor(reg.M_)
     alpha = torch.tensor(reg.dual_coef_)
@@ -84,7 +86,7 @@ def test_predictions_match_a_float64_reference_kernel_ridge():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 3))
     y = np.sin(X).sum(axis=1)
-    reg = RFMRegressor(bandwidth=2.0, reg=0.1, n_iter=0).fit(X, y)
+    reg = RFMRegressor(bandwidth=2.0, reg=0.1, max_iter=0).fit(X, y)
     D = np.linalg.norm(X[:, None] - X[None], axis=2)
     alpha = np.linalg.solve(np.exp(-D / 2.0) + 0.1 * np.eye(60), y - y.mean())
     X_new = rng.normal(size=(7, 3))
@@ -96,7 +98,7 @@ def test_predictions_match_a_float64_reference_kernel_ridge():
 
 def test_float32_agrees_with_float64(digits_split):
     X_train, X_test, y_train, _ = digits_split
-    kw = {"n_iter": 2, "validation_fraction": 0, "random_state": 0}
+    kw = {"max_iter": 2, "validation_fraction": 0, "random_state": 0}
     f64 = RFMClassifier(**kw).fit(X_train, y_train)
     f32 = RFMClassifier(dtype="float32", **kw).fit(X_train, y_train)
     assert f32.M_.dtype == np.float32
@@ -107,11 +109,11 @@ def test_float32_agrees_with_float64(digits_split):
 def test_labels_of_any_type():
     X, y = load_digits(n_class=3, return_X_y=True)
     names = np.array(["zero", "one", "two"])[y]
-    clf = RFMClassifier(n_iter=1, random_state=0).fit(X, names)
+    clf = RFMClassifier(max_iter=1, random_state=0).fit(X, names)
     assert set(clf.predict(X)) <= set(names)
     assert clf.score(X, names) > 0.95
     sparse_ints = np.array([3, 10, 42])[y]
-    clf = RFMClassifier(n_iter=1, random_state=0).fit(X, sparse_ints)
+    clf = RFMClassifier(max_iter=1, random_state=0).fit(X, sparse_ints)
     np.testing.assert_array_equal(clf.classes_, [3, 10, 42])
     proba = clf.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1)
@@ -121,34 +123,34 @@ def test_labels_of_any_type():
 def test_binary_problem_uses_one_output():
     X, y = load_digits(n_class=2, return_X_y=True)
     labels = np.where(y == 1, "yes", "no")
-    clf = RFMClassifier(n_iter=1, random_state=0).fit(X, labels)
+    clf = RFMClassifier(max_iter=1, random_state=0).fit(X, labels)
     assert clf.dual_coef_.shape == (len(X), 1)
     scores = clf.decision_function(X)
     assert scores.shape == (len(X),)
     np.testing.assert_array_equal(clf.predict(X), np.where(scores > 0, "yes", "no"))
     assert clf.proba_scale_ > 0
-    onehot = RFMClassifier(n_iter=1, target_coding="onehot", random_state=0)
+    onehot = RFMClassifier(max_iter=1, target_coding="onehot", random_state=0)
     assert onehot.fit(X, labels).score(X, labels) > 0.99
 
 
 def test_validation_split_chooses_rounds_and_refits(digits_split):
     X_train, _, y_train, _ = digits_split
-    clf = RFMClassifier(n_iter=3, random_state=0).fit(X_train, y_train)
+    clf = RFMClassifier(max_iter=3, random_state=0).fit(X_train, y_train)
     best = np.flatnonzero(clf.history_ == clf.history_.max())
     assert clf.n_iter_ in best
     assert clf.centers_.shape == X_train.shape  # refit on all the data
-    no_val = RFMClassifier(n_iter=3, validation_fraction=0).fit(X_train, y_train)
+    no_val = RFMClassifier(max_iter=3, validation_fraction=0).fit(X_train, y_train)
     assert no_val.n_iter_ == 3 and no_val.history_ is None
 
 
 def test_warm_start_continues_from_M():
     X, y = load_digits(n_class=4, return_X_y=True)
     kw = {"validation_fraction": 0, "random_state": 0}
-    two = RFMClassifier(n_iter=2, **kw).fit(X, y)
-    warm = RFMClassifier(n_iter=1, warm_start=True, **kw).fit(X, y)
+    two = RFMClassifier(max_iter=2, **kw).fit(X, y)
+    warm = RFMClassifier(max_iter=1, warm_start=True, **kw).fit(X, y)
     warm.fit(X, y)
     np.testing.assert_allclose(warm.M_, two.M_, rtol=1e-8, atol=1e-12)
-    cold = RFMClassifier(n_iter=1, **kw).fit(X, y).fit(X, y)
+    cold = RFMClassifier(max_iter=1, **kw).fit(X, y).fit(X, y)
     assert not np.allclose(cold.M_, two.M_)
 
 
@@ -156,7 +158,7 @@ def test_diag_mode_learns_a_feature_weighting():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 10))
     y = X[:, 3] ** 2 + np.sin(X[:, 7])
-    reg = RFMRegressor(bandwidth=5.0, diag=True, n_iter=3, random_state=0).fit(X, y)
+    reg = RFMRegressor(bandwidth=5.0, diag=True, max_iter=3, random_state=0).fit(X, y)
     assert reg.M_.shape == (10,)
     assert set(np.argsort(reg.feature_importances_)[-2:]) == {3, 7}
     assert reg.agop(X[:5]).shape == (10,)
@@ -166,14 +168,14 @@ def test_regressor_multioutput():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 5))
     Y = np.column_stack([X[:, 0], X[:, 1] * X[:, 2]])
-    reg = RFMRegressor(bandwidth=5.0, n_iter=2, random_state=0).fit(X, Y)
+    reg = RFMRegressor(bandwidth=5.0, max_iter=2, random_state=0).fit(X, Y)
     assert reg.predict(X).shape == (200, 2)
     assert reg.score(X, Y) > 0.9
 
 
 def test_pickle_joblib_clone_round_trips(tmp_path, digits_split):
     X_train, X_test, y_train, _ = digits_split
-    clf = RFMClassifier(n_iter=1, random_state=0).fit(X_train, y_train)
+    clf = RFMClassifier(max_iter=1, random_state=0).fit(X_train, y_train)
     expected = clf.decision_function(X_test)
     np.testing.assert_array_equal(
         pickle.loads(pickle.dumps(clf)).decision_function(X_test), expected
@@ -188,7 +190,7 @@ def test_pickle_joblib_clone_round_trips(tmp_path, digits_split):
 
 def test_model_fitted_on_a_gpu_machine_predicts_on_a_cpu_only_one(monkeypatch):
     X, y = load_digits(n_class=3, return_X_y=True)
-    clf = RFMClassifier(n_iter=1, device="cpu", random_state=0).fit(X, y)
+    clf = RFMClassifier(max_iter=1, device="cpu", random_state=0).fit(X, y)
     expected = clf.predict_proba(X)
     clf.device = "cuda"  # as fitted with device="cuda"; fitted state is NumPy
     loaded = pickle.loads(pickle.dumps(clf))
@@ -202,11 +204,11 @@ def test_model_fitted_on_a_gpu_machine_predicts_on_a_cpu_only_one(monkeypatch):
 def test_sklearn_tooling(digits_split):
     X_train, _, y_train, _ = digits_split
     X_small, y_small = X_train[:400], y_train[:400]
-    pipe = make_pipeline(StandardScaler(), RFMClassifier(n_iter=1, random_state=0))
+    pipe = make_pipeline(StandardScaler(), RFMClassifier(max_iter=1, random_state=0))
     scores = cross_val_score(pipe, X_small, y_small, cv=3)
     assert scores.mean() > 0.9
     grid = GridSearchCV(
-        RFMClassifier(n_iter=1, random_state=0), {"bandwidth": [5.0, 20.0]}, cv=2
+        RFMClassifier(max_iter=1, random_state=0), {"bandwidth": [5.0, 20.0]}, cv=2
     ).fit(X_small, y_small)
     assert grid.best_params_["bandwidth"] in (5.0, 20.0)
 
@@ -215,12 +217,12 @@ def test_feature_names_and_set_output():
     pd = pytest.importorskip("pandas")
     X, y = load_digits(n_class=3, return_X_y=True)
     df = pd.DataFrame(X, columns=[f"px{i}" for i in range(64)])
-    pipe = make_pipeline(StandardScaler(), RFMClassifier(n_iter=1, random_state=0))
+    pipe = make_pipeline(StandardScaler(), RFMClassifier(max_iter=1, random_state=0))
     pipe.set_output(transform="pandas").fit(df, y)
     clf = pipe[-1]
     assert list(clf.feature_names_in_) == list(df.columns)
     with pytest.raises(ValueError, match="feature names"):
-        RFMClassifier(n_iter=0).fit(df, y).predict(df.rename(columns=str.upper))
+        RFMClassifier(max_iter=0).fit(df, y).predict(df.rename(columns=str.upper))
 
 
 @pytest.mark.parametrize(
@@ -244,7 +246,7 @@ def test_parameter_and_shape_errors():
         RFMClassifier(bandwidth=0).fit(X, y)
     with pytest.raises(ValueError, match="at least 2 classes"):
         RFMClassifier().fit(X, np.zeros(len(X)))
-    clf = RFMClassifier(n_iter=0).fit(X, y)
+    clf = RFMClassifier(max_iter=0).fit(X, y)
     with pytest.raises(ValueError, match="64 features"):
         clf.predict(X[:, :10])
     with pytest.raises(ValueError, match="memory budget of 0.00 GiB"):
@@ -257,16 +259,16 @@ def test_ridgeless_solve_warns_on_an_ill_conditioned_kernel():
     X = np.repeat(np.random.default_rng(0).normal(size=(20, 3)), 2, axis=0)
     y = np.arange(40) % 2
     with pytest.warns(LinAlgWarning, match="reg=0"):
-        clf = RFMClassifier(reg=0, n_iter=0).fit(X, y)
+        clf = RFMClassifier(reg=0, max_iter=0).fit(X, y)
     assert np.isfinite(clf.dual_coef_).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        RFMClassifier(reg=1e-3, n_iter=0).fit(X, y)
+        RFMClassifier(reg=1e-3, max_iter=0).fit(X, y)
 
 
 def test_kernel_parameter_reaches_the_kernel():
     X, y = load_digits(n_class=3, return_X_y=True)
     for name in ("gaussian", "exponential"):
-        clf = RFMClassifier(kernel=name, exponent=1.5, n_iter=1, random_state=0)
+        clf = RFMClassifier(kernel=name, exponent=1.5, max_iter=1, random_state=0)
         assert clf.fit(X, y).score(X, y) > 0.95
         assert clf._kernel() == Kernel(name, 10.0, 1.5)

@@ -13,7 +13,6 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_sco
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdnc.metrics import (
     NeuralCollapseScorer,
@@ -75,25 +74,8 @@ def classifier_pipeline():
     )
 
 
-# --------------------------------------------------------------------------------
-# scikit-learn conformance
 
 
-@parametrize_with_checks(
-    [
-        NeuralCollapseScorer(),
-        NeuralCollapseScorer(
-            kind="pinv",
-            global_mean="sample",
-            scaling="paper_code",
-            nc2_target="orthogonal",
-            nc2_kind="mse",
-            gram_correlation=False,
-        ),
-    ]
-)
-def test_sklearn_compatible_estimator(estimator, check):
-    check(estimator)
 
 
 # --------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_auto_takes_the_exact_solve_while_the_kernel_fits():
 
 def test_estimators_predict_the_same_with_either_solver():
     X, y = load_digits(return_X_y=True)
-    kw = {"n_iter": 1, "validation_fraction": 0, "random_state": 0}
+    kw = {"max_iter": 1, "validation_fraction": 0, "random_state": 0}
     exact = RFMClassifier(solver="cholesky", **kw).fit(X, y)
     cg = RFMClassifier(solver="cg", solver_params={"tol": 1e-10, "rank": 300}, **kw)
     cg.fit(X, y)
@@ -115,13 +115,13 @@ _MEMORY_SCRIPT = textwrap.dedent(
     y = np.sin(X[:, 0]) + X[:, 1]
     # warm up torch's kernels on a small problem first, so their one-off
     # allocations are part of the baseline
-    warm = RFMRegressor(n_iter=1, solver="cg", solver_params={"rank": 50})
+    warm = RFMRegressor(max_iter=1, solver="cg", solver_params={"rank": 50})
     warm.fit(X[:300], y[:300])
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set size (VmHWM) to the current one
     base = status("VmRSS")
     reg = RFMRegressor(
-        n_iter=1, solver=solver, memory_budget=budget_gib, agop_samples=1000,
+        max_iter=1, solver=solver, memory_budget=budget_gib, agop_samples=1000,
         validation_fraction=0, solver_params={"rank": 150, "tol": 1e-3},
     ).fit(X, y)
     reg.predict(X)

@@ -48,8 +48,8 @@ print("NC1 of the layer inputs:", np.array2string(history["nc1_input"], precisio
 layers = history["layer"]
 stages = {
     "input": "$X_l$",
-    "agop": "$M_l^{1/2} X_l$",
-    "features": r"$\Phi_l(M_l^{1/2} X_l)$",
+    "projection": "$M_l^{1/2} X_l$",
+    "output": r"$\Phi_l(M_l^{1/2} X_l)$",
 }
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
 for stage, label in stages.items():
@@ -74,8 +74,8 @@ print(f"NC1 shrinks by a factor {np.exp(slope):.2f} per layer")
 # between classes more than those within). Without the AGOP
 # (``n_agop_steps=0``, i.e. ``M = I``),
 # the same network is a deep random-feature model, and NC1 *grows* with depth.
-agop_gain = history["nc1_agop"] / history["nc1_input"]
-feature_cost = history["nc1_features"] / history["nc1_agop"]
+agop_gain = history["nc1_projection"] / history["nc1_input"]
+feature_cost = history["nc1_output"] / history["nc1_projection"]
 print("NC1(M^1/2 X) / NC1(X):       ", np.array2string(agop_gain, precision=2))
 print("NC1(Phi(M^1/2 X)) / NC1(M^1/2 X):", np.array2string(feature_cost, precision=2))
 
@@ -107,7 +107,7 @@ order = np.argsort(y, kind="stable")
 
 fig, axes = plt.subplots(1, len(shown), figsize=(12, 3.3))
 for ax, rep in zip(axes, representations):
-    Z = rep["agop"][order]
+    Z = rep["projection"][order]
     Z = Z - Z.mean(axis=0)
     Z /= np.linalg.norm(Z, axis=1, keepdims=True)
     ax.imshow(Z @ Z.T, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -126,8 +126,8 @@ from skdnc.metrics import gram_label_correlation
 
 print(
     "Gram / label-kernel correlation by layer:",
-    np.array2string(history["gram_corr_agop"], precision=3),
+    np.array2string(history["gram_label_correlation_projection"], precision=3),
 )
-last = representations[-1]["agop"]
+last = representations[-1]["projection"]
 print(f"recomputed for layer 8: {gram_label_correlation(last, y):.3f}")
 plt.show()

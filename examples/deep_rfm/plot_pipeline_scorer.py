@@ -43,7 +43,7 @@ pipe = Pipeline(
         ("scale", StandardScaler()),
         ("deep_rfm", DeepRFMTransformer(L=4, width=256, random_state=0)),
         ("collapse", NeuralCollapseScorer()),
-        ("rfm", RFMClassifier(bandwidth=2.0, n_iter=2, random_state=0)),
+        ("rfm", RFMClassifier(bandwidth=2.0, max_iter=2, random_state=0)),
     ]
 )
 accuracy = cross_val_score(pipe, X, y, cv=cv)

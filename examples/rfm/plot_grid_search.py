@@ -15,7 +15,7 @@ digits.
 # ----------
 # The bandwidth is measured in the units of the features, so the features are
 # standardised first. ``validation_fraction=0`` makes every fit take exactly
-# ``n_iter`` AGOP updates (by default an RFM holds out part of its training data to
+# ``max_iter`` AGOP updates (by default an RFM holds out part of its training data to
 # choose that number itself).
 import matplotlib.pyplot as plt
 import numpy as np
@@ -33,7 +33,7 @@ X_train, X_test, y_train, y_test = train_test_split(
 
 pipe = make_pipeline(
     StandardScaler(),
-    RFMClassifier(n_iter=2, validation_fraction=0.0, random_state=0),
+    RFMClassifier(max_iter=2, validation_fraction=0.0, random_state=0),
 )
 param_grid = {
     "rfmclassifier__bandwidth": [1.0, 3.0, 10.0, 30.0],
@@ -76,14 +76,14 @@ fig.tight_layout()
 # Letting the RFM choose its number of iterations
 # -----------------------------------------------
 # With the default ``validation_fraction=0.2`` each fit chooses the number of AGOP
-# updates in ``0..n_iter`` on a stratified hold-out and reports the validation
+# updates in ``0..max_iter`` on a stratified hold-out and reports the validation
 # accuracy of every round in ``history_``; the search then only has to cover the
 # kernel.
 best = search.best_estimator_.named_steps["rfmclassifier"]
 clf = make_pipeline(
     StandardScaler(),
     RFMClassifier(
-        bandwidth=best.bandwidth, agop_power=best.agop_power, n_iter=4, random_state=0
+        bandwidth=best.bandwidth, agop_power=best.agop_power, max_iter=4, random_state=0
     ),
 ).fit(X_train, y_train)
 rfm = clf.named_steps["rfmclassifier"]

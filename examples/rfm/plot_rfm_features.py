@@ -37,8 +37,8 @@ X = rng.normal(size=(500, 20))
 y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2]
 X_train, X_test, y_train, y_test = X[:400], X[400:], y[:400], y[400:]
 
-reg = RFMRegressor(bandwidth=5.0, n_iter=5, random_state=0).fit(X_train, y_train)
-plain = RFMRegressor(bandwidth=5.0, n_iter=0).fit(X_train, y_train)
+reg = RFMRegressor(bandwidth=5.0, max_iter=5, random_state=0).fit(X_train, y_train)
+plain = RFMRegressor(bandwidth=5.0, max_iter=0).fit(X_train, y_train)
 print(f"test R^2, kernel ridge regression (M = I): {plain.score(X_test, y_test):.3f}")
 print(
     f"test R^2, RFM after {reg.n_iter_} AGOP updates: {reg.score(X_test, y_test):.3f}"
@@ -70,7 +70,7 @@ digits = load_digits()
 X_train, X_test, y_train, y_test = train_test_split(
     digits.data, digits.target, stratify=digits.target, random_state=0
 )
-clf = RFMClassifier(n_iter=3, random_state=0).fit(X_train, y_train)
+clf = RFMClassifier(max_iter=3, random_state=0).fit(X_train, y_train)
 print(
     f"test accuracy after {clf.n_iter_} AGOP updates: {clf.score(X_test, y_test):.3f}"
 )

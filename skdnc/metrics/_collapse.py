@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-import torch
 from sklearn.utils._param_validation import StrOptions, validate_params
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_X_y
+
+from skdnc._backend import normalize_rows, to_numpy
+from skdnc._base import check_class_labels
 
 __all__ = [
     "ClassStatistics",
@@ -58,32 +59,21 @@ GRAM_CONSTRAINTS = {"global_mean": GLOBAL_MEAN_CONSTRAINT}
 CDNV_CONSTRAINTS = {}
 _XY = {"X": ["array-like"], "y": ["array-like"]}
 
-
-def _as_array(A):
-    """NumPy view of a torch tensor (detached, on the CPU); anything else as is."""
-    if isinstance(A, torch.Tensor):
-        A = A.detach().cpu()
-        if A.is_floating_point() and A.dtype not in (torch.float32, torch.float64):
-            A = A.to(torch.float64)  # float16 / bfloat16 have no NumPy twin
-        return A.numpy()
-    return A
+#: The three representations of a layer that skdnc measures, in forward order:
+#: the layer's input, its linear projection (``M^p x`` in Deep RFM and RFM,
+#: ``S V^T h`` of a network weight ``W = U S V^T``) and its output.
+STAGES = ("input", "projection", "output")
 
 
 def _encode_labels(y):
-    """Classes (sorted) and class index of every sample of validated 1-D labels."""
-    check_classification_targets(y)
-    classes, y_index = np.unique(y, return_inverse=True)
-    if classes.shape[0] < 2:
-        raise ValueError(
-            "Neural-collapse metrics need samples from at least 2 classes; got "
-            f"{classes.shape[0]} class."
-        )
-    return y_index.reshape(-1), classes
+    """Class index of every sample and the sorted classes, for 2 classes or more."""
+    classes, y_index = check_class_labels(y, owner="Neural-collapse metrics")
+    return y_index, classes
 
 
 def _check_X_y(X, y):
     """Validate features and labels; return float64 X, class indices and classes."""
-    X, y = check_X_y(_as_array(X), _as_array(y), dtype=[np.float64, np.float32])
+    X, y = check_X_y(to_numpy(X), to_numpy(y), dtype=[np.float64, np.float32])
     y_index, classes = _encode_labels(y)
     return X.astype(np.float64, copy=False), y_index, classes
 
@@ -371,13 +361,6 @@ def nc1_score(X, y, *, kind="trace", global_mean="class_means", scaling="standar
     return _nc1_from_stats(_statistics(X, y_index, classes, global_mean), kind, scaling)
 
 
-def _normalize_rows(H, *, inplace=False):
-    """Rows scaled to unit norm; zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", H, H))[:, None]
-    out = H if inplace else np.zeros_like(H)
-    return np.divide(H, norms, out=out, where=norms > 0)
-
-
 def _nc2_from_stats(stats, target, kind):
     K = stats.n_classes
     if target == "etf":
@@ -386,7 +369,7 @@ def _nc2_from_stats(stats, target, kind):
     else:
         H = stats.means
         T = np.eye(K)
-    Hn = _normalize_rows(H)
+    Hn = normalize_rows(H, inplace=False)
     D = Hn @ Hn.T - T
     if kind == "fro":
         return float(np.linalg.norm(D))
@@ -457,7 +440,7 @@ def nc2_score(X, y, *, target="etf", kind="fro", global_mean="class_means"):
 
 def _gram_label_correlation(stats):
     X, N = stats._X, stats.n_samples
-    Z = _normalize_rows(X - stats.global_mean, inplace=True)
+    Z = normalize_rows(X - stats.global_mean)
     # Pearson correlation of the N^2 entries of A = Z Z' and B = Y Y' (one-hot),
     # from sums that need no N x N matrix.
     z_sum = Z.sum(axis=0)

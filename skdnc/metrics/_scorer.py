@@ -13,8 +13,9 @@ from sklearn.utils._param_validation import (
     validate_parameter_constraints,
     validate_params,
 )
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
+from skdnc._base import PassthroughMixin
 from skdnc.metrics._collapse import (
     CDNV_CONSTRAINTS,
     GLOBAL_MEAN_CONSTRAINT,
@@ -44,7 +45,9 @@ __all__ = [
 ]
 
 
-class NeuralCollapseScorer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class NeuralCollapseScorer(
+    PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator
+):
     """Pass-through transformer that measures neural collapse of what flows through.
 
     ``fit(X, y)`` measures NC1, NC2, CDNV and the Gram / label-kernel correlation
@@ -183,28 +186,6 @@ class NeuralCollapseScorer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
             _gram_label_correlation(stats) if self.gram_correlation else float("nan")
         )
         return self
-
-    def transform(self, X):
-        """Return ``X`` unchanged (validated).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Input data.
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-            The same data, as a float32 or float64 array.
-        """
-        check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
 
 
 _METRICS = {
