@@ -39,6 +39,37 @@ def psd_power(M, power=0.5):
     return ((evecs * evals) @ evecs.T).to(M.dtype)
 
 
+def psd_powers(M, powers):
+    """Several powers of one symmetric PSD matrix from a single ``eigh``.
+
+    Parameters
+    ----------
+    M : torch.Tensor of shape (d, d) or (d,)
+        Symmetric matrix, or the diagonal of a diagonal one.
+    powers : sequence of float
+
+    Returns
+    -------
+    M_powers : tuple of torch.Tensor
+        ``M`` raised to each power, as :func:`psd_power` would return it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdnc._linalg import psd_powers
+    >>> A = torch.tensor([[16.0, 0.0], [0.0, 81.0]], dtype=torch.float64)
+    >>> half, quarter = psd_powers(A, (0.5, 0.25))
+    >>> quarter @ quarter
+    tensor([[4., 0.],
+            [0., 9.]], dtype=torch.float64)
+    """
+    if M.ndim == 1:
+        return tuple(psd_power(M, p) for p in powers)
+    evals, evecs = psd_eigh(M)
+    evals = evals.clamp(min=0)
+    return tuple(((evecs * evals.pow(p)) @ evecs.T).to(M.dtype) for p in powers)
+
+
 def psd_eigh(M):
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, in float64.
 
