@@ -152,23 +152,50 @@ def normalize_agop(A, normalization="max"):
     return A / scale
 
 
-def sample_points(n, agop_samples, generator):
+#: ``agop_samples=None`` takes ``AGOP_POINTS_PER_FEATURE / d`` points, clipped to
+#: ``AGOP_POINTS_RANGE`` (and to ``n``).
+AGOP_POINTS_PER_FEATURE = 1_000_000
+AGOP_POINTS_RANGE = (1_000, 20_000)
+
+
+def default_agop_points(n_features):
+    """Number of AGOP points of ``agop_samples=None`` for ``d = n_features``.
+
+    The gradients cost ``2 m n K d`` flops for ``m`` points, so ``m = 10^6 / d``
+    (at least 1,000, at most 20,000) keeps the AGOP's cost linear in ``n`` at
+    about ``2 * 10^6 n K``: all the points of a small or low-dimensional problem,
+    and 1,000 to 1,300 points of 784-pixel images, where more points did not
+    change the accuracy of an RFM (``benchmarks/bench_rfm.py``, part 2).
+
+    Examples
+    --------
+    >>> from skdnc._agop import default_agop_points
+    >>> default_agop_points(64), default_agop_points(784), default_agop_points(4096)
+    (15625, 1275, 1000)
+    """
+    low, high = AGOP_POINTS_RANGE
+    return int(min(high, max(low, AGOP_POINTS_PER_FEATURE // max(1, int(n_features)))))
+
+
+def sample_points(n, agop_samples, generator, n_features=1):
     """Indices of a seeded random subset of ``range(n)`` (sorted).
 
     Parameters
     ----------
     n : int
     agop_samples : int, float in (0, 1] or None
-        A number of points, a fraction of ``n``, or ``None`` for all points up to
-        20,000 (a random 20,000 beyond).
+        A number of points, a fraction of ``n``, or ``None`` for
+        :func:`default_agop_points` of ``n_features``.
     generator : torch.Generator
+    n_features : int, default=1
+        Dimension of the points (used by ``agop_samples=None``).
 
     Returns
     -------
     index : torch.Tensor of shape (m,), dtype long, on the CPU
     """
     if agop_samples is None:
-        m = min(n, 20_000)
+        m = default_agop_points(n_features)
     elif isinstance(agop_samples, float):
         m = max(1, int(round(agop_samples * n)))
     else:

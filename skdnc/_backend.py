@@ -1,8 +1,9 @@
 """Torch backend helpers: device and dtype resolution, array conversion, seeding.
 
 Every estimator resolves its ``device``/``dtype`` parameters here, in ``fit``, into
-local variables. The one piece of global torch state touched here, CUDA's TF32
-switch, is set for the duration of a block only (:func:`matmul_precision`).
+local variables. The global torch state touched here, CUDA's TF32 switch and the
+number of CPU threads, is set for the duration of a block only
+(:func:`matmul_precision`, :func:`cpu_threads`).
 """
 
 import contextlib
@@ -107,6 +108,33 @@ def matmul_precision(device, allow_tf32=True):
         yield
     finally:
         matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+#: Below this many multiply-adds a CPU computation runs on one thread (see
+#: :func:`cpu_threads`).
+SMALL_WORK = 1e10
+
+
+@contextlib.contextmanager
+def cpu_threads(device, work, limit=SMALL_WORK):
+    """Within the block, run torch's CPU operations on one thread when ``work``
+    (an estimate of the multiply-adds of the largest operation) is below
+    ``limit``.
+
+    Small matrix products and factorizations gain little from a second thread
+    and stall, often by several times, when another process holds a core: the
+    threads wait for each other at every barrier. The thread count is restored
+    on exit; nothing changes on a GPU or when torch already uses one thread.
+    """
+    previous = torch.get_num_threads()
+    if device.type != "cpu" or work >= limit or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def to_tensor(X, device, dtype):

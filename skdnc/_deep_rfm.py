@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from skdnc._backend import (
     block_rows,
     make_generator,
+    matmul_precision,
     memory_budget_bytes,
     normalize_rows,
     release_memory,
@@ -90,7 +91,9 @@ class DeepRFMTransformer(
         :math:`M^{1/2}`; ``1.0`` applies the AGOP itself).
     agop_samples : int, float or None, default=None
         Training points at which each AGOP is taken: a number, a fraction, or
-        ``None`` for all of them up to 20,000. Drawn with ``random_state``.
+        ``None`` for :math:`10^6 / d` of them (at least 1,000, at most 20,000,
+        all when there are fewer), as :class:`RFMClassifier`. Drawn with
+        ``random_state``.
     agop_normalization : {"max", "trace"} or None, default="max"
         Rescaling of the AGOP: by its largest entry (the paper's code), to trace
         ``d``, or none. With the ``"relu"`` map, which is positively homogeneous,
@@ -124,9 +127,14 @@ class DeepRFMTransformer(
         Options of the ``"cg"`` solver.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs (``"auto"``: CUDA when available).
-    dtype : {"float64", "float32"}, default="float64"
-        Precision of the computation. ``"float32"`` is several times faster on a
-        GPU and about twice as fast on a CPU.
+    dtype : {"float64", "float32"} or None, default=None
+        Precision of the computation. ``None`` follows the input: float32 data
+        are computed, stored and transformed in float32, anything else in
+        float64. ``"float32"`` is several times faster than ``"float64"`` on a GPU
+        and about twice as fast on a CPU.
+    allow_tf32 : bool, default=True
+        On a CUDA device, let float32 matrix products use TensorFloat-32 tensor
+        cores; ``False`` keeps full float32 products. No effect on the CPU.
     memory_budget : float, default=None
         Memory, in GiB, one computation may use; ``None``: 80% of a GPU's free
         memory or half of the available RAM.
@@ -240,7 +248,8 @@ class DeepRFMTransformer(
         "solver": [StrOptions(set(SOLVERS))],
         "solver_params": [dict, None],
         "device": DEVICE_CONSTRAINT,
-        "dtype": [StrOptions({"float32", "float64"})],
+        "dtype": [StrOptions({"float32", "float64"}), None],
+        "allow_tf32": ["boolean"],
         "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -267,7 +276,8 @@ class DeepRFMTransformer(
         solver="auto",
         solver_params=None,
         device="auto",
-        dtype="float64",
+        dtype=None,
+        allow_tf32=True,
         memory_budget=None,
         random_state=None,
         verbose=0,
@@ -291,6 +301,7 @@ class DeepRFMTransformer(
         self.solver_params = solver_params
         self.device = device
         self.dtype = dtype
+        self.allow_tf32 = allow_tf32
         self.memory_budget = memory_budget
         self.random_state = random_state
         self.verbose = verbose
@@ -334,9 +345,16 @@ class DeepRFMTransformer(
         """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
-        n_classes = len(classes)
         device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
+        with matmul_precision(device, self.allow_tf32):
+            self._fit_layers(X, y_index, classes, device)
+        release_memory(device)
+        return self
+
+    def _fit_layers(self, X, y_index, classes, device):
+        """The L layers of :meth:`fit` on validated input."""
+        n_classes = len(classes)
+        dtype = resolve_dtype(self.dtype, like=X)
         budget = memory_budget_bytes(self.memory_budget, device)
         generator = make_generator(self.random_state)
         kernel = Kernel(self.kernel, float(self.bandwidth), float(self.exponent))
@@ -386,8 +404,6 @@ class DeepRFMTransformer(
         self.layer_times_ = np.asarray(layer_times)
         self.collapse_history_ = None if record is None else record.result()
         del Xl, Y, Phi
-        release_memory(device)
-        return self
 
     # -- transforming -----------------------------------------------------------------
     @property

@@ -68,7 +68,8 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator):
     M : torch.Tensor of shape (d, d), or (d,) when ``params["diag"]``
     """
     n = X.shape[0]
-    idx = sample_points(n, params["agop_samples"], generator).to(X.device)
+    idx = sample_points(n, params["agop_samples"], generator, X.shape[1])
+    idx = idx.to(X.device)
     A = kernel_agop(
         X[idx],
         X,
@@ -107,7 +108,8 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator):
     zero (a constant predictor: the metric stays).
     """
     n = XS.shape[0]
-    idx = sample_points(n, params["agop_samples"], generator).to(XS.device)
+    idx = sample_points(n, params["agop_samples"], generator, XS.shape[1])
+    idx = idx.to(XS.device)
     G = kernel_agop(
         XS[idx],
         XS,

@@ -24,7 +24,7 @@ import warnings
 import torch
 from scipy.linalg import LinAlgWarning
 
-from skdnc._backend import block_rows, iter_row_blocks
+from skdnc._backend import block_rows, cpu_threads, iter_row_blocks
 from skdnc._kernels import (
     apply_metric,
     kernel_matrix,
@@ -36,6 +36,8 @@ from skdnc._linalg import psd_eigh
 
 SOLVERS = ("auto", "cholesky", "cg")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
+#: Factorizations of fewer multiply-adds than this (n ~ 6,000) use one thread.
+FACTOR_ONE_THREAD = 7e10
 
 
 def _gib(n_bytes):
@@ -123,7 +125,10 @@ def _factor_in_place(K):
     """
     U = K.mT
     info = torch.empty((), dtype=torch.int32, device=K.device)
-    torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
+    # LAPACK's blocked Cholesky scales poorly over threads at these sizes and
+    # stalls when a core is busy: one thread up to some 6,000 rows.
+    with cpu_threads(K.device, K.shape[0] ** 3 / 3, limit=FACTOR_ONE_THREAD):
+        torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
     return int(info) == 0
 
 
@@ -131,8 +136,9 @@ def _solve_factored(K, Y):
     """Solve with the factor from :func:`_factor_in_place`, without copying it
     (``torch.cholesky_solve`` would)."""
     U = K.mT
-    Z = torch.linalg.solve_triangular(U.mT, Y, upper=False)
-    return torch.linalg.solve_triangular(U, Z, upper=True)
+    with cpu_threads(K.device, K.shape[0] ** 3 / 3, limit=FACTOR_ONE_THREAD):
+        Z = torch.linalg.solve_triangular(U.mT, Y, upper=False)
+        return torch.linalg.solve_triangular(U, Z, upper=True)
 
 
 def _warn_conditioning(factor_diagonal, reg, jitter, eps):
