@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from skdnc._backend import (
     block_rows,
+    cpu_threads,
     make_generator,
     matmul_precision,
     memory_budget_bytes,
@@ -46,8 +47,13 @@ from skdnc._kernels import KERNELS, Kernel
 from skdnc._linalg import psd_power
 from skdnc._rfm_core import agop_step, class_targets
 from skdnc._solvers import SOLVERS, fit_kernel_regression
-from skdnc.metrics import neural_collapse_report
-from skdnc.metrics._collapse import STAGES
+from skdnc.metrics._collapse import (
+    STAGES,
+    _gram_label_correlation,
+    _nc1_trace,
+    _nc2_from_stats,
+    _statistics,
+)
 
 
 # -- the estimator --------------------------------------------------------------------
@@ -346,7 +352,9 @@ class DeepRFMTransformer(
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
         device = resolve_device(self.device)
-        with matmul_precision(device, self.allow_tf32):
+        width = DEFAULT_WIDTH[self.feature_map] if self.width is None else self.width
+        work = X.shape[0] ** 2 * max(X.shape[1], width)
+        with matmul_precision(device, self.allow_tf32), cpu_threads(device, work):
             self._fit_layers(X, y_index, classes, device)
         release_memory(device)
         return self
@@ -521,8 +529,9 @@ class _MetricsRecorder:
         "gram_label_correlation": "gram_label_correlation",
     }
 
-    def __init__(self, y):
-        self.y = np.asarray(y)
+    def __init__(self, y_index):
+        self.y_index = np.asarray(y_index)
+        self.classes = np.unique(self.y_index)
         self.history = {"layer": []}
         for stage in STAGES:
             for name in self.METRICS.values():
@@ -531,7 +540,16 @@ class _MetricsRecorder:
     def __call__(self, *representations):
         self.history["layer"].append(len(self.history["layer"]) + 1)
         for stage, Z in zip(STAGES, representations):
-            report = neural_collapse_report(to_numpy(Z), self.y)
+            # The four statistics of the history from one set of class statistics
+            # (the full report also takes Papyan's NC1, a d x d pseudo-inverse).
+            stats = _statistics(to_numpy(Z, np.float64), self.y_index, self.classes,
+                                "class_means")  # fmt: skip
+            report = {
+                "nc1": _nc1_trace(stats),
+                "nc2": _nc2_from_stats(stats, "etf", "fro"),
+                "nc2_mse": _nc2_from_stats(stats, "etf", "mse"),
+                "gram_label_correlation": _gram_label_correlation(stats),
+            }
             for key, name in self.METRICS.items():
                 self.history[f"{name}_{stage}"].append(float(report[key]))
 

@@ -35,8 +35,10 @@ def psd_power(M, power=0.5):
     if M.ndim == 1:
         return M.double().clamp(min=0).pow(power).to(M.dtype)
     evals, evecs = psd_eigh(M)
-    evals = evals.clamp(min=0).pow(power)
-    return ((evecs * evals) @ evecs.T).to(M.dtype)
+    # The reconstruction in M's own precision: a d^3 product, twice as fast in
+    # float32, and as accurate as the float32 M it came from.
+    evecs = evecs.to(M.dtype)
+    return (evecs * evals.clamp(min=0).pow(power).to(M.dtype)) @ evecs.T
 
 
 def psd_powers(M, powers):
@@ -66,8 +68,8 @@ def psd_powers(M, powers):
     if M.ndim == 1:
         return tuple(psd_power(M, p) for p in powers)
     evals, evecs = psd_eigh(M)
-    evals = evals.clamp(min=0)
-    return tuple(((evecs * evals.pow(p)) @ evecs.T).to(M.dtype) for p in powers)
+    evals, evecs = evals.clamp(min=0), evecs.to(M.dtype)
+    return tuple((evecs * evals.pow(p).to(M.dtype)) @ evecs.T for p in powers)
 
 
 def psd_eigh(M):
