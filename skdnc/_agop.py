@@ -23,7 +23,7 @@ All :math:`h_{ic}` of a block of points come from two matrix products,
 
 import torch
 
-from skdnc._backend import iter_row_blocks
+from skdnc._backend import iter_row_blocks, matmul_precision
 from skdnc._kernels import apply_metric, sqdist
 
 AGOP_NORMALIZATIONS = ("max", "trace", None)
@@ -40,6 +40,7 @@ def kernel_agop(
     centering=False,
     diag=False,
     block_size=None,
+    allow_tf32=False,
 ):
     """AGOP of ``f(x) = k_M(x, centers) @ alpha`` over the rows of ``X``.
 
@@ -65,6 +66,12 @@ def kernel_agop(
         Return only the diagonal of the AGOP.
     block_size : int, optional
         Rows of ``X`` per block; default all at once.
+    allow_tf32 : bool, default=False
+        On a CUDA device in float32, compute the two gradient products (the
+        weights times the weighted centres, and ``H'H``) on TensorFloat-32
+        tensor cores. The distance products stay in full float32 either way: the
+        rounding of :math:`\\|x\\|^2 - 2 x^\\top z + \\|z\\|^2` would swamp
+        small distances.
 
     Returns
     -------
@@ -98,12 +105,13 @@ def kernel_agop(
             D2[hit, idx[hit]] = 0.0
         W = kernel.gradient_weights(D2)
         del D2
-        H = (W @ alpha_centers).view(-1, n_outputs, d)
-        H.addcmul_((W @ alpha)[:, :, None], Xb[:, None, :], value=-1.0)
-        del W
-        hsum += H.sum(dim=0)
-        H = H.view(-1, d)
-        acc += (H * H).sum(dim=0) if diag else H.T @ H
+        with matmul_precision(X.device, allow_tf32):
+            H = (W @ alpha_centers).view(-1, n_outputs, d)
+            H.addcmul_((W @ alpha)[:, :, None], Xb[:, None, :], value=-1.0)
+            del W
+            hsum += H.sum(dim=0)
+            H = H.view(-1, d)
+            acc += (H * H).sum(dim=0) if diag else H.T @ H
     acc /= m
     if centering:
         hbar = hsum / m

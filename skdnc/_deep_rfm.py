@@ -139,8 +139,9 @@ class DeepRFMTransformer(
         float64. ``"float32"`` is several times faster than ``"float64"`` on a GPU
         and about twice as fast on a CPU.
     allow_tf32 : bool, default=True
-        On a CUDA device, let float32 matrix products use TensorFloat-32 tensor
-        cores; ``False`` keeps full float32 products. No effect on the CPU.
+        On a CUDA device in float32, compute the AGOP's gradient products on
+        TensorFloat-32 tensor cores (see :class:`RFMClassifier`); the kernels'
+        distance products always run in full float32. No effect on the CPU.
     memory_budget : float, default=None
         Memory, in GiB, one computation may use; ``None``: 80% of a GPU's free
         memory or half of the available RAM.
@@ -321,6 +322,7 @@ class DeepRFMTransformer(
             "agop_power": 1.0,
             "centering": False,
             "diag": False,
+            "allow_tf32": bool(self.allow_tf32),
         }
         M = None
         for _ in range(int(self.n_agop_steps)):
@@ -354,7 +356,8 @@ class DeepRFMTransformer(
         device = resolve_device(self.device)
         width = DEFAULT_WIDTH[self.feature_map] if self.width is None else self.width
         work = X.shape[0] ** 2 * max(X.shape[1], width)
-        with matmul_precision(device, self.allow_tf32), cpu_threads(device, work):
+        # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
+        with matmul_precision(device, False), cpu_threads(device, work):
             self._fit_layers(X, y_index, classes, device)
         release_memory(device)
         return self

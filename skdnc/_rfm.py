@@ -141,6 +141,7 @@ class _BaseRFM(BaseEstimator):
             "centering": bool(self.centering),
             "solver": self.solver,
             "solver_params": self.solver_params,
+            "allow_tf32": bool(self.allow_tf32),
         }
 
     def _log(self, message):
@@ -150,7 +151,8 @@ class _BaseRFM(BaseEstimator):
     def _fit(self, X, y):
         device = resolve_device(self.device)
         n, d = X.shape
-        with matmul_precision(device, self.allow_tf32), cpu_threads(device, n * n * d):
+        # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
+        with matmul_precision(device, False), cpu_threads(device, n * n * d):
             self._fit_rounds(X, y, device)
         release_memory(device)
         return self
@@ -381,10 +383,13 @@ _RFM_DOC_PARAMETERS = """
         anything else in float64. ``"float32"`` is about twice as fast as
         ``"float64"`` and halves the memory.
     allow_tf32 : bool, default=True
-        On a CUDA device, let float32 kernel and AGOP matrix products use
-        TensorFloat-32 tensor cores (several times faster, with products rounded
-        to a 10-bit mantissa). ``False`` keeps full float32 products. No effect
-        on the CPU or in float64.
+        On a CUDA device in float32, compute the AGOP's gradient products (most
+        of its flops) on TensorFloat-32 tensor cores: several times faster, with
+        their inputs rounded to a 10-bit mantissa, which the averaged outer
+        products tolerate. The distance products of the kernels always run in
+        full float32 (their cancellation would not tolerate TF32). ``False``
+        keeps every product in full float32. No effect on the CPU or in
+        float64.
     memory_budget : float, default=None
         Memory, in GiB, that one computation may use; blocks are sized from it.
         ``None``: 80% of a GPU's free memory, or half of the available RAM.

@@ -80,6 +80,7 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator):
         centering=params["centering"],
         diag=params["diag"],
         block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
+        allow_tf32=params.get("allow_tf32", False),
     )
     A = normalize_agop(A, params["agop_normalization"])
     if torch.count_nonzero(A) == 0:
@@ -120,6 +121,7 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator):
         centering=params["centering"],
         diag=params["diag"],
         block_size=block_rows(n, XS.element_size(), budget, n_buffers=3),
+        allow_tf32=params.get("allow_tf32", False),
     )
     if S is not None:
         G = G * S * S if S.ndim == 1 else S @ G @ S
@@ -197,7 +199,8 @@ def rfm_rounds(
         Largest number of AGOP updates.
     params : dict
         ``reg``, ``diag``, ``agop_samples``, ``agop_normalization``,
-        ``agop_power``, ``centering``, ``solver``, ``solver_params``.
+        ``agop_power``, ``centering``, ``solver``, ``solver_params`` and
+        optionally ``allow_tf32`` (TF32 for the AGOP's gradient products on CUDA).
     budget : int
         Memory budget in bytes.
     generator : torch.Generator
