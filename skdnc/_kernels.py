@@ -173,7 +173,7 @@ def training_kernel_matrix(X, M, kernel, *, triangle="full", block_size=None):
     XM = apply_metric(X, M)
     norms = (XM * X).sum(dim=1)
     K = X.new_empty(n, n)
-    block = int(block_size or max(256, -(-n // 8)))
+    block = int(block_size or triangle_block(n))
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
         V = sqdist(X[r0:r1], X[:r1], None, X_sqnorms=norms[r0:r1],
@@ -183,6 +183,12 @@ def training_kernel_matrix(X, M, kernel, *, triangle="full", block_size=None):
         if triangle == "full" and r0 > 0:
             K[:r0, r0:r1].copy_(V[:, :r0].T)
     return K
+
+
+def triangle_block(n):
+    """Rows per block of :func:`training_kernel_matrix` (and of products with its
+    lower triangle): ``n / 8``, at least 256."""
+    return max(256, -(-int(n) // 8))
 
 
 def zero_self_pairs(D2, offset):
