@@ -502,8 +502,10 @@ def rounds_section(shapes, repeat, cap_gib, timeout, targets):
         )
         name = f"round n={n} d={d}"
         for what, r in cell.items():
-            if "error" in r:
+            if "error" in r and what != "xrfm":
                 targets.fail(f"{name}: {what}", r["error"])
+            elif "error" in r:  # the peer's failure is a figure, not our miss
+                print(f"note: {name}: xRFM {r['error']}")
         if "error" not in f and "error" not in s:
             targets.check(
                 f"{name}: skdnc / floor",

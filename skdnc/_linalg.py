@@ -5,9 +5,11 @@ powers ``M^p`` the estimators apply, and for the Nystrom preconditioner) are tak
 here, in float64.
 """
 
+import functools
+
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 
 def psd_power(M, power=0.5):
@@ -72,6 +74,13 @@ def psd_powers(M, powers):
     return tuple((evecs * evals.pow(p).to(M.dtype)) @ evecs.T for p in powers)
 
 
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, found once (looking them
+    up scans the process's memory map, which costs more than a small ``eigh``)."""
+    return ThreadpoolController()
+
+
 def psd_eigh(M):
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, in float64.
 
@@ -87,6 +96,6 @@ def psd_eigh(M):
     S = (M64 + M64.T) / 2
     if S.device.type != "cpu":
         return torch.linalg.eigh(S)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         evals, evecs = np.linalg.eigh(S.numpy())
     return torch.from_numpy(evals), torch.from_numpy(evecs)
