@@ -34,6 +34,7 @@ from torch import nn
 
 from skdnc._backend import resolve_device
 from skdnc._linalg import psd_power
+from skdnc.metrics import nc1_score, nc2_score
 
 __all__ = [
     "NetworkProbe",
@@ -609,8 +610,6 @@ def probe_network(
     >>> probe.nc1.shape, probe.nfa_correlation.shape
     ((3, 3), (3,))
     """
-    from skdnc.metrics import nc1_score, nc2_score
-
     found = find_layers(model, layers)
     device = _model_device(model) if device is None else resolve_device(device)
     y = np.asarray(y)
