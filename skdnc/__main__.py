@@ -28,10 +28,8 @@ from skdnc._cli import (
     platform_info,
     positive_float,
     positive_int,
-    report,
-    set_threads,
-    write_outputs,
 )
+from skdnc._cli import main as run_command
 from skdnc._deep_rfm import DeepRFMTransformer
 from skdnc._feature_maps import FEATURE_MAPS
 from skdnc._rfm import RFMClassifier
@@ -328,13 +326,7 @@ def main(argv=None):
     status : int
         0 on success.
     """
-    args = parse(argv)
-    set_threads(args.threads)
-    result = run(args)
-    report(result)
-    write_outputs(result, args.output)
-    print(f"total {result.data['total_seconds']:.1f} s")
-    return 0
+    return run_command(parse, run, argv)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,32 @@ class CommandResult:
     names: dict = field(default_factory=dict)
 
 
+def main(parse, run, argv=None):
+    """Parse, run, report and write: the body of every command's ``main``.
+
+    Parameters
+    ----------
+    parse : callable
+        ``parse(argv) -> args``, validated, with ``threads`` and ``output``.
+    run : callable
+        ``run(args) -> CommandResult``.
+    argv : list of str, default=None
+        Command-line arguments; ``None`` reads ``sys.argv``.
+
+    Returns
+    -------
+    status : int
+        0 on success.
+    """
+    args = parse(argv)
+    set_threads(args.threads)
+    result = run(args)
+    report(result)
+    write_outputs(result, args.output)
+    print(f"total {result.data['total_seconds']:.1f} s")
+    return 0
+
+
 def report(result):
     """Print a command's table and summary lines."""
     print(result.table)

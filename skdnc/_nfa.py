@@ -120,8 +120,8 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
     Jacobian AGOP with respect to the layer's input. The paper reports a mean
     NFA correlation of 0.74 over layers and seeds for trained networks (Figures
     10-12). On a bias-free network at random initialisation the correlation with
-    its own AGOP is already high (about 0.8 on digits), because both matrices are
-    close to multiples of the identity: compare against a baseline.
+    its own AGOP is already high, because both matrices are close to multiples of
+    the identity: compare against the same statistic at initialisation.
 
     References
     ----------

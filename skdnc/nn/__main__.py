@@ -38,10 +38,8 @@ from skdnc._cli import (
     platform_info,
     positive_float,
     positive_int,
-    report,
-    set_threads,
-    write_outputs,
 )
+from skdnc._cli import main as run_command
 from skdnc.datasets import load_dataset
 from skdnc.nn import aggregate_histories, make_model, train_seeds
 
@@ -299,13 +297,7 @@ def main(argv=None):
     status : int
         0 on success.
     """
-    args = parse(argv)
-    set_threads(args.threads)
-    result = run(args)
-    report(result)
-    write_outputs(result, args.output)
-    print(f"total {result.data['total_seconds']:.1f} s")
-    return 0
+    return run_command(parse, run, argv)
 
 
 if __name__ == "__main__":
