@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from skdnc._backend import normalize_rows
 from skdnc._cli import (
     CommandResult,
+    HelpFormatter,
     common_parser,
     nonnegative_float,
     parse_args,
@@ -66,7 +67,7 @@ def build_parser():
             "the paper's figures, and cross-validated accuracy."
         ),
         parents=[common_parser("skdnc_output")],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--n-samples", type=positive_int,
@@ -314,18 +315,7 @@ def plot_collapse(history, title):
 
 
 def main(argv=None):
-    """Run Deep RFM, print the per-layer table, write the figures and the JSON.
-
-    Parameters
-    ----------
-    argv : list of str, default=None
-        Command-line arguments; ``None`` reads ``sys.argv``.
-
-    Returns
-    -------
-    status : int
-        0 on success.
-    """
+    """The command on ``argv`` (``None``: ``sys.argv``); returns 0 on success."""
     return run_command(parse, run, argv)
 
 

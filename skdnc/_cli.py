@@ -60,6 +60,16 @@ def device_name(text):
 
 
 # -- the options both commands have ---------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default that is a value; options whose default depends on the
+    data set (``None`` here, set by the preset) say so in their help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def common_parser(output):
     """Parent parser of the options shared by the commands.
 
@@ -77,7 +87,7 @@ def common_parser(output):
     parser.add_argument(
         "--dataset", default="digits", choices=available_datasets(),
         help="data set: scikit-learn's digits ships with scikit-learn; the others "
-        "are read through torchvision from --data-root (default: %(default)s)",
+        "are read through torchvision from --data-root",
     )  # fmt: skip
     parser.add_argument(
         "--data-root", default=None,
@@ -86,7 +96,7 @@ def common_parser(output):
     )  # fmt: skip
     parser.add_argument(
         "--device", default="auto", type=device_name,
-        help="auto, cpu, cuda or cuda:N (default: %(default)s)",
+        help="auto, cpu, cuda or cuda:N",
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=positive_int, default=None,
@@ -94,7 +104,7 @@ def common_parser(output):
     )  # fmt: skip
     parser.add_argument(
         "--output", default=output,
-        help="folder for the table, figures and JSON (default: %(default)s)",
+        help="folder for the table, figures and JSON",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

@@ -32,6 +32,7 @@ import numpy as np
 from skdnc._backend import resolve_device
 from skdnc._cli import (
     CommandResult,
+    HelpFormatter,
     common_parser,
     nonnegative_float,
     parse_args,
@@ -88,7 +89,7 @@ def build_parser():
             "per-layer NC1 by SVD stage and the Neural Feature Ansatz."
         ),
         parents=[common_parser("skdnc_nn_output")],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--arch", default="mlp", choices=ARCHITECTURES, help="network")
@@ -285,18 +286,7 @@ def plot_training(summary, layer_names, title):
 
 
 def main(argv=None):
-    """Train, print the per-layer table, write the figures and the JSON.
-
-    Parameters
-    ----------
-    argv : list of str, default=None
-        Command-line arguments; ``None`` reads ``sys.argv``.
-
-    Returns
-    -------
-    status : int
-        0 on success.
-    """
+    """The command on ``argv`` (``None``: ``sys.argv``); returns 0 on success."""
     return run_command(parse, run, argv)
 
 
