@@ -283,7 +283,8 @@ def test_probe_restores_mode_and_hooks_on_error():
         layer_agops(net, np.zeros((4, 7), dtype=np.float32), method="jacobian")
     assert not net.training and _no_hooks(net)
     net.train()
-    probe_network(net, np.zeros((4, 6), dtype=np.float32), np.arange(4) % 2)
+    X = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    probe_network(net, X, np.arange(4) % 2)
     assert net.training and _no_hooks(net)
 
 
