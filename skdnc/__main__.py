@@ -210,6 +210,11 @@ def run(args):
         lines=lines,
         figures=figures,
         names={"json": "deep_rfm_results.json", "table": "deep_rfm_table.txt"},
+        checked={
+            "NC1 by layer": history["nc1_input"],
+            "NC2 by layer": history["nc2_input"],
+            "per-layer NC1 factor": [factor, r2],
+        },
     )
 
 
@@ -245,8 +250,13 @@ def cross_validate(args, X, y, params):
 
 # -- report ---------------------------------------------------------------------------
 def log_linear_fit(values):
-    """Per-layer factor and R^2 of a straight line through log(values) vs layer."""
+    """Per-layer factor and R^2 of a straight line through log(values) vs layer.
+
+    Both are NaN when a value is not positive and finite (no logarithm).
+    """
     values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values) & (values > 0)):
+        return float("nan"), float("nan")
     layers = np.arange(1, len(values) + 1)
     logv = np.log(values)
     slope, intercept = np.polyfit(layers, logv, 1)
@@ -304,7 +314,9 @@ def plot_collapse(history, title):
         for stage, color in zip(STAGES, ("tab:green", "tab:orange", "tab:blue")):
             ax.plot(history["layer"], history[f"{metric}_{stage}"], marker="o",
                     markersize=3, color=color, label=_STAGE_LABELS[stage])  # fmt: skip
-        ax.set_yscale("log")
+        values = np.concatenate([history[f"{metric}_{stage}"] for stage in STAGES])
+        if np.any(np.isfinite(values) & (values > 0)):
+            ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_title(label)
         ax.grid(True, which="both", alpha=0.3)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,9 @@ class CommandResult:
         ``{file name: draw}``, each ``draw(path)`` writing one figure.
     names : dict
         ``{"json": file name, "table": file name}``.
+    checked : dict
+        ``{name: values}`` that a successful run makes finite; any NaN or
+        infinity there makes the command exit with status 1.
     """
 
     data: dict
@@ -183,6 +187,15 @@ class CommandResult:
     lines: list = field(default_factory=list)
     figures: dict = field(default_factory=dict)
     names: dict = field(default_factory=dict)
+    checked: dict = field(default_factory=dict)
+
+    def non_finite(self):
+        """Names of the checked results that hold NaN or infinities."""
+        return [
+            name
+            for name, values in self.checked.items()
+            if not np.all(np.isfinite(np.asarray(values, dtype=np.float64)))
+        ]
 
 
 def main(parse, run, argv=None):
@@ -200,7 +213,8 @@ def main(parse, run, argv=None):
     Returns
     -------
     status : int
-        0 on success.
+        0 on success; 1 when the run's results are not finite (the outputs are
+        written all the same, for inspection).
     """
     args = parse(argv)
     set_threads(args.threads)
@@ -208,6 +222,15 @@ def main(parse, run, argv=None):
     report(result)
     write_outputs(result, args.output)
     print(f"total {result.data['total_seconds']:.1f} s")
+    bad = result.non_finite()
+    if bad:
+        print(
+            f"error: the run's results are not finite ({', '.join(bad)}): the "
+            "computation overflowed or diverged. Try standardised data, a smaller "
+            "learning rate or more samples.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -77,6 +77,8 @@ def test_parser_defaults_and_errors(tmp_path):
 def test_log_linear_fit():
     factor, r2 = log_linear_fit(3.0 * 0.5 ** np.arange(6))
     assert factor == pytest.approx(0.5) and r2 == pytest.approx(1.0)
+    # No logarithm of 0: NaN, not the R^2 = 1.0 of a degenerate fit.
+    assert np.isnan(log_linear_fit([1.0, 0.0, 0.0])).all()
 
 
 def _no_constants(name):
@@ -132,3 +134,16 @@ def test_to_json_turns_non_finite_numbers_into_null():
     assert json.loads(text, parse_constant=_no_constants) == {
         "a": None, "b": [1.0, None], "c": 2,
     }  # fmt: skip
+
+
+def test_a_run_with_non_finite_results_exits_non_zero(tmp_path, capsys):
+    """Five samples of five classes: NC1 is 0 at every layer, so its per-layer
+    factor (a log-linear fit) is not finite; the outputs are still written."""
+    out = tmp_path / "tiny"
+    status = main(["--n-samples", "5", "--L", "2", "--no-cv", "--quiet",
+                   "--output", str(out)])  # fmt: skip
+    assert status == 1
+    assert "results are not finite (per-layer NC1 factor)" in capsys.readouterr().err
+    results = json.loads((out / "deep_rfm_results.json").read_text(),
+                         parse_constant=_no_constants)  # fmt: skip
+    assert results["nc1_per_layer_factor"] is None

@@ -202,6 +202,11 @@ def run(args):
         table=format_table(summary, layer_names) + "\n" + "\n".join(lines),
         figures=figures,
         names={"json": f"nn_results_{tag}.json", "table": f"nn_table_{tag}.txt"},
+        checked={
+            "training loss": summary["loss_mean"],
+            "NC1": summary["nc1_mean"],
+            "NFA correlation": summary["nfa_correlation_mean"],
+        },
     )
 
 
