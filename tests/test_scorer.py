@@ -238,7 +238,7 @@ def test_grid_search_with_collapse_scoring(digits):
 
 def test_make_collapse_scorer_validates_eagerly():
     with pytest.raises(InvalidParameterError, match="'metric' parameter"):
-        make_collapse_scorer("nc3")
+        make_collapse_scorer("nc5")
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['target'\\]"):
         make_collapse_scorer("nc1", target="etf")
     with pytest.raises(InvalidParameterError, match="'kind' parameter"):
