@@ -1,4 +1,4 @@
-"""Deep neural collapse in trained networks (the paper's Section 4.2), as a command.
+"""Deep neural collapse in trained networks (the paper's Section 5), as a command.
 
 ``python -m skdnc.nn`` (or the ``skdnc-nn`` command) trains a network of the
 paper's Appendix C (a bias-free MLP, or ResNet18 / truncated VGG11 with an MLP head)
