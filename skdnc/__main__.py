@@ -33,21 +33,18 @@ from skdnc._cli import (
 from skdnc._cli import main as run_command
 from skdnc._deep_rfm import DeepRFMTransformer
 from skdnc._feature_maps import FEATURE_MAPS
+from skdnc._kernels import KERNELS
+from skdnc._presets import deep_rfm_settings, default_preset
 from skdnc._rfm import RFMClassifier
 from skdnc.datasets import load_dataset, standardize
 from skdnc.metrics._collapse import STAGES
 
-#: Defaults that depend on the data set. The bundled digits run is sized to finish
-#: in a minute or two on a laptop's CPU (a narrower map and fewer AGOP points than
-#: the paper's); the image data sets take the paper's sizes.
-PRESETS = {
-    "digits": {"n_samples": None, "width": 128, "agop_samples": 500},
-    "mnist": {"n_samples": 5000, "width": None, "agop_samples": None},
-    "cifar10": {"n_samples": 5000, "width": None, "agop_samples": None},
-    "svhn": {"n_samples": 5000, "width": None, "agop_samples": None},
+#: The digits run of the demo preset (see :mod:`skdnc._presets`).
+DIGITS_DEFAULTS = {
+    k: v
+    for k, v in deep_rfm_settings("demo", "digits", "relu").items()
+    if k in ("width", "agop_samples")
 }
-#: Kept for the tests and the documentation: the digits preset.
-DIGITS_DEFAULTS = {k: v for k, v in PRESETS["digits"].items() if v is not None}
 
 _STAGE_LABELS = {
     "input": "X (input)",
@@ -71,20 +68,22 @@ def build_parser():
     )
     add = parser.add_argument
     add("--n-samples", type=positive_int,
-        help="training points (all of digits; 5,000 of the others)")  # fmt: skip
+        help="training points, the first ones " + _preset_help("n_samples"))
     add("--L", type=positive_int, default=18, help="depth")
     add("--feature-map", default="relu", choices=FEATURE_MAPS,
         help="random feature map")  # fmt: skip
+    add("--kernel", choices=KERNELS,
+        help="kernel of every layer's machine " + _preset_help("kernel"))
     add("--width", type=positive_int,
-        help="random features per layer (digits: 128; otherwise the paper's 1024 "
-        "for relu, 4096 for cos)")  # fmt: skip
-    add("--gamma", type=positive_float, default=0.05,
-        help="scale of the cos map's l1-Laplace kernel")  # fmt: skip
-    add("--bandwidth", type=positive_float, default=2.0, help="kernel bandwidth")
-    add("--reg", type=nonnegative_float, default=1e-3,
-        help="ridge of the kernel solves; 0 is ridgeless")  # fmt: skip
+        help="random features per layer " + _preset_help("width"))  # fmt: skip
+    add("--gamma", type=positive_float,
+        help="scale of the cos map's l1-Laplace kernel " + _preset_help("gamma"))
+    add("--bandwidth", type=positive_float,
+        help="kernel bandwidth " + _preset_help("bandwidth"))  # fmt: skip
+    add("--reg", type=nonnegative_float,
+        help="ridge of the kernel solves; 0 is ridgeless " + _preset_help("reg"))
     add("--agop-samples", type=positive_int,
-        help="points per AGOP (digits: 500; otherwise all, up to 20,000)")
+        help="points per AGOP " + _preset_help("agop_samples"))
     add("--dtype", default="float64", choices=["float64", "float32"],
         help="precision of the computation")  # fmt: skip
     add("--seed", type=int, default=0, help="random seed")
@@ -103,10 +102,40 @@ def _at_least_two(text):
     return value
 
 
+def _preset_help(key):
+    """What the presets set an option to, for its help text (from the table)."""
+
+    def show(value):
+        return "all" if value is None else str(value)
+
+    demo = show(deep_rfm_settings("demo", "digits", "relu")[key])
+    paper = {
+        (m, d): show(deep_rfm_settings("paper", d, m)[key])
+        for m in FEATURE_MAPS
+        for d in ("mnist", "cifar10", "svhn")
+    }
+    by_map = {m: {v for (m2, _), v in paper.items() if m2 == m} for m in FEATURE_MAPS}
+    if len(set(paper.values())) == 1:
+        shown = next(iter(paper.values()))
+    elif all(len(v) == 1 for v in by_map.values()):
+        shown = ", ".join(f"{m} {next(iter(v))}" for m, v in by_map.items())
+    else:
+        common = max(set(paper.values()), key=list(paper.values()).count)
+        rare = [f"{v} for {m} on {d}" for (m, d), v in paper.items() if v != common]
+        shown = f"{common} ({', '.join(rare)})"
+    return f"(demo on digits: {demo}; paper: {shown})"
+
+
+def preset_defaults(args):
+    """Parser defaults from the preset for the chosen data set and map."""
+    preset = args.preset or default_preset("deep_rfm", args.dataset)
+    return deep_rfm_settings(preset, args.dataset, args.feature_map)
+
+
 def parse(argv=None):
     """Parsed and validated arguments, with the data set's preset applied."""
     parser = build_parser()
-    args = parse_args(parser, argv, PRESETS)
+    args = parse_args(parser, argv, preset_defaults)
     if args.gram_layers is not None and max(args.gram_layers) > args.L:
         parser.error(
             f"--gram-layers must be between 1 and --L={args.L}; got "
@@ -123,8 +152,9 @@ def load(args):
     so that the Gram matrices of Figure 1 show blocks.
     """
     X, y = load_dataset(
-        args.dataset, root=args.data_root, n_samples=args.n_samples, return_X_y=True
-    )
+        args.dataset, root=args.data_root, n_samples=args.n_samples,
+        download=args.download, return_X_y=True,
+    )  # fmt: skip
     order = np.argsort(y, kind="stable")
     return standardize(X)[order], np.asarray(y)[order], np.asarray(X)[order]
 
@@ -133,6 +163,7 @@ def estimator_params(args):
     """The DeepRFMTransformer parameters of a run."""
     return {
         "L": args.L,
+        "kernel": args.kernel,
         "bandwidth": args.bandwidth,
         "reg": args.reg,
         "feature_map": args.feature_map,

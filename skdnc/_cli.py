@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from skdnc._backend import resolve_device
+from skdnc._presets import PRESETS
 from skdnc.datasets import available_datasets
 
 
@@ -107,27 +108,37 @@ def common_parser(output):
         "--output", default=output,
         help="folder for the table, figures and JSON",
     )  # fmt: skip
+    parser.add_argument(
+        "--preset", choices=PRESETS, default=None,
+        help="settings of the runs: 'paper' (Appendix C) or 'demo' (sized for a "
+        "laptop CPU); default: demo, except for networks on the image data sets. "
+        "Options given explicitly override it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--download", action="store_true",
+        help="let torchvision download a missing data set",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def parse_args(parser, argv, presets):
-    """Parse ``argv`` with the defaults of the chosen data set's preset.
+def parse_args(parser, argv, defaults):
+    """Parse ``argv`` with defaults that depend on other options.
 
     Parameters
     ----------
     parser : argparse.ArgumentParser
-        With a ``--dataset`` option.
     argv : list of str or None
-    presets : dict
-        ``{dataset: {dest: default}}``; options the user gave keep their value.
+    defaults : callable
+        ``defaults(args) -> {dest: value}`` from a first parse (the data set,
+        preset and model chosen); options the user gave keep their value.
 
     Returns
     -------
     args : argparse.Namespace
     """
     known, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**presets.get(known.dataset, {}))
+    parser.set_defaults(**defaults(known))
     args = parser.parse_args(argv)
     _check_output_folder(parser, args.output)
     return args

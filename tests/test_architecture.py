@@ -25,6 +25,7 @@ LAYERS = (
     ("skdnc._rfm_core", "skdnc._feature_maps"),
     ("skdnc._theory", "skdnc._rfm", "skdnc._deep_rfm", "skdnc.nn"),
     ("skdnc._nfa",),
+    ("skdnc._presets",),
     ("skdnc._cli",),
     ("skdnc.__main__", "skdnc.nn.__main__"),
     ("skdnc",),

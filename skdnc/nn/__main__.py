@@ -41,34 +41,18 @@ from skdnc._cli import (
     positive_int,
 )
 from skdnc._cli import main as run_command
+from skdnc._presets import default_preset, network_settings
 from skdnc.datasets import load_dataset
 from skdnc.nn import aggregate_histories, make_model, train_seeds
 
-#: Settings of the digits run (see the module docstring).
-DIGITS_DEFAULTS = {
-    "n_samples": 500,
-    "width": 128,
-    "init_scale": 0.5,
-    "lr": 0.4,
-    "epochs": 200,
-    "seeds": [0, 1],
-}
-#: The paper's settings (Appendix C) for MNIST, CIFAR-10 and SVHN.
-PAPER_DEFAULTS = {
-    "n_samples": 50_000,
-    "width": 512,
-    "init_scale": 0.3,
-    "lr": 0.05,
-    "epochs": 500,
-    "seeds": [0, 1, 2],
-}
-#: Defaults by data set, applied by the parser where an option is not given.
-PRESETS = {
-    "digits": DIGITS_DEFAULTS,
-    "mnist": {**PAPER_DEFAULTS, "init_scale": 0.2},
-    "cifar10": PAPER_DEFAULTS,
-    "svhn": PAPER_DEFAULTS,
-}
+#: The keys of a run's settings that the presets control.
+SETTINGS = (
+    "n_samples", "width", "init_scale", "lr", "momentum", "epochs", "seeds",
+    "depth", "batch_size", "measure_every",
+)  # fmt: skip
+#: The MLP's demo settings on digits and its paper settings (Appendix C).
+DIGITS_DEFAULTS = network_settings("demo", "digits", "mlp")
+PAPER_DEFAULTS = network_settings("paper", "cifar10", "mlp")
 ARCHITECTURES = ("mlp", "resnet18", "vgg11")
 _FIGURE = {"mlp": 10, "resnet18": 11, "vgg11": 12}
 _STAGE_LABELS = (
@@ -94,32 +78,69 @@ def build_parser():
     add = parser.add_argument
     add("--arch", default="mlp", choices=ARCHITECTURES, help="network")
     add("--n-samples", type=positive_int,
-        help="training points (digits: 500, class balanced; otherwise the first "
-        "50,000)")  # fmt: skip
-    add("--epochs", type=positive_int, help="digits: 200; otherwise 500")
-    add("--seeds", type=int, nargs="+", help="digits: 0 1; otherwise 0 1 2")
-    add("--lr", type=positive_float, help="SGD learning rate (digits: 0.4; "
-        "otherwise 0.05)")  # fmt: skip
-    add("--momentum", type=nonnegative_float, default=0.0, help="SGD momentum")
-    add("--batch-size", type=positive_int, default=128, help="SGD batch size")
+        help="training points, the first ones " + _preset_help("n_samples"))
+    add("--epochs", type=positive_int, help="training epochs " + _preset_help("epochs"))
+    add("--seeds", type=int, nargs="+",
+        help="random seeds, one run each " + _preset_help("seeds"))
+    add("--lr", type=positive_float,
+        help="SGD learning rate " + _preset_help("lr"))  # fmt: skip
+    add("--momentum", type=nonnegative_float,
+        help="SGD momentum " + _preset_help("momentum"))  # fmt: skip
+    add("--batch-size", type=positive_int,
+        help="SGD batch size " + _preset_help("batch_size"))  # fmt: skip
     add("--init-scale", type=positive_float,
-        help="xavier gain of the hidden layers (digits: 0.5; MNIST: 0.2; "
-        "otherwise 0.3)")  # fmt: skip
-    add("--width", type=positive_int, help="MLP width (digits: 128; otherwise 512)")
-    add("--depth", type=positive_int, default=5, help="hidden MLP layers")
-    add("--measure-every", type=positive_int, default=10,
-        help="epochs between measurements")  # fmt: skip
+        help="xavier gain of the hidden layers " + _preset_help("init_scale"))
+    add("--width", type=positive_int, help="MLP width " + _preset_help("width"))
+    add("--depth", type=positive_int,
+        help="hidden MLP layers " + _preset_help("depth"))  # fmt: skip
+    add("--measure-every", type=positive_int,
+        help="epochs between measurements " + _preset_help("measure_every"))
     return parser
+
+
+def _preset_help(key):
+    """What the presets set an option to, for its help text (from the table)."""
+
+    def show(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    demo = show(network_settings("demo", "digits", "mlp")[key])
+    paper = {
+        (a, d): show(network_settings("paper", d, a)[key])
+        for a in ARCHITECTURES
+        for d in ("mnist", "cifar10", "svhn")
+    }
+    by_arch = {a: {v for (a2, _), v in paper.items() if a2 == a} for a in ARCHITECTURES}
+    if len(set(paper.values())) == 1:
+        shown = next(iter(paper.values()))
+    else:
+        parts = []
+        for arch, values in by_arch.items():
+            rare = {
+                d: v for (a, d), v in paper.items() if a == arch and len(values) > 1
+            }
+            common = max(values, key=list(rare.values()).count) if rare else None
+            text = f"{arch} {common or next(iter(values))}"
+            odd = [f"{v} on {d}" for d, v in rare.items() if v != common]
+            parts.append(text + (f" ({', '.join(odd)})" if odd else ""))
+        shown = ", ".join(parts)
+    return f"(demo mlp on digits: {demo}; paper: {shown})"
+
+
+def preset_defaults(args):
+    """Parser defaults from the preset for the chosen data set and network."""
+    preset = args.preset or default_preset("nn", args.dataset)
+    return network_settings(preset, args.dataset, args.arch)
 
 
 def parse(argv=None):
     """Parsed and validated arguments, with the data set's preset applied."""
-    return parse_args(build_parser(), argv, PRESETS)
+    return parse_args(build_parser(), argv, preset_defaults)
 
 
 def settings(args):
     """The preset-controlled settings of a run, as a dict."""
-    return {key: getattr(args, key) for key in DIGITS_DEFAULTS}
+    return {key: getattr(args, key) for key in SETTINGS}
 
 
 # -- run ------------------------------------------------------------------------------
@@ -128,7 +149,7 @@ def load(args):
     X, y = load_dataset(
         args.dataset, root=args.data_root, n_samples=args.n_samples,
         balanced=args.dataset == "digits", flatten=args.arch == "mlp",
-        standardize=True, return_X_y=True,
+        standardize=True, download=args.download, return_X_y=True,
     )  # fmt: skip
     return np.asarray(X, dtype=np.float32), np.asarray(y)
 
