@@ -184,6 +184,7 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         self : NFAProbe
             Fitted probe.
         """
+        X_input = X  # as given: a DataFrame keeps the names the model was fit on
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         classes, y_index = check_class_labels(y, owner="NFAProbe")
         est = self.estimator
@@ -192,9 +193,9 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         else:
             check_is_fitted(est)
             if hasattr(est, "transform_layers"):
-                probe = probe_deep_rfm(est, X, y_index)
+                probe = probe_deep_rfm(est, X_input, y_index)
             else:
-                probe = probe_rfm(est, X, y_index)
+                probe = probe_rfm(est, X_input, y_index)
         self.classes_ = classes
         self.probe_ = probe
         self.layer_names_ = np.asarray(probe.layer_names, dtype=object)
@@ -264,7 +265,8 @@ def probe_rfm(est, X, y_index):
     ----------
     est : fitted RFMClassifier or RFMRegressor
         An object with ``M_`` and ``agop(X)``.
-    X : ndarray of shape (n_samples, n_features)
+    X : array-like of shape (n_samples, n_features)
+        In the form the estimator was fitted on (a DataFrame keeps its names).
     y_index : ndarray of int of shape (n_samples,)
 
     Returns
@@ -276,10 +278,10 @@ def probe_rfm(est, X, y_index):
     M = torch.tensor(np.asarray(est.M_), dtype=torch.float64)
     A = torch.tensor(np.asarray(est.agop(X)), dtype=torch.float64)
     nfa = _nfa_triple(M, psd_power(A, 0.5), A)
-    X64 = torch.tensor(X, dtype=torch.float64)
+    X64 = torch.tensor(np.asarray(X, dtype=np.float64))
     sqrt_M = psd_power(M, 0.5)
     projection = X64 * sqrt_M if M.ndim == 1 else X64 @ sqrt_M
-    nc1, nc2 = _stage_scores([X, projection.numpy(), None], y_index)
+    nc1, nc2 = _stage_scores([X64.numpy(), projection.numpy(), None], y_index)
     return _network_probe(["rfm"], [nc1], [nc2], [nfa])
 
 
@@ -292,7 +294,8 @@ def probe_deep_rfm(est, X, y_index):
     est : fitted DeepRFMTransformer
         An object with ``agop_powers_`` (:math:`M_l^{p}`), ``weights_``,
         ``agop_power`` and ``transform_layers(X)``.
-    X : ndarray of shape (n_samples, n_features)
+    X : array-like of shape (n_samples, n_features)
+        In the form the estimator was fitted on (a DataFrame keeps its names).
     y_index : ndarray of int of shape (n_samples,)
 
     Returns

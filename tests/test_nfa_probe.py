@@ -249,3 +249,17 @@ def test_unfitted_estimator_is_rejected(digits):
         NFAProbe(RFMClassifier()).fit(X, y)
     with pytest.raises(NotFittedError):
         NFAProbe(DeepRFMTransformer()).fit(X, y)
+
+
+def test_dataframe_fitted_estimators_are_probed_without_name_warnings(digits):
+    """The probe hands the estimator X as given, so a model fitted on a DataFrame
+    sees its feature names (pytest turns the warning into an error)."""
+    pd = pytest.importorskip("pandas")
+    X, y = digits
+    df = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
+    rfm = RFMClassifier(max_iter=1, random_state=0).fit(df, y)
+    deep = DeepRFMTransformer(L=1, width=16, random_state=0).fit(df, y)
+    for est in (rfm, deep):
+        probe = NFAProbe(est).fit(df, y)
+        np.testing.assert_array_equal(probe.nc1_, NFAProbe(est).fit(df, y).nc1_)
+    assert NFAProbe(rfm).fit(df, y).nc1_[0, 0] == pytest.approx(nc1_score(X, y))
