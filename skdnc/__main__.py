@@ -13,13 +13,11 @@ import argparse
 import sys
 import time
 
-import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skdnc._backend import normalize_rows
 from skdnc._cli import (
     CommandResult,
     HelpFormatter,
@@ -32,6 +30,7 @@ from skdnc._cli import (
 )
 from skdnc._cli import main as run_command
 from skdnc._deep_rfm import DeepRFMTransformer
+from skdnc._display import CollapseDisplay, GramDisplay
 from skdnc._feature_maps import FEATURE_MAPS
 from skdnc._kernels import KERNELS
 from skdnc._presets import deep_rfm_settings, default_preset
@@ -44,12 +43,6 @@ DIGITS_DEFAULTS = {
     k: v
     for k, v in deep_rfm_settings("demo", "digits", "relu").items()
     if k in ("width", "agop_samples")
-}
-
-_STAGE_LABELS = {
-    "input": "X (input)",
-    "projection": "$M^{1/2}X$",
-    "output": "$\\Phi(M^{1/2}X)$",
 }
 
 
@@ -199,16 +192,23 @@ def run(args):
     gram_layers = args.gram_layers or sorted(
         {int(round(v)) for v in np.linspace(1, args.L, min(args.L, 6))}
     )
-    reps = model.transform_layers(X, layers=gram_layers)
     figure = 3 if args.feature_map == "relu" else 4
     title = f"Deep RFM, {args.dataset}, {args.feature_map} features"
+
+    def gram_figure():
+        display = GramDisplay.from_estimator(model, X, y, layers=gram_layers)
+        display.figure_.suptitle(title + " (Gram after $M^{1/2}$)")
+        return display.figure_
+
+    def collapse_figure():
+        display = CollapseDisplay.from_estimator(model)
+        display.figure_.suptitle(title)
+        display.figure_.tight_layout()
+        return display.figure_
+
     figures = {
-        f"figure1_gram_{args.feature_map}.png": lambda: plot_gram(
-            reps, y, title + " (Gram after $M^{1/2}$)"
-        ),
-        f"figure{figure}_collapse_{args.feature_map}.png": lambda: plot_collapse(
-            history, title
-        ),
+        f"figure1_gram_{args.feature_map}.png": gram_figure,
+        f"figure{figure}_collapse_{args.feature_map}.png": collapse_figure,
     }
 
     cv = None
@@ -309,52 +309,6 @@ def format_table(history):
         nc2 = " ".join(f"{history[f'nc2_{s}'][i]:9.3e}" for s in STAGES)
         lines.append(f"{int(layer):5d} | {nc1} | {nc2}")
     return "\n".join(lines)
-
-
-def _centred_gram(Z, y):
-    """Gram matrix of samples centred by the mean of class means, rows normalised."""
-    means = np.stack([Z[y == c].mean(axis=0) for c in np.unique(y)])
-    Zc = normalize_rows(Z - means.mean(axis=0))
-    return Zc @ Zc.T
-
-
-def plot_gram(reps, y, title):
-    """Figure 1: centred, normalised Gram matrices after M^{1/2} at some layers."""
-    fig, axes = plt.subplots(1, len(reps), figsize=(2.2 * len(reps) + 1, 2.8),
-                             squeeze=False, layout="constrained")  # fmt: skip
-    for ax, rep in zip(axes[0], reps):
-        image = ax.imshow(_centred_gram(rep["projection"].astype(np.float64), y),
-                          cmap="viridis", vmin=-0.2, vmax=1.0,
-                          interpolation="nearest")  # fmt: skip
-        ax.set_title(f"layer {rep['layer']}")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9)
-    fig.suptitle(title)
-    return fig
-
-
-def plot_collapse(history, title):
-    """Figures 3/4: NC1 and NC2 against depth for the three stages, log scale."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, label in zip(
-        axes, ("nc1", "nc2"),
-        ("NC1: tr $\\Sigma_W$ / tr $\\Sigma_B$",
-         "NC2: $\\|\\tilde\\mu\\tilde\\mu^\\top - \\Sigma_{ETF}\\|_F$"),
-    ):  # fmt: skip
-        for stage, color in zip(STAGES, ("tab:green", "tab:orange", "tab:blue")):
-            ax.plot(history["layer"], history[f"{metric}_{stage}"], marker="o",
-                    markersize=3, color=color, label=_STAGE_LABELS[stage])  # fmt: skip
-        values = np.concatenate([history[f"{metric}_{stage}"] for stage in STAGES])
-        if np.any(np.isfinite(values) & (values > 0)):
-            ax.set_yscale("log")
-        ax.set_xlabel("layer")
-        ax.set_title(label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def main(argv=None):
