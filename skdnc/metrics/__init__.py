@@ -24,9 +24,11 @@ from skdnc.metrics._scorer import (
     neg_nc1_scorer,
     neg_nc2_scorer,
 )
+from skdnc.metrics._streaming import CollapseAccumulator
 
 __all__ = [
     "ClassStatistics",
+    "CollapseAccumulator",
     "NeuralCollapseScorer",
     "cdnv_score",
     "class_statistics",

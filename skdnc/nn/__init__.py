@@ -8,6 +8,7 @@ probes for any :class:`torch.nn.Module` whose MLP layers are named
 paper's experiment and writes its figures.
 """
 
+from skdnc.nn._common import InputShapeError
 from skdnc.nn._models import (
     ARCHITECTURES,
     HeadedNetwork,
@@ -17,12 +18,17 @@ from skdnc.nn._models import (
     make_vgg11,
 )
 from skdnc.nn._probe import (
+    GRADIENTS,
+    REDUCTIONS,
     STAGES,
+    CollapseProbe,
     NetworkProbe,
     find_layers,
     layer_agops,
+    layer_collapse,
     nfa_correlation,
     probe_network,
+    weight_matrix,
 )
 from skdnc.nn._train import (
     TrainingHistory,
@@ -34,13 +40,18 @@ from skdnc.nn._train import (
 
 __all__ = [
     "ARCHITECTURES",
+    "GRADIENTS",
+    "REDUCTIONS",
     "STAGES",
+    "CollapseProbe",
     "HeadedNetwork",
+    "InputShapeError",
     "NetworkProbe",
     "TrainingHistory",
     "aggregate_histories",
     "find_layers",
     "layer_agops",
+    "layer_collapse",
     "make_mlp",
     "make_model",
     "make_resnet18",
@@ -50,4 +61,5 @@ __all__ = [
     "probe_network",
     "train_network",
     "train_seeds",
+    "weight_matrix",
 ]

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skdnc._backend import make_generator, resolve_device
-from skdnc.nn._probe import _as_input, _batches, _model_dtype, probe_network
+from skdnc._backend import iter_row_blocks, make_generator, resolve_device
+from skdnc.nn._common import as_input, model_dtype
+from skdnc.nn._probe import probe_network
 
 __all__ = [
     "TrainingHistory",
@@ -157,8 +158,8 @@ def _evaluate(model, X, Y, batch_size, device, dtype):
     try:
         model.eval()
         with torch.no_grad():
-            for rows in _batches(len(X), batch_size):
-                out = model(_as_input(X[rows], device, dtype))
+            for rows in iter_row_blocks(len(X), batch_size):
+                out = model(as_input(X[rows], device, dtype))
                 target = Y[rows].to(device=device, dtype=out.dtype)
                 loss += float(((out - target) ** 2).mean(dim=1).sum())
                 correct += int((out.argmax(1) == target.argmax(1)).sum())
@@ -247,8 +248,8 @@ def train_network(
             f"X and y must have the same number of samples; got {len(X)} and {len(y)}."
         )
     model.to(device)
-    dtype = _model_dtype(model)
-    Xt = _as_input(X, device, dtype)
+    dtype = model_dtype(model)
+    Xt = as_input(X, device, dtype)
     classes, y_index = _encode_labels(y, _n_outputs(model, Xt))
     Yt = pm1_targets(y_index, len(classes)).to(device=device, dtype=dtype)
     generator = make_generator(random_state)
@@ -289,7 +290,7 @@ def train_network(
             model.train()
             order = torch.randperm(n, generator=generator).to(device)
             total = 0.0
-            for rows in _batches(n, batch_size):
+            for rows in iter_row_blocks(n, batch_size):
                 idx = order[rows]
                 optimizer.zero_grad(set_to_none=True)
                 out = model(Xt[idx])
