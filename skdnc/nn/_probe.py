@@ -240,13 +240,13 @@ def _check_weight(name, module):
         )
 
 
-def _detect(model, names):
-    """Weight modules followed (after norms/dropout) by an activation module."""
-    found, probed = [], set()
+def _pairs(model, kind):
+    """Weight modules of ``kind`` followed (after norms/dropout) by an activation."""
+    found = []
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
         for i, (child_name, child) in enumerate(children):
-            if not isinstance(child, _WEIGHT_TYPES):
+            if not isinstance(child, kind):
                 continue
             if isinstance(child, nn.Conv2d) and child.groups != 1:
                 continue
@@ -256,26 +256,38 @@ def _detect(model, names):
             if j < len(children) and isinstance(children[j][1], _ACTIVATIONS):
                 full = f"{parent_name}.{child_name}" if parent_name else child_name
                 found.append(_Layer(full, child, children[j][1], child, full))
-                probed.add(id(child))
-    weights = [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHT_TYPES)]
-    skipped = [n for n, m in weights if id(m) not in probed]
-    if weights and isinstance(weights[-1][1], nn.Linear) and weights[-1][0] in skipped:
-        skipped.remove(weights[-1][0])  # the readout: its NFA is 1 by construction
+    return found
+
+
+def _detect(model):
+    """The MLP layers of ``model``, or its convolutional layers if it has none."""
+    kind = nn.Linear
+    found = _pairs(model, nn.Linear)
     if not found:
-        listed = ", ".join(repr(n) for n, _ in weights) or "none"
+        kind = nn.Conv2d
+        found = _pairs(model, nn.Conv2d)
+    probed = {id(layer.linear) for layer in found}
+    weights = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+    skipped = [n for n, m in weights if id(m) not in probed]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1] in skipped:
+        skipped.remove(linears[-1])  # the readout: its NFA is 1 by construction
+    if not found:
+        listed = [n for n, m in model.named_modules() if isinstance(m, _WEIGHT_TYPES)]
         raise ValueError(
             "No MLP layers found: no nn.Linear or nn.Conv2d is followed (after "
             "normalisation or dropout modules) by an activation module; functional "
             "activations (F.relu in forward) are invisible to detection. Linear and "
-            f"Conv2d modules of the model: {listed}. Name the layers, or the blocks "
-            "that hold them, with layers=[...]."
+            f"Conv2d modules of the model: {listed or 'none'}. Name the layers, or "
+            "the blocks that hold them, with layers=[...]."
         )
     if skipped:
         warnings.warn(
-            f"Probing {len(found)} layers; these nn.Linear/nn.Conv2d modules are not "
-            f"probed, because no activation module follows them (a functional "
-            f"activation, a residual sum, or a grouped convolution): {skipped}. Name "
-            "them, or the blocks around them, with layers=[...] to probe them.",
+            f"Probing {len(found)} {kind.__name__} layers; these {kind.__name__} "
+            "modules are not probed, because no activation module follows them (a "
+            "functional activation, a residual sum, or a grouped convolution): "
+            f"{skipped}. Name them, or the blocks around them, with layers=[...] to "
+            "probe them.",
             UserWarning,
             stacklevel=3,
         )
@@ -291,13 +303,15 @@ def find_layers(model, layers=None):
     layers : str, module or list, default=None
         ``None``: the blocks of ``model.head_layers`` for the
         :class:`HeadedNetwork` models of :mod:`skdnc.nn`; for any other model,
-        every ``nn.Linear`` or ``nn.Conv2d`` followed by an activation module (ReLU,
-        GELU, ...) among its siblings, with normalisation (BatchNorm, LayerNorm,
-        ...) and dropout modules allowed in between, in the order of
-        ``model.named_modules()``. A warning lists every ``Linear``/``Conv2d`` left
-        out (except a final ``Linear``, the readout); activations applied as
-        functions in ``forward`` cannot be seen, so name those layers. Otherwise a
-        name, a module, or a list whose items are
+        its MLP layers: every ``nn.Linear`` followed by an activation module
+        (ReLU, GELU, ...) among its siblings, with normalisation (BatchNorm,
+        LayerNorm, ...) and dropout modules allowed in between, in the order of
+        ``model.named_modules()``; in a model without MLP layers, every
+        ``nn.Conv2d`` followed by an activation in the same way. A warning lists
+        every ``Linear`` (or, for a conv-only model, ``Conv2d``) left out, except
+        a final ``Linear``, the readout. Convolutions alongside MLP layers, and
+        layers whose activation is a function in ``forward`` (``F.relu``), are
+        probed when named. Otherwise a name, a module, or a list whose items are
 
         * a module name (as in ``model.named_modules()``, dotted for nested
           modules) or a module: an ``nn.Linear``/``nn.Conv2d`` (the layer's output
@@ -343,7 +357,7 @@ def find_layers(model, layers=None):
 
     if layers is None:
         if not isinstance(model, HeadedNetwork):
-            return _detect(model, names)
+            return _detect(model)
         layers = list(model.head_layers)
     found = []
     for item in _as_list(layers):
