@@ -31,6 +31,7 @@ from skdnc.nn._probe import (
     weight_matrix,
 )
 from skdnc.nn._train import (
+    ProbeCallback,
     TrainingHistory,
     aggregate_histories,
     pm1_targets,
@@ -47,6 +48,7 @@ __all__ = [
     "HeadedNetwork",
     "InputShapeError",
     "NetworkProbe",
+    "ProbeCallback",
     "TrainingHistory",
     "aggregate_histories",
     "find_layers",

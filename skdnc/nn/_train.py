@@ -17,10 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from skdnc._backend import iter_row_blocks, make_generator, resolve_device
-from skdnc.nn._common import as_input, model_dtype
-from skdnc.nn._probe import probe_network
+from skdnc.nn._common import as_input, eval_mode, model_dtype, run_model
+from skdnc.nn._probe import layer_collapse, probe_network
 
 __all__ = [
+    "ProbeCallback",
     "TrainingHistory",
     "aggregate_histories",
     "pm1_targets",
@@ -121,21 +122,8 @@ class TrainingHistory:
         return np.asarray([p[key] for p in self.probes], dtype=float)
 
 
-def _n_outputs(model, X):
-    """Number of outputs of ``model`` (one sample through it in eval mode)."""
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(X[:1])
-    finally:
-        model.train(was_training)
-    if out.ndim != 2:
-        raise ValueError(
-            f"The model must output (n_samples, n_classes) scores; got shape "
-            f"{tuple(out.shape)}."
-        )
-    return out.shape[1]
+def _name(fn):
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _encode_labels(y, n_outputs):
@@ -151,20 +139,28 @@ def _encode_labels(y, n_outputs):
     return classes, y_index
 
 
-def _evaluate(model, X, Y, batch_size, device, dtype):
-    """Training MSE and accuracy over all points, in eval mode, no grad."""
-    was_training = model.training
+def _loss_function(loss):
+    """``(fn, needs_pm1)``: the loss of the model's outputs and the targets."""
+    if loss == "mse":
+        return torch.nn.functional.mse_loss, True
+    if loss == "cross_entropy":
+        return torch.nn.functional.cross_entropy, False
+    if callable(loss):
+        return loss, False
+    raise ValueError(
+        f"loss must be 'mse', 'cross_entropy' or a callable (outputs, y_index) -> "
+        f"scalar; got {loss!r}."
+    )
+
+
+def _evaluate(model, X, targets, y_index, loss_fn, batch_size):
+    """Training loss and accuracy over all points, in eval mode, no grad."""
     loss, correct = 0.0, 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for rows in iter_row_blocks(len(X), batch_size):
-                out = model(as_input(X[rows], device, dtype))
-                target = Y[rows].to(device=device, dtype=out.dtype)
-                loss += float(((out - target) ** 2).mean(dim=1).sum())
-                correct += int((out.argmax(1) == target.argmax(1)).sum())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for rows in iter_row_blocks(len(X), batch_size):
+            out = run_model(model, X[rows])
+            loss += float(loss_fn(out, targets[rows])) * len(out)
+            correct += int((out.argmax(1) == y_index[rows]).sum())
     return loss / len(X), correct / len(X)
 
 
@@ -185,8 +181,12 @@ def train_network(
     device="auto",
     random_state=None,
     progress=True,
+    optimizer=None,
+    loss="mse",
+    callbacks=(),
 ):
-    """Train ``model`` in place with SGD on the MSE to +-1 one-hot targets.
+    """Train ``model`` in place with mini-batches (SGD on the MSE to +-1 one-hot
+    targets by default).
 
     Parameters
     ----------
@@ -200,8 +200,11 @@ def train_network(
         directly; other labels are sorted, and there must be one per output.
     epochs : int, default=500
     lr : float, default=0.05
+        Learning rate of the default optimiser.
     momentum : float, default=0.0
+        Momentum of the default optimiser.
     weight_decay : float, default=0.0
+        Weight decay of the default optimiser.
     batch_size : int, default=128
     measure_every : int, default=None
         Measure at epochs ``0, k, 2k, ...`` and at the last epoch; ``None``: only
@@ -209,7 +212,7 @@ def train_network(
     probe : bool, default=True
         Run :func:`probe_network` at each measurement (else only loss and
         accuracy).
-    layers : list, default=None
+    layers : str, module or list, default=None
         Layers to probe, see :func:`find_layers`.
     probe_batch_size : int, default=512
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
@@ -218,6 +221,20 @@ def train_network(
         global RNG is not used). The init is the model builder's.
     progress : bool, default=True
         Show a tqdm progress bar over the epochs.
+    optimizer : callable, default=None
+        ``optimizer(model.parameters()) -> torch.optim.Optimizer``, e.g.
+        ``lambda params: torch.optim.Adam(params, lr=1e-3)`` or
+        ``functools.partial(torch.optim.AdamW, lr=1e-3)``; ``None``: SGD with
+        ``lr``, ``momentum`` and ``weight_decay`` (which are then ignored
+        otherwise).
+    loss : {"mse", "cross_entropy"} or callable, default="mse"
+        ``"mse"``: ``nn.MSELoss()`` to +-1 one-hot targets (the paper's);
+        ``"cross_entropy"``: ``nn.CrossEntropyLoss()`` on the class indices; a
+        callable ``loss(outputs, y_index)`` gets the class indices as a long
+        tensor and returns the mean loss of the batch.
+    callbacks : sequence of callable, default=()
+        Each is called as ``callback(model, epoch)`` before training (epoch 0)
+        and after every epoch, e.g. a :class:`ProbeCallback`.
 
     Returns
     -------
@@ -225,9 +242,9 @@ def train_network(
 
     Notes
     -----
-    The loss is ``nn.MSELoss()`` (mean over the batch and the outputs), as in the
-    paper's code. One optimiser is used for the whole run (the paper's code makes a
-    new one every epoch, which matters only with momentum).
+    One optimiser is used for the whole run (the paper's code makes a new one
+    every epoch, which matters only with momentum). The recorded ``loss`` is the
+    chosen loss over all training points in eval mode.
 
     Examples
     --------
@@ -242,6 +259,12 @@ def train_network(
     ([0, 3], 2, 3)
     """
     device = resolve_device(device)
+    loss_fn, pm1 = _loss_function(loss)
+    if not isinstance(X, torch.Tensor) and not hasattr(X, "__len__"):
+        raise ValueError(
+            "train_network trains on arrays X and y; with a DataLoader, write the "
+            "loop and call a ProbeCallback in it."
+        )
     y = np.asarray(y)
     if len(y) != len(X):
         raise ValueError(
@@ -250,12 +273,31 @@ def train_network(
     model.to(device)
     dtype = model_dtype(model)
     Xt = as_input(X, device, dtype)
-    classes, y_index = _encode_labels(y, _n_outputs(model, Xt))
-    Yt = pm1_targets(y_index, len(classes)).to(device=device, dtype=dtype)
+    with eval_mode(model), torch.no_grad():
+        n_outputs = run_model(model, Xt[:1]).shape[1]
+    classes, y_index = _encode_labels(y, n_outputs)
+    index_t = torch.as_tensor(y_index, device=device)
+    if pm1:
+        targets = pm1_targets(y_index, len(classes)).to(device=device, dtype=dtype)
+    else:
+        targets = index_t
     generator = make_generator(random_state)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    if optimizer is None:
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    elif callable(optimizer):
+        opt = optimizer(model.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(
+                "optimizer must be a callable params -> torch.optim.Optimizer; it "
+                f"returned {type(opt).__name__}."
+            )
+    else:
+        raise TypeError(
+            "optimizer must be a callable params -> torch.optim.Optimizer, e.g. "
+            f"functools.partial(torch.optim.Adam, lr=1e-3); got {optimizer!r}."
+        )
     history = TrainingHistory(
         config={
             "epochs": int(epochs),
@@ -266,13 +308,15 @@ def train_network(
             "measure_every": measure_every,
             "n_samples": len(X),
             "classes": classes.tolist(),
+            "optimizer": "SGD" if optimizer is None else type(opt).__name__,
+            "loss": loss if isinstance(loss, str) else _name(loss),
         }
     )
 
     def measure(epoch):
-        loss, acc = _evaluate(model, Xt, Yt, probe_batch_size, device, dtype)
+        value, acc = _evaluate(model, Xt, targets, index_t, loss_fn, probe_batch_size)
         history.epochs.append(int(epoch))
-        history.loss.append(loss)
+        history.loss.append(value)
         history.accuracy.append(acc)
         if probe:
             result = probe_network(
@@ -284,6 +328,8 @@ def train_network(
     n = len(Xt)
     try:
         measure(0)
+        for callback in callbacks:
+            callback(model, 0)
         bar = tqdm(range(1, int(epochs) + 1), desc="training", unit="epoch",
                    disable=not progress)  # fmt: skip
         for epoch in bar:
@@ -292,19 +338,121 @@ def train_network(
             total = 0.0
             for rows in iter_row_blocks(n, batch_size):
                 idx = order[rows]
-                optimizer.zero_grad(set_to_none=True)
-                out = model(Xt[idx])
-                loss = torch.nn.functional.mse_loss(out, Yt[idx])
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
+                opt.zero_grad(set_to_none=True)
+                value = loss_fn(model(Xt[idx]), targets[idx])
+                value.backward()
+                opt.step()
+                total += float(value.detach()) * len(idx)
             history.epoch_loss.append(total / n)
             bar.set_postfix(loss=f"{total / n:.4g}")
             if epoch == epochs or (measure_every and epoch % int(measure_every) == 0):
                 measure(epoch)
+            for callback in callbacks:
+                callback(model, epoch)
     finally:
         model.train(was_training)
     return history
+
+
+class ProbeCallback:
+    """Probe a network every few epochs inside any training loop.
+
+    Call it as ``callback(model, epoch)`` from your own loop (with your optimiser
+    and loss), or pass it to :func:`train_network` in ``callbacks=``. At epochs
+    ``0, every, 2 every, ...`` it runs :func:`probe_network` (AGOP, NFA, NC1 by
+    SVD stage) and, if ``collapse_layers`` are given, :func:`layer_collapse`, on
+    the probe data, and records the results.
+
+    Parameters
+    ----------
+    X : array-like, torch.Tensor, DataLoader or iterable of (x, y) batches
+        Probe data (a fixed subset of the training data, typically).
+    y : array-like, default=None
+        Labels for array ``X``; ``None`` for batches of ``(x, y)``.
+    every : int, default=1
+        Probe at epochs divisible by ``every``.
+    layers : str, module or list, default=None
+        Layers for :func:`probe_network` (see :func:`find_layers`); with
+        ``layers=False`` only ``collapse_layers`` are measured.
+    collapse_layers : str, module or list, default=None
+        Modules whose output collapse :func:`layer_collapse` measures.
+    **kwargs
+        Passed to :func:`probe_network` and :func:`layer_collapse` (e.g.
+        ``reduction="avgpool"``, ``batch_size=256``, ``init_model=``).
+
+    Attributes
+    ----------
+    epochs : list of int
+        Epochs probed.
+    probes : list of dict
+        :meth:`NetworkProbe.to_dict` of every probe (when ``layers`` is not
+        ``False``).
+    collapse : list of dict
+        :meth:`CollapseProbe.to_dict` of every probe (with ``collapse_layers``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skdnc.nn import ProbeCallback
+    >>> X, y = torch.randn(40, 5), torch.arange(40) % 2
+    >>> net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> callback = ProbeCallback(X, y, every=2)
+    >>> opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    >>> for epoch in range(5):
+    ...     if epoch:  # epoch 0 probes the initialisation
+    ...         opt.zero_grad()
+    ...         nn.functional.cross_entropy(net(X), y).backward()
+    ...         opt.step()
+    ...     callback(net, epoch)
+    >>> callback.epochs, callback.curve("nfa_correlation").shape
+    ([0, 2, 4], (3, 1))
+    """
+
+    def __init__(self, X, y=None, *, every=1, layers=None, collapse_layers=None,
+                 **kwargs):  # fmt: skip
+        if int(every) < 1:
+            raise ValueError(f"every must be a positive integer; got {every!r}.")
+        self.X, self.y, self.every = X, y, int(every)
+        self.layers, self.collapse_layers, self.kwargs = layers, collapse_layers, kwargs
+        self.epochs, self.probes, self.collapse = [], [], []
+
+    def __call__(self, model, epoch):
+        if int(epoch) % self.every:
+            return
+        self.epochs.append(int(epoch))
+        probe_kwargs = {k: v for k, v in self.kwargs.items() if k != "pinv"}
+        if self.layers is not False:
+            result = probe_network(model, self.X, self.y, layers=self.layers,
+                                   **probe_kwargs)  # fmt: skip
+            self.probes.append(result.to_dict())
+        if self.collapse_layers is not None:
+            keep = ("reduction", "output_fn", "pinv", "batch_size", "device")
+            result = layer_collapse(
+                model, self.X, self.y, layers=self.collapse_layers,
+                **{k: v for k, v in self.kwargs.items() if k in keep},
+            )  # fmt: skip
+            self.collapse.append(result.to_dict())
+
+    def curve(self, key, *, collapse=False):
+        """A recorded quantity over the probed epochs.
+
+        Parameters
+        ----------
+        key : str
+            A key of :meth:`NetworkProbe.to_dict` (``"nc1"``,
+            ``"nfa_correlation"``, ...) or, with ``collapse=True``, of
+            :meth:`CollapseProbe.to_dict`.
+        collapse : bool, default=False
+
+        Returns
+        -------
+        values : ndarray of shape (n_epochs, ...)
+        """
+        records = self.collapse if collapse else self.probes
+        if not records:
+            raise ValueError("Nothing recorded yet for this kind of probe.")
+        return np.asarray([r[key] for r in records], dtype=float)
 
 
 def train_seeds(build_model, X, y, *, seeds=(0, 1, 2), **kwargs):
