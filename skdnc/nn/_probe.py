@@ -567,7 +567,7 @@ def _warn_readout(cap, out):
             warnings.warn(
                 f"Layer {layer.name!r} is the network's linear readout: its output "
                 "is the model output, so its AGOP is exactly W'W and its NFA "
-                "correlation is 1 by construction, not a measurement.",
+                "correlation with the AGOP is 1 by construction, not a measurement.",
                 UserWarning,
                 stacklevel=4,
             )
