@@ -61,9 +61,9 @@ convs = [("0", "1"), ("2", "3"), ("5", "6")]  # (convolution, its activation)
 # %%
 # Training in our own loop
 # ------------------------
-# The callback probes at epochs 0, 3, 6, ... on 500 of the images: the NFA at the three convolutions,
-# with the initial network as the baseline, and NC1/NC2 at the five stages with
-# global average pooling.
+# The callback probes 500 of the images at epochs 0, 3, 6, ...: the NFA at the
+# three convolutions, with the initial network as the baseline, and NC1/NC2 at
+# the five stages with global average pooling.
 callback = ProbeCallback(probe_data, every=3, layers=convs, collapse_layers=stages,
                          reduction="avgpool", init_model=initial)  # fmt: skip
 optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
