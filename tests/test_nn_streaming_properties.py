@@ -2,12 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from skdnc.metrics import CollapseAccumulator, nc1_score, nc2_score  # noqa: E402
+from skdnc.metrics import CollapseAccumulator, nc1_score, nc2_score
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
