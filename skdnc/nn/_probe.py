@@ -125,7 +125,6 @@ _PASS_THROUGH = (
 
 # Re-exported for skdnc._nfa, which imports it from here.
 _model_device = model_device
-_model_dtype = model_dtype
 
 
 # -- NFA correlation ---------------------------------------------------------------
