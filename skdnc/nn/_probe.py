@@ -53,7 +53,7 @@ from torch import nn
 from torch.func import jacrev, vmap
 
 from skdnc._backend import resolve_device, to_numpy, to_tensor
-from skdnc._linalg import psd_power
+from skdnc._linalg import psd_eigh, psd_power
 from skdnc.metrics import CollapseAccumulator
 from skdnc.nn._common import (
     as_batches,
@@ -1125,8 +1125,7 @@ def probe_network(
         W = weight_matrix(layer.linear)
         if gradient == "layer":
             B = psd_power(G[index], 0.5) @ W
-            _, sigma, Qh = torch.linalg.svd(B, full_matrices=False)
-            sqrt_factor = sigma.sqrt()[:, None] * Qh
+            sqrt_factor = _sqrt_factor(B)
         else:
             A = G[index]
             if A.shape[0] != W.shape[1]:
@@ -1162,6 +1161,22 @@ def probe_network(
         reduction=reduction if isinstance(reduction, str) else "callable",
         gradient=gradient,
     )
+
+
+def _sqrt_factor(B):
+    """A factor ``F`` with ``F'F = (B'B)^{1/2}``, from the smaller Gram matrix.
+
+    With ``B = P Sigma Q'``: ``F = Sigma^{1/2} Q' = Sigma^{-1/2} P' B`` from the
+    eigendecomposition ``B B' = P Sigma^2 P'`` (``r x r`` for ``r`` rows), or
+    ``F = (B'B)^{1/4}`` when ``B`` has more rows than columns.
+    """
+    if B.shape[0] > B.shape[1]:
+        return psd_power(B.T @ B, 0.25)
+    evals, evecs = psd_eigh(B @ B.T)
+    keep = evals > max(float(evals.max()), 0.0) * 1e-15
+    if not keep.any():
+        return torch.zeros_like(B)
+    return (evecs[:, keep].T @ B) / evals[keep].pow(0.25)[:, None]
 
 
 def _init_module(init_model, layer):
