@@ -286,3 +286,33 @@ def test_shape_errors_name_the_fix():
     spare.unused = nn.ReLU()
     with pytest.raises(ValueError, match="did not run"):
         layer_collapse(spare, X[:, :4], y, layers="unused")
+
+
+class _TokenMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlp = nn.Sequential(nn.Linear(4, 6), nn.GELU())
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(self.mlp(x).mean(1))
+
+
+def test_linear_on_token_sequences():
+    """Tokens play the part of patch positions: the AGOP sums over them."""
+    net = _TokenMLP().double()
+    X, y = _randn(10, 5, 4, seed=10), np.arange(10) % 2
+    ref = 0
+    for x in X:
+        J = torch.autograd.functional.jacobian(lambda t: net(t[None])[0], x)
+        rows = J.reshape(-1, 5, 4).reshape(-1, 4)  # (outputs x tokens, d)
+        ref = ref + rows.T @ rows
+    ref = ref / len(X)
+    for gradient in ("layer", "total"):
+        (A,) = layer_agops(net, X, layers="mlp", gradient=gradient)
+        assert torch.linalg.norm(A - ref) <= 1e-10 * torch.linalg.norm(ref)
+    probe = probe_network(net, X, y, layers="mlp", reduction=lambda z: z.mean(1))
+    with torch.no_grad():
+        pooled = net.mlp(X).mean(1)
+    assert probe.nc1[0, 2] == pytest.approx(nc1_score(pooled, y), rel=1e-10)
