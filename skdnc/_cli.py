@@ -224,12 +224,17 @@ def main(parse, run, argv=None):
     Returns
     -------
     status : int
-        0 on success; 1 when the run's results are not finite (the outputs are
-        written all the same, for inspection).
+        0 on success; 1 when the run diverges (``FloatingPointError``, nothing
+        written) or its results are not finite (the outputs are written all the
+        same, for inspection).
     """
     args = parse(argv)
     set_threads(args.threads)
-    result = run(args)
+    try:
+        result = run(args)
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     report(result)
     write_outputs(result, args.output)
     print(f"total {result.data['total_seconds']:.1f} s")

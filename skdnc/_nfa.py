@@ -227,19 +227,11 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
             device = resolve_device(self.device)
             if any(p.device != device for p in model.parameters()):
                 model = copy.deepcopy(model).to(device)
-        try:
-            return probe_network(
-                model, Xr, y_index, layers=self.layers, batch_size=self.batch_size
-            )
-        except RuntimeError as exc:
-            if self.input_shape is None:
-                raise ValueError(
-                    f"The network could not run on X of shape {X.shape} (each "
-                    "sample a flat vector). For a network whose input is not flat, "
-                    "such as a conv net, pass input_shape, e.g. input_shape=(1, 8, 8)"
-                    f". The network said: {exc}"
-                ) from exc
-            raise
+        # A network that cannot run on the reshaped X raises InputShapeError,
+        # whose message names input_shape.
+        return probe_network(
+            model, Xr, y_index, layers=self.layers, batch_size=self.batch_size
+        )
 
 
 def _stage_scores(stages, y_index):

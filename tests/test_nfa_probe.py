@@ -94,7 +94,7 @@ def test_input_shape_for_conv_nets(digits):
         NFAProbe(conv, input_shape=(3, 8, 8)).fit(X, y)
     # Without input_shape the flat rows cannot enter the conv layer: the error
     # names the fix instead of surfacing torch's conv2d message.
-    with pytest.raises(ValueError, match=r"pass input_shape, e\.g\."):
+    with pytest.raises(ValueError, match=r"NFAProbe: pass input_shape"):
         NFAProbe(conv).fit(X, y)
 
 

@@ -423,7 +423,7 @@ def test_within_between_shares(trained_probe):
     nc1 = trained_probe.nc1[-1, 2]
     assert trained_probe.within_share == pytest.approx(nc1 / (1 + nc1))
     assert trained_probe.within_share + trained_probe.between_share == pytest.approx(1)
-    assert STAGES == ("input", "right", "output")
+    assert STAGES == ("input", "projection", "output")
 
 
 @pytest.mark.gpu

@@ -27,9 +27,11 @@ from skdnc.metrics._scorer import (
     neg_nc3_scorer,
     neg_nc4_scorer,
 )
+from skdnc.metrics._streaming import CollapseAccumulator
 
 __all__ = [
     "ClassStatistics",
+    "CollapseAccumulator",
     "NeuralCollapseScorer",
     "cdnv_score",
     "class_statistics",

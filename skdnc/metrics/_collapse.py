@@ -75,7 +75,16 @@ def _encode_labels(y):
 
 def _check_X_y(X, y):
     """Validate features and labels; return float64 X, class indices and classes."""
-    X, y = check_X_y(to_numpy(X), to_numpy(y), dtype=[np.float64, np.float32])
+    X = to_numpy(X)
+    if np.ndim(X) > 2:
+        raise ValueError(
+            f"X must be 2-D (n_samples, n_features); got shape {np.shape(X)}. "
+            "Reduce feature maps to vectors first, stating the rule: flatten "
+            "(X.reshape(len(X), -1)) or global average pooling (X.mean(axis=(2, 3)) "
+            "for (n, c, h, w)); skdnc.nn.layer_collapse does either with "
+            "reduction='flatten' or 'avgpool'."
+        )
+    X, y = check_X_y(X, to_numpy(y), dtype=[np.float64, np.float32])
     y_index, classes = _encode_labels(y)
     return X.astype(np.float64, copy=False), y_index, classes
 
@@ -171,20 +180,31 @@ class ClassStatistics:
         """``tr(Sigma_B)``: the mean squared distance of a class mean to ``mu_G``."""
         return float(np.mean(np.sum(self.centered_means**2, axis=1)))
 
-    @cached_property
+    @property
     def scale(self):
-        """Mean squared norm of the samples, the yardstick of rounding noise."""
-        X = self._X
-        return float(np.einsum("ij,ij->", X, X) / max(1, X.shape[0]))
+        """Mean squared norm of the samples, the yardstick of rounding noise:
+        ``(1/N) sum_c n_c (||mu_c||^2 + Var_c)``."""
+        per_class = np.einsum("ij,ij->i", self.means, self.means)
+        return float(self.counts @ (per_class + self.class_variances) / self.n_samples)
 
     @cached_property
     def centered_means(self):
         """``mu_c - mu_G``, shape ``(n_classes, n_features)``."""
         return self.means - self.global_mean
 
+    def _check_samples(self, what):
+        if self._X is None:
+            raise ValueError(
+                f"{what} needs the samples, which statistics accumulated from batches "
+                "(skdnc.metrics.CollapseAccumulator) do not keep; use the "
+                "accumulator's second pass (partial_fit_within) or class_statistics "
+                "on the full array."
+            )
+
     @cached_property
     def Sigma_W(self):
         """Within-class covariance ``Sigma_W`` (``d x d``, formed on first access)."""
+        self._check_samples("Sigma_W")
         S = np.zeros((self.n_features, self.n_features))
         for c, idx in enumerate(self._groups):
             R = self._X[idx] - self.means[c]
@@ -208,6 +228,7 @@ class ClassStatistics:
         -------
         q : ndarray of shape (k,)
         """
+        self._check_samples("within_projections")
         q = np.zeros(V.shape[0])
         for c, idx in enumerate(self._groups):
             P = (self._X[idx] - self.means[c]) @ V.T
@@ -300,10 +321,11 @@ def _nc1_trace(stats):
     return float(stats.trace_within / stats.trace_between)
 
 
-def _nc1_pinv(stats, rtol=PINV_RTOL):
-    reason = _coinciding_means(stats)
-    if reason:
-        return _undefined("NC1", reason)
+def _pinv_directions(stats, rtol=PINV_RTOL):
+    """Eigenvectors (rows) and eigenvalues of ``Sigma_B`` kept by the pinv form of
+    NC1; ``None`` when the class means coincide (see :func:`_coinciding_means`)."""
+    if _coinciding_means(stats):
+        return None
     K = stats.n_classes
     # Sigma_B = H' H / K with H the (K, d) centred means: its eigenpairs are the
     # squared singular values and right singular vectors of H / sqrt(K).
@@ -311,8 +333,21 @@ def _nc1_pinv(stats, rtol=PINV_RTOL):
     lam = s**2
     keep = lam > rtol * lam[0]
     keep[K - 1 :] = False  # rank(Sigma_B) <= K - 1
-    q = stats.within_projections(Vt[keep])
-    return float(np.sum(q / lam[keep]) / K)
+    return Vt[keep], lam[keep]
+
+
+def _nc1_pinv_value(stats, directions, q):
+    """``tr(Sigma_W Sigma_B^+) / K`` from the within projections ``q``."""
+    reason = _coinciding_means(stats)
+    if reason:
+        return _undefined("NC1", reason)
+    return float(np.sum(q / directions[1]) / stats.n_classes)
+
+
+def _nc1_pinv(stats, rtol=PINV_RTOL):
+    directions = _pinv_directions(stats, rtol)
+    q = None if directions is None else stats.within_projections(directions[0])
+    return _nc1_pinv_value(stats, directions, q)
 
 
 def _nc1_from_stats(stats, kind, scaling):
