@@ -268,8 +268,9 @@ def test_shape_errors_name_the_fix():
         nn.Linear(2 * 16, 8), nn.ReLU(), nn.Linear(8, 2),
     ).double()  # fmt: skip
     X, y = np.random.default_rng(0).normal(size=(10, 16)), np.arange(10) % 2
-    with pytest.raises(ValueError, match=r"input_shape=\(c, h, w\)") as info:
-        NFAProbe(conv).fit(X, y)
+    with pytest.warns(UserWarning, match=r"not probed: \['0'\]"):
+        with pytest.raises(ValueError, match=r"input_shape=\(c, h, w\)") as info:
+            NFAProbe(conv).fit(X, y)
     assert isinstance(info.value, InputShapeError)
     fmap = np.random.default_rng(0).normal(size=(10, 2, 3, 3))
     for metric in (nc1_score, cdnv_score):

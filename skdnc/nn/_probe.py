@@ -264,8 +264,11 @@ def _detect(model):
         kind = nn.Conv2d
         found = _pairs(model, nn.Conv2d)
     probed = {id(layer.linear) for layer in found}
-    weights = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
-    skipped = [n for n, m in weights if id(m) not in probed]
+    skipped = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in probed
+    ]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if linears and linears[-1] in skipped:
         skipped.remove(linears[-1])  # the readout: its NFA is 1 by construction
@@ -279,11 +282,17 @@ def _detect(model):
             "the blocks that hold them, with layers=[...]."
         )
     if skipped:
+        also = (
+            ", or they are convolutions of a model whose MLP layers are the ones "
+            "detected"
+            if kind is nn.Linear
+            else ""
+        )
         warnings.warn(
-            f"Probing {len(found)} {kind.__name__} layers; these {kind.__name__} "
-            "modules are not probed, because no activation module follows them (a "
-            "functional activation, a residual sum, or a grouped convolution): "
-            f"{skipped}. Name them, or the blocks around them, with layers=[...] to "
+            f"Probing {len(found)} {kind.__name__} layers; these Linear/Conv2d "
+            f"modules are not probed: {skipped}. No activation module follows them "
+            "(a functional activation, a residual sum, or a grouped convolution)"
+            f"{also}. Name them, or the blocks around them, with layers=[...] to "
             "probe them.",
             UserWarning,
             stacklevel=3,
