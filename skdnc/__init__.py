@@ -8,7 +8,12 @@ paper's data sets) complete the public surface.
 
 from skdnc import datasets, metrics
 from skdnc._deep_rfm import DeepRFMTransformer
-from skdnc._display import CollapseDisplay, GramDisplay
+from skdnc._display import (
+    CollapseDisplay,
+    GramDisplay,
+    SVDSplitDisplay,
+    TrainingHistoryDisplay,
+)
 from skdnc._nfa import NFAProbe
 from skdnc._rfm import RFMClassifier, RFMRegressor
 from skdnc.metrics import NeuralCollapseScorer, make_collapse_scorer
@@ -23,6 +28,8 @@ __all__ = [
     "NeuralCollapseScorer",
     "RFMClassifier",
     "RFMRegressor",
+    "SVDSplitDisplay",
+    "TrainingHistoryDisplay",
     "datasets",
     "make_collapse_scorer",
     "metrics",

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skdnc._backend import normalize_rows
 from skdnc.metrics._collapse import STAGES
+from skdnc.nn import aggregate_histories
 
 #: How each metric is labelled on an axis.
 METRIC_LABELS = {
@@ -288,6 +289,197 @@ class GramDisplay:
             axis.set_yticks([])
         self.colorbar_ = fig.colorbar(self.images_[-1], ax=axes, shrink=0.9)
         self.colorbar_.set_label("cosine similarity")
+        if self.title:
+            fig.suptitle(self.title)
+        self.axes_, self.figure_ = axes, fig
+        return self
+
+
+def _band(ax, x, mean, std, **kwargs):
+    """A mean line and its +-1 SD band, the lower edge truncated at 0.01 x mean
+    (the paper's rule, so that log axes stay readable)."""
+    mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+    (line,) = ax.plot(x, mean, **kwargs)
+    low = np.maximum(mean - std, 0.01 * mean)
+    band = ax.fill_between(x, low, mean + std, color=line.get_color(), alpha=0.2,
+                           linewidth=0)  # fmt: skip
+    return line, band
+
+
+def _seeds(n):
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+class TrainingHistoryDisplay:
+    """Collapse, the NFA and the loss of networks through training (the paper's
+    Figures 10-12), mean +- 1 SD over seeds.
+
+    Parameters
+    ----------
+    summary : dict
+        :func:`skdnc.nn.aggregate_histories` of the runs (with probes).
+    layer_names : list of str
+        The probed layers.
+    title : str, default=None
+
+    Attributes
+    ----------
+    lines_ : dict
+        ``{name: matplotlib.lines.Line2D}`` of every mean curve: ``"within_share"``,
+        ``"between_share"``, ``"loss"`` and ``("nfa", layer)``.
+    axes_ : list of matplotlib Axes
+    figure_ : matplotlib Figure
+    """
+
+    def __init__(self, *, summary, layer_names, title=None):
+        self.summary = summary
+        self.layer_names = list(layer_names)
+        self.title = title
+
+    @classmethod
+    def from_histories(cls, histories, *, ax=None, title=None):
+        """Aggregate :class:`~skdnc.nn.TrainingHistory` runs and draw them.
+
+        Parameters
+        ----------
+        histories : list of TrainingHistory
+            Runs with probes at the same epochs (one per seed).
+        ax : array of three matplotlib Axes, default=None
+        title : str, default=None
+            Followed by the number of seeds.
+
+        Returns
+        -------
+        display : TrainingHistoryDisplay
+        """
+        if not histories or not all(h.probes for h in histories):
+            raise ValueError("histories must be runs recorded with probe=True.")
+        summary = aggregate_histories(histories)
+        names = histories[0].probes[-1]["layer_names"]
+        label = _seeds(len(histories))
+        title = f"{title} ({label})" if title else label
+        return cls(summary=summary, layer_names=names, title=title).plot(ax=ax)
+
+    def plot(self, ax=None):
+        """Draw the three panels onto ``ax`` (three Axes) or new Axes.
+
+        Returns
+        -------
+        self : TrainingHistoryDisplay
+        """
+        s = self.summary
+        if ax is None:
+            fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+            axes = list(axes)
+        else:
+            fig, axes = _axes(ax, 3)
+        epochs = s["epochs"]
+        self.lines_ = {}
+        for key, label in (
+            ("within_share", "tr $\\Sigma_W$ / tr $\\Sigma_T$"),
+            ("between_share", "tr $\\Sigma_B$ / tr $\\Sigma_T$"),
+        ):
+            self.lines_[key], _ = _band(
+                axes[0], epochs, s[f"{key}_mean"], s[f"{key}_std"], label=label
+            )
+        axes[0].set_title("last layer ($\\Sigma_T = \\Sigma_W + \\Sigma_B$)")
+        axes[0].legend(fontsize=8)
+        mean = np.asarray(s["nfa_correlation_mean"])
+        std = np.asarray(s["nfa_correlation_std"])
+        for l, name in enumerate(self.layer_names):
+            self.lines_["nfa", name], _ = _band(
+                axes[1], epochs, mean[:, l], std[:, l], label=name
+            )
+        axes[1].set_title("NFA: corr($W_l^\\top W_l$, AGOP$_l^{1/2}$)")
+        axes[1].legend(fontsize=7)
+        self.lines_["loss"], _ = _band(
+            axes[2], epochs, s["loss_mean"], s["loss_std"], color="black"
+        )
+        _log_scale_if_positive(axes[2], s["loss_mean"])
+        axes[2].set_title("training loss")
+        for axis in axes:
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(True, which="major", alpha=0.3)
+        if self.title:
+            fig.suptitle(self.title)
+        self.axes_, self.figure_ = axes, fig
+        return self
+
+
+class SVDSplitDisplay:
+    """NC1 of each layer's input, projection and output through training (the
+    paper's Figure 2), one panel per layer, mean +- 1 SD over seeds.
+
+    Parameters
+    ----------
+    summary : dict
+        :func:`skdnc.nn.aggregate_histories` of the runs (with probes).
+    layer_names : list of str
+    title : str, default=None
+
+    Attributes
+    ----------
+    lines_ : dict
+        ``{(layer, stage): matplotlib.lines.Line2D}``.
+    axes_ : list of matplotlib Axes
+    figure_ : matplotlib Figure
+    """
+
+    def __init__(self, *, summary, layer_names, title=None):
+        self.summary = summary
+        self.layer_names = list(layer_names)
+        self.title = title
+
+    @classmethod
+    def from_histories(cls, histories, *, ax=None, title=None):
+        """Aggregate :class:`~skdnc.nn.TrainingHistory` runs and draw them.
+
+        Returns
+        -------
+        display : SVDSplitDisplay
+        """
+        if not histories or not all(h.probes for h in histories):
+            raise ValueError("histories must be runs recorded with probe=True.")
+        label = _seeds(len(histories))
+        return cls(
+            summary=aggregate_histories(histories),
+            layer_names=histories[0].probes[-1]["layer_names"],
+            title=f"{title} ({label})" if title else label,
+        ).plot(ax=ax)  # fmt: skip
+
+    def plot(self, ax=None):
+        """Draw one panel per layer onto ``ax`` or new Axes.
+
+        Returns
+        -------
+        self : SVDSplitDisplay
+        """
+        L = len(self.layer_names)
+        if ax is None:
+            fig, axes = plt.subplots(1, L, figsize=(2.9 * L, 3.0), squeeze=False,
+                                     sharey=True)  # fmt: skip
+            axes = list(axes[0])
+        else:
+            fig, axes = _axes(ax, L)
+        epochs = self.summary["epochs"]
+        mean = np.asarray(self.summary["nc1_mean"])
+        std = np.asarray(self.summary["nc1_std"])
+        labels = ("input $h$", "$S V^\\top h$", "output")
+        self.lines_ = {}
+        for l, (axis, name) in enumerate(zip(axes, self.layer_names)):
+            for k, stage in enumerate(STAGES):
+                self.lines_[name, stage], _ = _band(
+                    axis, epochs, mean[:, l, k], std[:, l, k],
+                    color=STAGE_COLORS[stage], label=labels[k],
+                )  # fmt: skip
+            _log_scale_if_positive(axis, mean[:, l])
+            axis.set_title(name)
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(True, which="major", alpha=0.3)
+        axes[0].set_ylabel("NC1")
+        axes[0].legend(fontsize=7)
         if self.title:
             fig.suptitle(self.title)
         self.axes_, self.figure_ = axes, fig

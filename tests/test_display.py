@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from skdnc import CollapseDisplay, DeepRFMTransformer, GramDisplay, NFAProbe
+from skdnc.metrics._collapse import STAGES
 from skdnc.nn import make_mlp
 
 
@@ -71,4 +72,56 @@ def test_gram_display_images_are_the_centred_normalised_grams(fitted):
     assert [a.get_title() for a in axes] == ["layer 1", "layer 4"]
     with pytest.raises(ValueError, match="stage must be one of"):
         GramDisplay.from_estimator(deep, X, y, stage="agop")
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def histories(balanced_digits):
+    from skdnc.nn import make_mlp, train_network
+
+    X, y = balanced_digits(10)
+    X = (X / 16).astype(np.float32)
+    return [
+        train_network(
+            make_mlp(64, 10, width=16, depth=2, random_state=seed), X, y,
+            epochs=4, lr=0.2, measure_every=2, device="cpu", progress=False,
+            random_state=seed,
+        )
+        for seed in (0, 1)
+    ]  # fmt: skip
+
+
+def test_training_history_display_bands_and_lines(histories):
+    from skdnc import TrainingHistoryDisplay
+
+    fig, axes = plt.subplots(1, 3)
+    display = TrainingHistoryDisplay.from_histories(histories, ax=axes, title="mlp")
+    assert display.figure_ is fig and display.figure_._suptitle.get_text() == (
+        "mlp (2 seeds)"
+    )
+    losses = np.array([h.loss for h in histories])
+    np.testing.assert_allclose(display.lines_["loss"].get_ydata(), losses.mean(0))
+    name = histories[0].probes[-1]["layer_names"][0]
+    nfa = np.array([[p["nfa_correlation"][0] for p in h.probes] for h in histories])
+    np.testing.assert_allclose(display.lines_["nfa", name].get_ydata(), nfa.mean(0))
+    # the band's lower edge is truncated at 1% of the mean
+    band = axes[2].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() >= 0.01 * losses.mean(0).min() - 1e-12
+    one = TrainingHistoryDisplay.from_histories(histories[:1])
+    assert one.figure_._suptitle.get_text() == "1 seed"
+    plt.close("all")
+
+
+def test_svd_split_display_draws_every_layer_and_stage(histories):
+    from skdnc import SVDSplitDisplay
+
+    display = SVDSplitDisplay.from_histories(histories)
+    names = histories[0].probes[-1]["layer_names"]
+    assert set(display.lines_) == {(n, s) for n in names for s in STAGES}
+    nc1 = np.array([[p["nc1"][1][0] for p in h.probes] for h in histories])
+    np.testing.assert_allclose(
+        display.lines_[names[1], "input"].get_ydata(), nc1.mean(0)
+    )
+    with pytest.raises(ValueError, match="probe=True"):
+        SVDSplitDisplay.from_histories([])
     plt.close("all")

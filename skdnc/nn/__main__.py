@@ -26,7 +26,6 @@ import argparse
 import sys
 import time
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from skdnc._backend import resolve_device
@@ -41,6 +40,7 @@ from skdnc._cli import (
     positive_int,
 )
 from skdnc._cli import main as run_command
+from skdnc._display import SVDSplitDisplay, TrainingHistoryDisplay
 from skdnc._presets import default_preset, network_settings
 from skdnc.datasets import load_dataset
 from skdnc.nn import aggregate_histories, make_model, train_seeds
@@ -55,11 +55,6 @@ DIGITS_DEFAULTS = network_settings("demo", "digits", "mlp")
 PAPER_DEFAULTS = network_settings("paper", "cifar10", "mlp")
 ARCHITECTURES = ("mlp", "resnet18", "vgg11")
 _FIGURE = {"mlp": 10, "resnet18": 11, "vgg11": 12}
-_STAGE_LABELS = (
-    "input $\\Phi(X)$",
-    "$SV^\\top\\Phi(X)$",
-    "$\\sigma(USV^\\top\\Phi(X))$",
-)
 
 
 # -- parse ----------------------------------------------------------------------------
@@ -193,16 +188,22 @@ def run(args):
         f"{summary['final_nfa_mean']:.3f} ± {summary['final_nfa_std']:.3f}",
     ]
     figure = _FIGURE[args.arch]
-    seeds = len(histories)
-    title = f"{args.arch}, {args.dataset} ({seeds} seed{'s' * (seeds != 1)})"
+    title = f"{args.arch}, {args.dataset}"
     tag = f"{args.arch}_{args.dataset}"
+
+    def svd_figure():
+        display = SVDSplitDisplay.from_histories(histories, title=title)
+        display.figure_.tight_layout()
+        return display.figure_
+
+    def training_figure():
+        display = TrainingHistoryDisplay.from_histories(histories, title=title)
+        display.figure_.tight_layout()
+        return display.figure_
+
     figures = {
-        f"figure2_nc1_svd_{tag}.png": lambda: plot_svd_stages(
-            summary, layer_names, title
-        ),
-        f"figure{figure}_training_{tag}.png": lambda: plot_training(
-            summary, layer_names, title
-        ),
+        f"figure2_nc1_svd_{tag}.png": svd_figure,
+        f"figure{figure}_training_{tag}.png": training_figure,
     }
     data = {
         "config": {**vars(args), **config, "device": str(device),
@@ -251,64 +252,6 @@ def format_table(summary, layer_names):
         agop = cell("nfa_correlation_agop", l, fmt="7.4f")
         lines.append(f"{name:<14}| {nc1} | {nfa} | {agop}")
     return "\n".join(lines)
-
-
-def _band(ax, x, mean, std, **kwargs):
-    mean, std = np.asarray(mean), np.asarray(std)
-    (line,) = ax.plot(x, mean, **kwargs)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2,
-                    linewidth=0)  # fmt: skip
-
-
-def plot_svd_stages(summary, layer_names, title):
-    """Figure 2: NC1 of input / S V' / full layer through training, per layer."""
-    epochs = summary["epochs"]
-    mean, std = np.asarray(summary["nc1_mean"]), np.asarray(summary["nc1_std"])
-    L = len(layer_names)
-    fig, axes = plt.subplots(1, L, figsize=(2.9 * L, 3.0), squeeze=False,
-                             sharey=True)  # fmt: skip
-    for l, ax in enumerate(axes[0]):
-        for s, (label, color) in enumerate(
-            zip(_STAGE_LABELS, ("tab:green", "tab:orange", "tab:blue"))
-        ):
-            _band(ax, epochs, mean[:, l, s], std[:, l, s], color=color, label=label)
-        ax.set_yscale("log")
-        ax.set_title(f"layer {l + 1}")
-        ax.set_xlabel("epoch")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0, 0].set_ylabel("NC1")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_training(summary, layer_names, title):
-    """Figures 10-12: Sigma shares, NFA correlations and training loss vs epoch."""
-    epochs = summary["epochs"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    _band(axes[0], epochs, summary["within_share_mean"],
-          summary["within_share_std"], label="tr $\\Sigma_W$ / tr $\\Sigma_T$")
-    _band(axes[0], epochs, summary["between_share_mean"],
-          summary["between_share_std"], label="tr $\\Sigma_B$ / tr $\\Sigma_T$")
-    axes[0].set_title("last hidden layer ($\\Sigma_T = \\Sigma_W + \\Sigma_B$)")
-    axes[0].legend(fontsize=8)
-    mean = np.asarray(summary["nfa_correlation_mean"])
-    std = np.asarray(summary["nfa_correlation_std"])
-    for l in range(len(layer_names)):
-        _band(axes[1], epochs, mean[:, l], std[:, l], label=f"layer {l + 1}")
-    axes[1].set_title("NFA: corr($W_l^\\top W_l$, AGOP$_l^{1/2}$)")
-    axes[1].legend(fontsize=7)
-    _band(axes[2], epochs, summary["loss_mean"], summary["loss_std"],
-          color="black")  # fmt: skip
-    axes[2].set_yscale("log")
-    axes[2].set_title("training loss (MSE)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def main(argv=None):
