@@ -310,7 +310,42 @@ def _seeds(n):
     return f"{n} seed{'s' * (n != 1)}"
 
 
-class TrainingHistoryDisplay:
+class _HistoryDisplay:
+    """What the training-history Displays share: their data and the aggregation
+    of runs (one per seed) into mean and standard deviation."""
+
+    def __init__(self, *, summary, layer_names, title=None):
+        self.summary = summary
+        self.layer_names = list(layer_names)
+        self.title = title
+
+    @classmethod
+    def from_histories(cls, histories, *, ax=None, title=None):
+        """Aggregate :class:`~skdnc.nn.TrainingHistory` runs and draw them.
+
+        Parameters
+        ----------
+        histories : list of TrainingHistory
+            Runs with probes at the same epochs (one per seed).
+        ax : matplotlib Axes or array of them, default=None
+        title : str, default=None
+            Followed by the number of seeds.
+
+        Returns
+        -------
+        display : the Display
+        """
+        if not histories or not all(h.probes for h in histories):
+            raise ValueError("histories must be runs recorded with probe=True.")
+        label = _seeds(len(histories))
+        return cls(
+            summary=aggregate_histories(histories),
+            layer_names=histories[0].probes[-1]["layer_names"],
+            title=f"{title} ({label})" if title else label,
+        ).plot(ax=ax)  # fmt: skip
+
+
+class TrainingHistoryDisplay(_HistoryDisplay):
     """Collapse, the NFA and the loss of networks through training (the paper's
     Figures 10-12), mean +- 1 SD over seeds.
 
@@ -330,35 +365,6 @@ class TrainingHistoryDisplay:
     axes_ : list of matplotlib Axes
     figure_ : matplotlib Figure
     """
-
-    def __init__(self, *, summary, layer_names, title=None):
-        self.summary = summary
-        self.layer_names = list(layer_names)
-        self.title = title
-
-    @classmethod
-    def from_histories(cls, histories, *, ax=None, title=None):
-        """Aggregate :class:`~skdnc.nn.TrainingHistory` runs and draw them.
-
-        Parameters
-        ----------
-        histories : list of TrainingHistory
-            Runs with probes at the same epochs (one per seed).
-        ax : array of three matplotlib Axes, default=None
-        title : str, default=None
-            Followed by the number of seeds.
-
-        Returns
-        -------
-        display : TrainingHistoryDisplay
-        """
-        if not histories or not all(h.probes for h in histories):
-            raise ValueError("histories must be runs recorded with probe=True.")
-        summary = aggregate_histories(histories)
-        names = histories[0].probes[-1]["layer_names"]
-        label = _seeds(len(histories))
-        title = f"{title} ({label})" if title else label
-        return cls(summary=summary, layer_names=names, title=title).plot(ax=ax)
 
     def plot(self, ax=None):
         """Draw the three panels onto ``ax`` (three Axes) or new Axes.
@@ -407,7 +413,7 @@ class TrainingHistoryDisplay:
         return self
 
 
-class SVDSplitDisplay:
+class SVDSplitDisplay(_HistoryDisplay):
     """NC1 of each layer's input, projection and output through training (the
     paper's Figure 2), one panel per layer, mean +- 1 SD over seeds.
 
@@ -425,28 +431,6 @@ class SVDSplitDisplay:
     axes_ : list of matplotlib Axes
     figure_ : matplotlib Figure
     """
-
-    def __init__(self, *, summary, layer_names, title=None):
-        self.summary = summary
-        self.layer_names = list(layer_names)
-        self.title = title
-
-    @classmethod
-    def from_histories(cls, histories, *, ax=None, title=None):
-        """Aggregate :class:`~skdnc.nn.TrainingHistory` runs and draw them.
-
-        Returns
-        -------
-        display : SVDSplitDisplay
-        """
-        if not histories or not all(h.probes for h in histories):
-            raise ValueError("histories must be runs recorded with probe=True.")
-        label = _seeds(len(histories))
-        return cls(
-            summary=aggregate_histories(histories),
-            layer_names=histories[0].probes[-1]["layer_names"],
-            title=f"{title} ({label})" if title else label,
-        ).plot(ax=ax)  # fmt: skip
 
     def plot(self, ax=None):
         """Draw one panel per layer onto ``ax`` or new Axes.
