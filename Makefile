@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint doc bench clean
+.PHONY: demo test lint doc bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 doc: $(STAMP)
 	rm -rf doc/_build doc/auto_examples doc/generated
 	$(VENV)/bin/sphinx-build -W --keep-going -b html doc doc/_build/html
+
+# On a machine with a CUDA device: the gpu-marked tests, then Deep RFM at the
+# paper's size (n = 50,000, L = 18) on one GPU.
+gpu-check: $(STAMP)
+	$(PY) -m pytest -q -m gpu -p no:xdist tests
+	$(PY) benchmarks/bench_gpu_deep_rfm.py --tf32
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[benchmarks]"

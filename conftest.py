@@ -22,3 +22,38 @@ def _one_thread_per_worker():
     with threadpool_limits(limits=1):
         yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    """scikit-learn's digits, 1,797 x 64, float64, labels 0-9."""
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
+@pytest.fixture(scope="session")
+def digits_split(digits_data):
+    """A stratified 80/20 split of digits: X_train, X_test, y_train, y_test."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = digits_data
+    return train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def balanced_digits(digits_data):
+    """``make(per_class, seed=0) -> (X, y)``: digits with ``per_class`` random
+    samples of every class."""
+    import numpy as np
+
+    X, y = digits_data
+
+    def make(per_class, seed=0):
+        rng = np.random.default_rng(seed)
+        idx = np.concatenate(
+            [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(10)]
+        )
+        return X[idx], y[idx]
+
+    return make

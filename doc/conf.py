@@ -19,6 +19,14 @@ from datetime import date
 sys.path.insert(0, os.path.abspath(".."))
 
 import skdnc
+from skdnc._presets import render_rst
+
+# The commands' presets, rendered from the one table in the code.
+os.makedirs(os.path.join(os.path.dirname(__file__), "generated"), exist_ok=True)
+with open(
+    os.path.join(os.path.dirname(__file__), "generated", "presets.inc"), "w"
+) as _file:
+    _file.write(render_rst())
 
 # -- Project -------------------------------------------------------------------------
 project = "skdnc"

@@ -8,6 +8,12 @@ paper's data sets) complete the public surface.
 
 from skdnc import datasets, metrics
 from skdnc._deep_rfm import DeepRFMTransformer
+from skdnc._display import (
+    CollapseDisplay,
+    GramDisplay,
+    SVDSplitDisplay,
+    TrainingHistoryDisplay,
+)
 from skdnc._nfa import NFAProbe
 from skdnc._rfm import RFMClassifier, RFMRegressor
 from skdnc.metrics import NeuralCollapseScorer, make_collapse_scorer
@@ -15,11 +21,15 @@ from skdnc.metrics import NeuralCollapseScorer, make_collapse_scorer
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CollapseDisplay",
     "DeepRFMTransformer",
+    "GramDisplay",
     "NFAProbe",
     "NeuralCollapseScorer",
     "RFMClassifier",
     "RFMRegressor",
+    "SVDSplitDisplay",
+    "TrainingHistoryDisplay",
     "datasets",
     "make_collapse_scorer",
     "metrics",

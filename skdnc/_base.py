@@ -15,6 +15,12 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 DEVICE_CONSTRAINT = [str, torch.device]
 
 
+class NonFiniteError(ValueError, FloatingPointError):
+    """Values that must be finite are not: a ``ValueError`` for input validation,
+    and a ``FloatingPointError`` for a computation (a diverged network) that
+    produced them."""
+
+
 def check_class_labels(y, *, owner):
     """Sorted classes and the class index of every sample, for at least 2 classes.
 

@@ -36,17 +36,17 @@ from skdnc._backend import (
     to_numpy,
     to_tensor,
 )
-from skdnc._base import DEVICE_CONSTRAINT, check_class_labels, uses_cuda
+from skdnc._base import check_class_labels, uses_cuda
 from skdnc._feature_maps import (
     DEFAULT_WIDTH,
     FEATURE_MAPS,
     apply_feature_map,
     draw_feature_map,
 )
-from skdnc._kernels import KERNELS, Kernel
+from skdnc._kernels import Kernel
 from skdnc._linalg import psd_power
-from skdnc._rfm_core import agop_step, class_targets
-from skdnc._solvers import SOLVERS, fit_kernel_regression
+from skdnc._rfm_core import KERNEL_MACHINE_CONSTRAINTS, agop_step, class_targets
+from skdnc._solvers import fit_kernel_regression
 from skdnc.metrics._collapse import (
     STAGES,
     _gram_label_correlation,
@@ -233,33 +233,15 @@ class DeepRFMTransformer(
     """
 
     _parameter_constraints = {
+        **KERNEL_MACHINE_CONSTRAINTS,
         "L": [Interval(Integral, 1, None, closed="left")],
-        "kernel": [StrOptions(set(KERNELS))],
-        "bandwidth": [Interval(Real, 0, None, closed="neither")],
-        "exponent": [Interval(Real, 0, 2, closed="right")],
-        "reg": [Interval(Real, 0, None, closed="left")],
         "n_agop_steps": [Interval(Integral, 0, None, closed="left")],
-        "agop_power": [Interval(Real, 0, None, closed="neither")],
-        "agop_samples": [
-            Interval(Integral, 1, None, closed="left"),
-            Interval(Real, 0, 1, closed="right"),
-            None,
-        ],
-        "agop_normalization": [StrOptions({"max", "trace"}), None],
         "feature_map": [StrOptions(set(FEATURE_MAPS))],
         "width": [Interval(Integral, 1, None, closed="left"), None],
         "gamma": [Interval(Real, 0, None, closed="neither")],
         "target_coding": [StrOptions({"pm1", "onehot"})],
         "normalize": [StrOptions({"rows"}), None],
         "record_metrics": ["boolean"],
-        "solver": [StrOptions(set(SOLVERS))],
-        "solver_params": [dict, None],
-        "device": DEVICE_CONSTRAINT,
-        "dtype": [StrOptions({"float32", "float64"}), None],
-        "allow_tf32": ["boolean"],
-        "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(

@@ -120,8 +120,8 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
     Jacobian AGOP with respect to the layer's input. The paper reports a mean
     NFA correlation of 0.74 over layers and seeds for trained networks (Figures
     10-12). On a bias-free network at random initialisation the correlation with
-    its own AGOP is already high (about 0.8 on digits), because both matrices are
-    close to multiples of the identity: compare against a baseline.
+    its own AGOP is already high, because both matrices are close to multiples of
+    the identity: compare against the same statistic at initialisation.
 
     References
     ----------
@@ -184,6 +184,7 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         self : NFAProbe
             Fitted probe.
         """
+        X_input = X  # as given: a DataFrame keeps the names the model was fit on
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         classes, y_index = check_class_labels(y, owner="NFAProbe")
         est = self.estimator
@@ -192,9 +193,9 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         else:
             check_is_fitted(est)
             if hasattr(est, "transform_layers"):
-                probe = probe_deep_rfm(est, X, y_index)
+                probe = probe_deep_rfm(est, X_input, y_index)
             else:
-                probe = probe_rfm(est, X, y_index)
+                probe = probe_rfm(est, X_input, y_index)
         self.classes_ = classes
         self.probe_ = probe
         self.layer_names_ = np.asarray(probe.layer_names, dtype=object)
@@ -226,19 +227,11 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
             device = resolve_device(self.device)
             if any(p.device != device for p in model.parameters()):
                 model = copy.deepcopy(model).to(device)
-        try:
-            return probe_network(
-                model, Xr, y_index, layers=self.layers, batch_size=self.batch_size
-            )
-        except RuntimeError as exc:
-            if self.input_shape is None:
-                raise ValueError(
-                    f"The network could not run on X of shape {X.shape} (each "
-                    "sample a flat vector). For a network whose input is not flat, "
-                    "such as a conv net, pass input_shape, e.g. input_shape=(1, 8, 8)"
-                    f". The network said: {exc}"
-                ) from exc
-            raise
+        # A network that cannot run on the reshaped X raises InputShapeError,
+        # whose message names input_shape.
+        return probe_network(
+            model, Xr, y_index, layers=self.layers, batch_size=self.batch_size
+        )
 
 
 def _stage_scores(stages, y_index):
@@ -264,7 +257,8 @@ def probe_rfm(est, X, y_index):
     ----------
     est : fitted RFMClassifier or RFMRegressor
         An object with ``M_`` and ``agop(X)``.
-    X : ndarray of shape (n_samples, n_features)
+    X : array-like of shape (n_samples, n_features)
+        In the form the estimator was fitted on (a DataFrame keeps its names).
     y_index : ndarray of int of shape (n_samples,)
 
     Returns
@@ -276,10 +270,10 @@ def probe_rfm(est, X, y_index):
     M = torch.tensor(np.asarray(est.M_), dtype=torch.float64)
     A = torch.tensor(np.asarray(est.agop(X)), dtype=torch.float64)
     nfa = _nfa_triple(M, psd_power(A, 0.5), A)
-    X64 = torch.tensor(X, dtype=torch.float64)
+    X64 = torch.tensor(np.asarray(X, dtype=np.float64))
     sqrt_M = psd_power(M, 0.5)
     projection = X64 * sqrt_M if M.ndim == 1 else X64 @ sqrt_M
-    nc1, nc2 = _stage_scores([X, projection.numpy(), None], y_index)
+    nc1, nc2 = _stage_scores([X64.numpy(), projection.numpy(), None], y_index)
     return _network_probe(["rfm"], [nc1], [nc2], [nfa])
 
 
@@ -292,7 +286,8 @@ def probe_deep_rfm(est, X, y_index):
     est : fitted DeepRFMTransformer
         An object with ``agop_powers_`` (:math:`M_l^{p}`), ``weights_``,
         ``agop_power`` and ``transform_layers(X)``.
-    X : ndarray of shape (n_samples, n_features)
+    X : array-like of shape (n_samples, n_features)
+        In the form the estimator was fitted on (a DataFrame keeps its names).
     y_index : ndarray of int of shape (n_samples,)
 
     Returns

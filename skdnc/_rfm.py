@@ -24,43 +24,31 @@ from skdnc._backend import (
     to_numpy,
     to_tensor,
 )
-from skdnc._base import DEVICE_CONSTRAINT, check_class_labels, uses_cuda
-from skdnc._kernels import KERNELS, Kernel
-from skdnc._rfm_core import REFIT_POLICIES, class_targets, refit_rounds, rfm_rounds
-from skdnc._solvers import SOLVERS, kernel_predict
+from skdnc._base import check_class_labels, uses_cuda
+from skdnc._kernels import Kernel
+from skdnc._rfm_core import (
+    KERNEL_MACHINE_CONSTRAINTS,
+    REFIT_POLICIES,
+    class_targets,
+    refit_rounds,
+    rfm_rounds,
+)
+from skdnc._solvers import kernel_predict
 
 
 class _BaseRFM(BaseEstimator):
     """Shared fit/predict logic of :class:`RFMClassifier` and :class:`RFMRegressor`."""
 
     _parameter_constraints = {
-        "kernel": [StrOptions(set(KERNELS))],
-        "bandwidth": [Interval(Real, 0, None, closed="neither")],
-        "exponent": [Interval(Real, 0, 2, closed="right")],
-        "reg": [Interval(Real, 0, None, closed="left")],
+        **KERNEL_MACHINE_CONSTRAINTS,
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "diag": ["boolean"],
-        "agop_samples": [
-            Interval(Integral, 1, None, closed="left"),
-            Interval(Real, 0, 1, closed="right"),
-            None,
-        ],
-        "agop_normalization": [StrOptions({"max", "trace"}), None],
-        "agop_power": [Interval(Real, 0, None, closed="neither")],
         "centering": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
         "refit": [StrOptions(set(REFIT_POLICIES))],
-        "solver": [StrOptions(set(SOLVERS))],
-        "solver_params": [dict, None],
-        "device": DEVICE_CONSTRAINT,
-        "dtype": [StrOptions({"float32", "float64"}), None],
-        "allow_tf32": ["boolean"],
-        "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
         "warm_start": ["boolean"],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(

@@ -9,14 +9,42 @@ store.
 """
 
 import time
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from skdnc._agop import kernel_agop, normalize_agop, sample_points
 from skdnc._backend import block_rows
+from skdnc._base import DEVICE_CONSTRAINT
+from skdnc._kernels import KERNELS
 from skdnc._linalg import psd_power, psd_powers
-from skdnc._solvers import fit_kernel_regression, kernel_predict
+from skdnc._solvers import SOLVERS, fit_kernel_regression, kernel_predict
+
+#: ``_parameter_constraints`` of the parameters every kernel machine of skdnc has
+#: (RFMClassifier, RFMRegressor and each layer of DeepRFMTransformer).
+KERNEL_MACHINE_CONSTRAINTS = {
+    "kernel": [StrOptions(set(KERNELS))],
+    "bandwidth": [Interval(Real, 0, None, closed="neither")],
+    "exponent": [Interval(Real, 0, 2, closed="right")],
+    "reg": [Interval(Real, 0, None, closed="left")],
+    "agop_samples": [
+        Interval(Integral, 1, None, closed="left"),
+        Interval(Real, 0, 1, closed="right"),
+        None,
+    ],
+    "agop_normalization": [StrOptions({"max", "trace"}), None],
+    "agop_power": [Interval(Real, 0, None, closed="neither")],
+    "solver": [StrOptions(set(SOLVERS))],
+    "solver_params": [dict, None],
+    "device": DEVICE_CONSTRAINT,
+    "dtype": [StrOptions({"float32", "float64"}), None],
+    "allow_tf32": ["boolean"],
+    "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+}
 
 
 def class_targets(y_index, n_classes, coding="pm1", *, binary_column=False):

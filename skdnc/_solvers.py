@@ -259,8 +259,8 @@ def fit_kernel_regression(
 
 
 def _column_major(V):
-    """``V`` with columns contiguous: a tall-by-few product ``K @ V`` with ``V`` in
-    this layout ran twice as fast here (it is memory-bound on ``K``)."""
+    """``V`` with columns contiguous: the layout in which the memory-bound,
+    tall-by-few product ``K @ V`` streams ``K`` fastest."""
     return V.mT.contiguous().mT
 
 
@@ -299,8 +299,8 @@ def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
         F = K_nq @ (evecs / evals.clamp(min=shift).sqrt()).to(K_nq.dtype)
     del K_nq
     # Thin SVD of the tall F from the eigenpairs of the small F^T F = V S^2 V^T:
-    # U = F V S^{-1}. One n x q x q GEMM instead of a tall SVD, several times
-    # faster; eigenvalues under a relative 1e-10 are dropped.
+    # U = F V S^{-1}. One n x q x q GEMM instead of a tall SVD; eigenvalues under
+    # a relative 1e-10 are dropped.
     lam, V = psd_eigh(F.T @ F)
     keep = lam > 1e-10 * lam[-1]
     lam, V = lam[keep].to(F.dtype), V[:, keep].to(F.dtype)

@@ -40,8 +40,11 @@ def relu_kernel_closed_form(r):
     with :math:`\\theta = \\arccos r` (twice the degree-1 arc-cosine kernel of Cho
     and Saul). It is computed in the second form, which is finite at
     :math:`r = \\pm 1`. It does not depend on :math:`D`, and it is at least
-    :math:`r`: the feature map moves unit vectors apart only a little
-    (Appendix A).
+    :math:`r`, with :math:`k(1) = 1`: the feature map pulls unit vectors
+    together (their distances shrink), dissimilar ones the most
+    (:math:`k(r) - r` grows as :math:`r` falls), so it tends to raise NC1 a
+    little rather than lower it (Appendix A, whose text says the distances
+    increase).
 
     Parameters
     ----------

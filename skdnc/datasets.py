@@ -190,10 +190,13 @@ def _read_torchvision(name, root, split, download, timeout=10.0):
         raise _not_found(name, root, missing, "These files are expected and missing")
     try:
         ds = _construct(cls, root, split, download=False)
-    except RuntimeError as exc:  # torchvision's md5 check ("not found or corrupted")
+    except (RuntimeError, AssertionError, ValueError, EOFError, OSError) as exc:
+        # torchvision's md5 check ("not found or corrupted"), or a reader that
+        # fails on truncated or garbled files (MNIST's bare AssertionError)
         files = [root / f for f in spec.files(split)]
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise _not_found(
-            name, root, files, f"torchvision rejected the files ({exc}); delete them"
+            name, root, files, f"torchvision rejected the files ({why}); delete them"
         ) from exc
     images = np.asarray(ds.data)
     if name == "mnist":

@@ -77,3 +77,73 @@ def test_parser_defaults_and_errors(tmp_path):
 def test_log_linear_fit():
     factor, r2 = log_linear_fit(3.0 * 0.5 ** np.arange(6))
     assert factor == pytest.approx(0.5) and r2 == pytest.approx(1.0)
+    # No logarithm of 0: NaN, not the R^2 = 1.0 of a degenerate fit.
+    assert np.isnan(log_linear_fit([1.0, 0.0, 0.0])).all()
+
+
+def _no_constants(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def test_output_under_a_regular_file_fails_before_any_work(tmp_path, capsys):
+    """Root ignores mode bits, so the unwritable folder is a path under a file."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        main(["--output", str(blocker / "run"), "--L", "1", "--no-cv"])
+    err = capsys.readouterr()
+    assert "is not a writable folder" in err.err
+    assert "Deep RFM on" not in err.out  # nothing was loaded or fitted
+
+
+def test_parser_rejects_bad_values_with_messages(tmp_path, capsys):
+    out = ["--output", str(tmp_path)]
+    for argv, message in [
+        (["--gram-layers", "5", "--L", "3"], "--gram-layers must be between 1"),
+        (["--cv-folds", "1"], "'1' is less than 2"),
+        (["--bandwidth", "-2"], "'-2' is not a positive number"),
+        (["--reg", "nan"], "'nan' is not a non-negative number"),
+        (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda'"),
+        (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(argv + out)
+        assert message in capsys.readouterr().err, argv
+
+
+def test_outputs_are_strict_json_and_replace_symlinks(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    target = tmp_path / "elsewhere.json"
+    target.write_text("keep")
+    (out / "deep_rfm_results.json").symlink_to(target)
+    main(["--L", "2", "--n-samples", "120", "--width", "16", "--no-cv",
+          "--output", str(out), "--quiet"])  # fmt: skip
+    assert target.read_text() == "keep"  # not written through the link
+    written = out / "deep_rfm_results.json"
+    assert not written.is_symlink()
+    results = json.loads(written.read_text(), parse_constant=_no_constants)
+    assert results["history"]["layer"] == [1, 2]
+    assert not list(out.glob(".*"))  # no temporary file left behind
+
+
+def test_to_json_turns_non_finite_numbers_into_null():
+    from skdnc._cli import to_json
+
+    text = to_json({"a": float("nan"), "b": np.array([1.0, np.inf]), "c": 2})
+    assert json.loads(text, parse_constant=_no_constants) == {
+        "a": None, "b": [1.0, None], "c": 2,
+    }  # fmt: skip
+
+
+def test_a_run_with_non_finite_results_exits_non_zero(tmp_path, capsys):
+    """Five samples of five classes: NC1 is 0 at every layer, so its per-layer
+    factor (a log-linear fit) is not finite; the outputs are still written."""
+    out = tmp_path / "tiny"
+    status = main(["--n-samples", "5", "--L", "2", "--no-cv", "--quiet",
+                   "--output", str(out)])  # fmt: skip
+    assert status == 1
+    assert "results are not finite (per-layer NC1 factor)" in capsys.readouterr().err
+    results = json.loads((out / "deep_rfm_results.json").read_text(),
+                         parse_constant=_no_constants)  # fmt: skip
+    assert results["nc1_per_layer_factor"] is None

@@ -370,3 +370,14 @@ def test_registry_and_argument_errors(mnist_root):
             load_dataset("digits", n_samples=bad)
     with pytest.raises(ValueError, match="exceeds the 29 points"):
         load_mnist(root=mnist_root[0], n_samples=30)
+
+
+def test_garbled_mnist_files_are_reported_not_asserted(mnist_root):
+    """torchvision's MNIST reader fails on a garbled header with a bare
+    AssertionError; the loader names the files and the fix instead."""
+    root = mnist_root[0]
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(b"\x00\x00\x08\x07" + b"\xff" * 64)  # 7 dimensions
+    with pytest.raises(DatasetNotFoundError, match="torchvision rejected") as info:
+        load_mnist(root=root)
+    assert str(images) in str(info.value) and "delete them" in str(info.value)

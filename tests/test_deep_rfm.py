@@ -10,7 +10,6 @@ import pickle
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 
@@ -21,12 +20,9 @@ from skdnc.metrics import gram_label_correlation, nc1_score, nc2_score
 
 
 @pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:50]
-                          for c in range(10)])  # fmt: skip
-    return standardize(X[idx]), y[idx]
+def digits(balanced_digits):
+    X, y = balanced_digits(50)
+    return standardize(X), y
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ samples, explicit ``d x d`` covariance matrices, ``numpy.linalg.pinv`` and the
 """
 
 import tracemalloc
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skdnc.metrics import (
@@ -485,12 +487,50 @@ def test_errors():
 
 
 def test_degenerate_between_class_spread():
-    # identical class means: NC1 is infinite, not a warning or an exception
+    # identical class means: every metric is undefined, NaN with a warning
     X = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
     y = [0, 0, 1, 1]
-    assert nc1_score(X, y) == np.inf
-    assert nc1_score(X, y, kind="pinv") == np.inf
-    assert cdnv_score(X, y) == np.inf
+    for metric in (
+        nc1_score,
+        lambda X, y: nc1_score(X, y, kind="pinv"),
+        nc2_score,
+        cdnv_score,
+    ):
+        with pytest.warns(UndefinedMetricWarning, match="class means coincide|mean"):
+            assert np.isnan(metric(X, y))
+
+
+@pytest.mark.parametrize(
+    "X, y",
+    [
+        # 200 identical rows in two classes: the old NC1 was 5.095, the ratio of
+        # two rounding errors.
+        (np.tile([[0.3, 1.7, -2.2]], (200, 1)), np.arange(200) % 2),
+        (np.zeros((6, 4)), [0, 0, 1, 1, 2, 2]),  # all-zero rows (NC2 was 3.333)
+        (np.array([[0.0], [0.0]]), [0, 1]),  # a hypothesis counterexample
+        (np.full((4, 2), 1e150), [0, 1, 0, 1]),  # identical rows at a large scale
+    ],
+)
+def test_undefined_collapse_is_nan_with_a_warning(X, y):
+    for metric in (nc1_score, nc2_score, cdnv_score):
+        with pytest.warns(UndefinedMetricWarning, match="undefined"):
+            assert np.isnan(metric(X, y))
+    with pytest.warns(UndefinedMetricWarning):
+        assert np.isnan(nc1_score(X, y, kind="pinv"))
+
+
+def test_small_but_real_between_scatter_is_measured():
+    """The rounding threshold is relative to the data's scale: a tiny but real
+    class separation, far above float64 rounding, still gives a number."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)) * 1e-3 + 1e3
+    y = np.arange(40) % 2
+    X[y == 1, 0] += 1e-6  # 1e-9 relative to the norm, far above (64 eps)^2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = nc1_score(X, y)
+    assert np.isfinite(value) and value > 0
+    assert value == pytest.approx(ref_nc1(X, y), rel=1e-6)
 
 
 def test_report_contents():

@@ -87,15 +87,20 @@ def test_input_shape_for_conv_nets(digits):
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
         nn.Linear(4 * 64, 16), nn.ReLU(), nn.Linear(16, 10),
     ).double()  # fmt: skip
-    probe = NFAProbe(conv, input_shape=(1, 8, 8)).fit(X, y)
+    # Detection takes the MLP layer and says which weights it leaves out.
+    with pytest.warns(UserWarning, match=r"not probed: \['0'\]"):
+        probe = NFAProbe(conv, input_shape=(1, 8, 8)).fit(X, y)
     assert list(probe.layer_names_) == ["3"] and probe.nc1_.shape == (1, 3)
     assert np.isfinite(probe.nc1_).all()
+    both = NFAProbe(conv, input_shape=(1, 8, 8), layers=["0", "3"]).fit(X, y)
+    assert list(both.layer_names_) == ["0", "3"]
     with pytest.raises(ValueError, match="input_shape"):
         NFAProbe(conv, input_shape=(3, 8, 8)).fit(X, y)
     # Without input_shape the flat rows cannot enter the conv layer: the error
     # names the fix instead of surfacing torch's conv2d message.
-    with pytest.raises(ValueError, match=r"pass input_shape, e\.g\."):
-        NFAProbe(conv).fit(X, y)
+    with pytest.warns(UserWarning, match="not probed"):
+        with pytest.raises(ValueError, match=r"NFAProbe: pass input_shape"):
+            NFAProbe(conv).fit(X, y)
 
 
 def test_errors(digits):
@@ -249,3 +254,17 @@ def test_unfitted_estimator_is_rejected(digits):
         NFAProbe(RFMClassifier()).fit(X, y)
     with pytest.raises(NotFittedError):
         NFAProbe(DeepRFMTransformer()).fit(X, y)
+
+
+def test_dataframe_fitted_estimators_are_probed_without_name_warnings(digits):
+    """The probe hands the estimator X as given, so a model fitted on a DataFrame
+    sees its feature names (pytest turns the warning into an error)."""
+    pd = pytest.importorskip("pandas")
+    X, y = digits
+    df = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
+    rfm = RFMClassifier(max_iter=1, random_state=0).fit(df, y)
+    deep = DeepRFMTransformer(L=1, width=16, random_state=0).fit(df, y)
+    for est in (rfm, deep):
+        probe = NFAProbe(est).fit(df, y)
+        np.testing.assert_array_equal(probe.nc1_, NFAProbe(est).fit(df, y).nc1_)
+    assert NFAProbe(rfm).fit(df, y).nc1_[0, 0] == pytest.approx(nc1_score(X, y))

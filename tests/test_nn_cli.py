@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from skdnc.nn.__main__ import DIGITS_DEFAULTS, PAPER_DEFAULTS, build_parser, main
-from skdnc.nn.__main__ import _settings as settings_of
+from skdnc.nn.__main__ import DIGITS_DEFAULTS, PAPER_DEFAULTS, main, parse, settings
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -48,16 +47,30 @@ def test_command_conv_backbone_on_digit_images(tmp_path):
     assert results["config"]["input_shape"] == [1, 8, 8]
 
 
-def test_defaults_and_bad_arguments(tmp_path):
-    parse = build_parser().parse_args
-    assert settings_of(parse([])) == DIGITS_DEFAULTS
-    paper = settings_of(parse(["--dataset", "cifar10"]))
+def test_defaults_and_bad_arguments(tmp_path, capsys):
+    out = ["--output", str(tmp_path)]
+    assert settings(parse(out)) == DIGITS_DEFAULTS
+    paper = settings(parse(["--dataset", "cifar10", *out]))
     assert paper == PAPER_DEFAULTS and paper["lr"] == 0.05
-    assert settings_of(parse(["--dataset", "mnist"]))["init_scale"] == 0.2
-    assert settings_of(parse(["--dataset", "mnist", "--init-scale", "0.4"]))[
+    assert settings(parse(["--dataset", "mnist", *out]))["init_scale"] == 0.2
+    assert settings(parse(["--dataset", "mnist", "--init-scale", "0.4", *out]))[
         "init_scale"
     ] == 0.4
-    with pytest.raises(SystemExit, match="--epochs"):
-        main(["--epochs", "0", "--output", str(tmp_path)])
     with pytest.raises(SystemExit):
-        main(["--arch", "lenet"])
+        main(["--epochs", "0", *out])
+    assert "--epochs: '0' is not a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--arch", "lenet", *out])
+    assert "invalid choice: 'lenet'" in capsys.readouterr().err
+
+
+def test_diverging_training_exits_non_zero(tmp_path, capsys):
+    status = main([
+        "--lr", "1e6", "--epochs", "3", "--n-samples", "60", "--seeds", "0",
+        "--width", "8", "--depth", "2", "--measure-every", "1",
+        "--device", "cpu", "--quiet", "--output", str(tmp_path),
+    ])  # fmt: skip
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "training loss is not finite at epoch" in err and "last finite" in err
+    assert not list(tmp_path.glob("nn_results_*"))  # nothing half-written

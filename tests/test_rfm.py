@@ -11,18 +11,12 @@ import torch
 from scipy.linalg import LinAlgWarning, subspace_angles
 from sklearn.base import clone
 from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skdnc import RFMClassifier, RFMRegressor
 from skdnc._kernels import Kernel
-
-
-@pytest.fixture(scope="module")
-def digits_split():
-    X, y = load_digits(return_X_y=True)
-    return train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
 
 
 def test_digits_accuracy_with_defaults(digits_split):

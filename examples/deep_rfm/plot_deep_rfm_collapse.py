@@ -45,23 +45,13 @@ print("NC1 of the layer inputs:", np.array2string(history["nc1_input"], precisio
 # line. NC2 falls over the first layers and then levels off on this small sample
 # (the paper's code plots the mean squared entry, ``nc2_mse_*`` in the history,
 # which is the square of this distance divided by :math:`K^2`).
+# :class:`~skdnc.CollapseDisplay` draws the recorded history, one line per stage.
+from skdnc import CollapseDisplay
+
 layers = history["layer"]
-stages = {
-    "input": "$X_l$",
-    "projection": "$M_l^{1/2} X_l$",
-    "output": r"$\Phi_l(M_l^{1/2} X_l)$",
-}
-fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
-for stage, label in stages.items():
-    ax0.semilogy(layers, history[f"nc1_{stage}"], "o-", label=label)
-    ax1.semilogy(layers, history[f"nc2_{stage}"], "o-", label=label)
-ax0.set_ylabel("NC1")
-ax1.set_ylabel("NC2")
-for ax in (ax0, ax1):
-    ax.set_xlabel("layer $l$")
-    ax.legend()
-fig.suptitle("Deep RFM collapses the digits layer by layer")
-fig.tight_layout()
+display = CollapseDisplay.from_estimator(drfm)
+display.figure_.suptitle("Deep RFM collapses the digits layer by layer")
+display.figure_.tight_layout()
 
 slope, _ = np.polyfit(layers, np.log(history["nc1_input"]), 1)
 print(f"NC1 shrinks by a factor {np.exp(slope):.2f} per layer")
@@ -96,26 +86,17 @@ fig.tight_layout()
 # %%
 # Gram matrices (the paper's Figure 1)
 # ------------------------------------
-# :meth:`~skdnc.DeepRFMTransformer.transform_layers` returns the representations
-# of chosen layers. As in Figure 1 of the paper, we centre
-# :math:`M_l^{1/2} X_l` by its global mean, normalise every sample and show the
-# Gram matrix with the samples sorted by class. Collapse makes it the Gram matrix
-# of a simplex ETF: 1 within a class and :math:`-1/(K-1)` between classes.
-shown = [1, 2, 4, 8]
-representations = drfm.transform_layers(X, layers=shown)
-order = np.argsort(y, kind="stable")
+# :class:`~skdnc.GramDisplay` takes the representations of chosen layers
+# (:meth:`~skdnc.DeepRFMTransformer.transform_layers`). As in Figure 1 of the
+# paper, it centres :math:`M_l^{1/2} X_l` by the mean of the class means,
+# normalises every sample and shows the Gram matrix with the samples sorted by
+# class. Collapse makes it the Gram matrix of a simplex ETF: 1 within a class and
+# :math:`-1/(K-1)` between classes.
+from skdnc import GramDisplay
 
-fig, axes = plt.subplots(1, len(shown), figsize=(12, 3.3))
-for ax, rep in zip(axes, representations):
-    Z = rep["projection"][order]
-    Z = Z - Z.mean(axis=0)
-    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
-    ax.imshow(Z @ Z.T, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_title(f"layer {rep['layer']}")
-    ax.set_xticks([])
-    ax.set_yticks([])
-fig.suptitle("Centred, normalised Gram matrices of $M_l^{1/2} X_l$")
-fig.tight_layout()
+shown = [1, 2, 4, 8]
+GramDisplay.from_estimator(drfm, X, y, layers=shown)
+representations = drfm.transform_layers(X, layers=shown)
 
 # %%
 # The correlation of these Gram matrices with the label kernel :math:`YY^\top`

@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (NC1, NC2, CDNV, Gram/label correlation) and scorers.
+"""Neural-collapse metrics (NC1 to NC4, CDNV, Gram/label correlation) and scorers.
 
 The functions compute in float64 on features of any float dtype (NumPy, pandas,
 torch) and labels of any type; :class:`NeuralCollapseScorer` measures them inside
@@ -15,6 +15,7 @@ from skdnc.metrics._collapse import (
     nc2_score,
     neural_collapse_report,
 )
+from skdnc.metrics._readout import nc3_score, nc4_score
 from skdnc.metrics._scorer import (
     NeuralCollapseScorer,
     gram_label_correlation_scorer,
@@ -23,10 +24,14 @@ from skdnc.metrics._scorer import (
     neg_nc1_pinv_scorer,
     neg_nc1_scorer,
     neg_nc2_scorer,
+    neg_nc3_scorer,
+    neg_nc4_scorer,
 )
+from skdnc.metrics._streaming import CollapseAccumulator
 
 __all__ = [
     "ClassStatistics",
+    "CollapseAccumulator",
     "NeuralCollapseScorer",
     "cdnv_score",
     "class_statistics",
@@ -35,9 +40,13 @@ __all__ = [
     "make_collapse_scorer",
     "nc1_score",
     "nc2_score",
+    "nc3_score",
+    "nc4_score",
     "neg_cdnv_scorer",
     "neg_nc1_pinv_scorer",
     "neg_nc1_scorer",
     "neg_nc2_scorer",
+    "neg_nc3_scorer",
+    "neg_nc4_scorer",
     "neural_collapse_report",
 ]

@@ -21,10 +21,12 @@ of NC1 is computed in the span of the centred class means, so 4096-wide features
 cost ``O(N d K)``.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.validation import check_X_y
 
@@ -73,16 +75,49 @@ def _encode_labels(y):
 
 def _check_X_y(X, y):
     """Validate features and labels; return float64 X, class indices and classes."""
-    X, y = check_X_y(to_numpy(X), to_numpy(y), dtype=[np.float64, np.float32])
+    X = to_numpy(X)
+    if np.ndim(X) > 2:
+        raise ValueError(
+            f"X must be 2-D (n_samples, n_features); got shape {np.shape(X)}. "
+            "Reduce feature maps to vectors first, stating the rule: flatten "
+            "(X.reshape(len(X), -1)) or global average pooling (X.mean(axis=(2, 3)) "
+            "for (n, c, h, w)); skdnc.nn.layer_collapse does either with "
+            "reduction='flatten' or 'avgpool'."
+        )
+    X, y = check_X_y(X, to_numpy(y), dtype=[np.float64, np.float32])
     y_index, classes = _encode_labels(y)
     return X.astype(np.float64, copy=False), y_index, classes
 
 
-def _ratio(num, den):
-    """num / den with inf for x / 0 and nan for 0 / 0, without warnings."""
-    if den > 0:
-        return float(num / den)
-    return float("inf") if num > 0 else float("nan")
+#: Squared distances at or below this fraction of the data's mean squared norm are
+#: rounding noise of float64 means, not geometry.
+ROUNDING_LEVEL = (64 * np.finfo(np.float64).eps) ** 2
+
+
+def _undefined(metric, reason):
+    """NaN, with an UndefinedMetricWarning naming the cause."""
+    warnings.warn(
+        f"{metric} is undefined: {reason}. Returning NaN.",
+        UndefinedMetricWarning,
+        stacklevel=3,
+    )
+    return float("nan")
+
+
+def _label(value):
+    """A class label as the user wrote it (a NumPy scalar as a Python one)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _coinciding_means(stats):
+    """Why the between-class scatter is zero up to rounding, or None."""
+    if stats.trace_between <= ROUNDING_LEVEL * stats.scale:
+        return (
+            "the class means coincide (the between-class scatter is zero up to "
+            "rounding, relative to the data's scale), so there is no class "
+            "structure to measure collapse against"
+        )
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,14 +180,31 @@ class ClassStatistics:
         """``tr(Sigma_B)``: the mean squared distance of a class mean to ``mu_G``."""
         return float(np.mean(np.sum(self.centered_means**2, axis=1)))
 
+    @property
+    def scale(self):
+        """Mean squared norm of the samples, the yardstick of rounding noise:
+        ``(1/N) sum_c n_c (||mu_c||^2 + Var_c)``."""
+        per_class = np.einsum("ij,ij->i", self.means, self.means)
+        return float(self.counts @ (per_class + self.class_variances) / self.n_samples)
+
     @cached_property
     def centered_means(self):
         """``mu_c - mu_G``, shape ``(n_classes, n_features)``."""
         return self.means - self.global_mean
 
+    def _check_samples(self, what):
+        if self._X is None:
+            raise ValueError(
+                f"{what} needs the samples, which statistics accumulated from batches "
+                "(skdnc.metrics.CollapseAccumulator) do not keep; use the "
+                "accumulator's second pass (partial_fit_within) or class_statistics "
+                "on the full array."
+            )
+
     @cached_property
     def Sigma_W(self):
         """Within-class covariance ``Sigma_W`` (``d x d``, formed on first access)."""
+        self._check_samples("Sigma_W")
         S = np.zeros((self.n_features, self.n_features))
         for c, idx in enumerate(self._groups):
             R = self._X[idx] - self.means[c]
@@ -176,6 +228,7 @@ class ClassStatistics:
         -------
         q : ndarray of shape (k,)
         """
+        self._check_samples("within_projections")
         q = np.zeros(V.shape[0])
         for c, idx in enumerate(self._groups):
             P = (self._X[idx] - self.means[c]) @ V.T
@@ -262,21 +315,39 @@ def class_statistics(X, y, *, global_mean="class_means"):
 
 
 def _nc1_trace(stats):
-    return _ratio(stats.trace_within, stats.trace_between)
+    reason = _coinciding_means(stats)
+    if reason:
+        return _undefined("NC1", reason)
+    return float(stats.trace_within / stats.trace_between)
 
 
-def _nc1_pinv(stats, rtol=PINV_RTOL):
+def _pinv_directions(stats, rtol=PINV_RTOL):
+    """Eigenvectors (rows) and eigenvalues of ``Sigma_B`` kept by the pinv form of
+    NC1; ``None`` when the class means coincide (see :func:`_coinciding_means`)."""
+    if _coinciding_means(stats):
+        return None
     K = stats.n_classes
     # Sigma_B = H' H / K with H the (K, d) centred means: its eigenpairs are the
     # squared singular values and right singular vectors of H / sqrt(K).
     _, s, Vt = np.linalg.svd(stats.centered_means / np.sqrt(K), full_matrices=False)
     lam = s**2
-    if not lam[0] > 0:
-        return _ratio(stats.trace_within, 0.0)
     keep = lam > rtol * lam[0]
     keep[K - 1 :] = False  # rank(Sigma_B) <= K - 1
-    q = stats.within_projections(Vt[keep])
-    return float(np.sum(q / lam[keep]) / K)
+    return Vt[keep], lam[keep]
+
+
+def _nc1_pinv_value(stats, directions, q):
+    """``tr(Sigma_W Sigma_B^+) / K`` from the within projections ``q``."""
+    reason = _coinciding_means(stats)
+    if reason:
+        return _undefined("NC1", reason)
+    return float(np.sum(q / directions[1]) / stats.n_classes)
+
+
+def _nc1_pinv(stats, rtol=PINV_RTOL):
+    directions = _pinv_directions(stats, rtol)
+    q = None if directions is None else stats.within_projections(directions[0])
+    return _nc1_pinv_value(stats, directions, q)
 
 
 def _nc1_from_stats(stats, kind, scaling):
@@ -311,8 +382,10 @@ def nc1_score(X, y, *, kind="trace", global_mean="class_means", scaling="standar
     Returns
     -------
     nc1 : float
-        Non-negative; ``inf`` when all class means coincide (``Sigma_B = 0``) and
-        ``nan`` when moreover all samples coincide.
+        Non-negative. NaN, with an :class:`~sklearn.exceptions.UndefinedMetricWarning`,
+        when the class means coincide: ``tr(Sigma_B)`` at most
+        ``ROUNDING_LEVEL`` (``(64 eps)^2``, eps of float64) times the samples'
+        mean squared norm, i.e. zero up to the rounding of the means.
 
     See Also
     --------
@@ -366,9 +439,19 @@ def _nc2_from_stats(stats, target, kind):
     if target == "etf":
         H = stats.centered_means
         T = (K / (K - 1)) * np.eye(K) - np.ones((K, K)) / (K - 1)
+        where = "the global mean"
     else:
         H = stats.means
         T = np.eye(K)
+        where = "the origin"
+    zero = np.einsum("ij,ij->i", H, H) <= ROUNDING_LEVEL * stats.scale
+    if zero.any():
+        return _undefined(
+            "NC2",
+            f"the mean of class {_label(stats.classes[np.argmax(zero)])!r} "
+            f"coincides with {where} (up to rounding), so its direction is not "
+            "defined",
+        )
     Hn = normalize_rows(H, inplace=False)
     D = Hn @ Hn.T - T
     if kind == "fro":
@@ -407,8 +490,9 @@ def nc2_score(X, y, *, target="etf", kind="fro", global_mean="class_means"):
     -------
     nc2 : float
         Non-negative; 0 when the normalised means form the target frame exactly.
-        A class mean equal to ``mu_G`` (or to 0 for ``"orthogonal"``) cannot be
-        normalised and contributes a zero row to ``G``.
+        NaN, with an :class:`~sklearn.exceptions.UndefinedMetricWarning`, when a
+        class mean equals ``mu_G`` (or 0 for ``"orthogonal"``) up to rounding:
+        its direction, hence ``G``, is not defined.
 
     See Also
     --------
@@ -456,7 +540,11 @@ def _gram_label_correlation(stats):
     var_A = s_AA - s_A**2 / n2
     var_B = s_B - s_B**2 / n2
     if not var_A > 0:
-        return float("nan")
+        return _undefined(
+            "The Gram-label correlation",
+            "all centred, normalised samples have the same Gram entries (every "
+            "sample coincides with the global mean, or all point the same way)",
+        )
     return float((s_AB - s_A * s_B / n2) / np.sqrt(var_A * var_B))
 
 
@@ -483,8 +571,9 @@ def gram_label_correlation(X, y, *, global_mean="class_means"):
     -------
     corr : float
         In ``[-1, 1]``; 1 for collapsed data whose class means form a simplex ETF
-        (the Gram matrix is then ``K/(K-1) Y Y' - 1 1'/(K-1)``). ``nan`` when the
-        Gram matrix is constant. Samples equal to the centre give zero rows.
+        (the Gram matrix is then ``K/(K-1) Y Y' - 1 1'/(K-1)``). NaN, with an
+        :class:`~sklearn.exceptions.UndefinedMetricWarning`, when the Gram matrix
+        is constant. Samples equal to the centre give zero rows.
 
     Notes
     -----
@@ -512,10 +601,13 @@ def _cdnv(stats):
     i, j = np.triu_indices(K, k=1)
     var = stats.class_variances
     num, den = var[i] + var[j], 2 * D2[i, j]
-    # A pair of coinciding class means gives inf (nan if both classes collapsed).
-    terms = np.where(num > 0, np.inf, np.nan)
-    np.divide(num, den, out=terms, where=den > 0)
-    return float(np.mean(terms))
+    close = den <= 2 * ROUNDING_LEVEL * stats.scale
+    if close.any():
+        a, b = (_label(stats.classes[k[close][0]]) for k in (i, j))
+        return _undefined(
+            "CDNV", f"the means of classes {a!r} and {b!r} coincide (up to rounding)"
+        )
+    return float(np.mean(num / den))
 
 
 @validate_params(_XY, prefer_skip_nested_validation=True)
@@ -534,7 +626,9 @@ def cdnv_score(X, y):
     cdnv : float
         ``mean_{c < c'} (Var_c + Var_c') / (2 ||mu_c - mu_c'||^2)`` with
         ``Var_c = (1/n_c) sum_{y_i = c} ||x_i - mu_c||^2`` (Galanti et al. 2022,
-        squared distance in the denominator); 0 under exact collapse.
+        squared distance in the denominator); 0 under exact collapse. NaN, with
+        an :class:`~sklearn.exceptions.UndefinedMetricWarning`, when two class
+        means coincide up to rounding.
 
     Examples
     --------
@@ -579,7 +673,7 @@ def neural_collapse_report(X, y, *, global_mean="class_means", gram_correlation=
     Examples
     --------
     >>> from skdnc.metrics import neural_collapse_report
-    >>> X = [[0.0, 1.0], [0.0, -1.0], [4.0, 1.0], [4.0, -1.0]]
+    >>> X = [[1.0, 1.0], [1.0, -1.0], [5.0, 1.0], [5.0, -1.0]]
     >>> report = neural_collapse_report(X, [0, 0, 1, 1])
     >>> report["nc1"], report["nc1_paper_code"], report["nc2"]
     (0.25, 0.125, 0.0)

@@ -33,6 +33,12 @@ from skdnc.metrics._collapse import (
     nc1_score,
     nc2_score,
 )
+from skdnc.metrics._readout import (
+    NC3_CONSTRAINTS,
+    NC4_CONSTRAINTS,
+    nc3_score,
+    nc4_score,
+)
 
 __all__ = [
     "NeuralCollapseScorer",
@@ -188,11 +194,20 @@ class NeuralCollapseScorer(
         return self
 
 
+#: metric -> (function, keyword constraints, sign, what it needs of the model):
+#: "features" only, the final step's "coef" (a linear readout) or its "predict".
 _METRICS = {
-    "nc1": (nc1_score, NC1_CONSTRAINTS, -1.0),
-    "nc2": (nc2_score, NC2_CONSTRAINTS, -1.0),
-    "cdnv": (cdnv_score, CDNV_CONSTRAINTS, -1.0),
-    "gram_label_correlation": (gram_label_correlation, GRAM_CONSTRAINTS, 1.0),
+    "nc1": (nc1_score, NC1_CONSTRAINTS, -1.0, "features"),
+    "nc2": (nc2_score, NC2_CONSTRAINTS, -1.0, "features"),
+    "nc3": (nc3_score, NC3_CONSTRAINTS, -1.0, "coef"),
+    "nc4": (nc4_score, NC4_CONSTRAINTS, -1.0, "predict"),
+    "cdnv": (cdnv_score, CDNV_CONSTRAINTS, -1.0, "features"),
+    "gram_label_correlation": (
+        gram_label_correlation,
+        GRAM_CONSTRAINTS,
+        1.0,
+        "features",
+    ),
 }
 
 
@@ -208,6 +223,18 @@ def _representation(estimator, X):
     )
 
 
+def _readout_weights(estimator):
+    """``coef_`` of a Pipeline's final step, the linear readout NC3 compares."""
+    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    coef = getattr(final, "coef_", None)
+    if coef is None:
+        raise TypeError(
+            "NC3 needs a linear readout: a Pipeline whose final step has coef_ "
+            f"(e.g. LogisticRegression, RidgeClassifier); got {type(final).__name__}."
+        )
+    return coef
+
+
 class _CollapseScorer:
     """Callable ``(estimator, X, y) -> float``, greater is better."""
 
@@ -216,9 +243,13 @@ class _CollapseScorer:
         self.kwargs = kwargs
 
     def __call__(self, estimator, X, y):
-        func, _, sign = _METRICS[self.metric]
-        value = func(_representation(estimator, X), y, **self.kwargs)
-        return sign * value
+        func, _, sign, needs = _METRICS[self.metric]
+        features = _representation(estimator, X)
+        if needs == "coef":
+            return sign * func(features, y, _readout_weights(estimator), **self.kwargs)
+        if needs == "predict":
+            return sign * func(features, y, estimator.predict(X), **self.kwargs)
+        return sign * func(features, y, **self.kwargs)
 
     def __repr__(self):
         args = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
@@ -244,14 +275,18 @@ def make_collapse_scorer(metric="nc1", **metric_kwargs):
       final step (``X`` itself for a one-step pipeline);
     - anything else raises a ``TypeError``.
 
-    Greater is better: NC1, NC2 and CDNV are returned negated (scikit-learn's
+    NC3 also needs the final step's linear readout ``coef_`` (the representation
+    is then the input of that step), and NC4 the model's ``predict(X)``.
+
+    Greater is better: NC1 to NC4 and CDNV are returned negated (scikit-learn's
     ``neg_`` convention); the Gram / label-kernel correlation is returned as is.
 
     Parameters
     ----------
-    metric : {"nc1", "nc2", "cdnv", "gram_label_correlation"}, default="nc1"
-        Metric: :func:`nc1_score`, :func:`nc2_score`, :func:`cdnv_score` or
-        :func:`gram_label_correlation`.
+    metric : {"nc1", "nc2", "nc3", "nc4", "cdnv", "gram_label_correlation"}, \
+            default="nc1"
+        Metric: :func:`nc1_score`, :func:`nc2_score`, :func:`nc3_score`,
+        :func:`nc4_score`, :func:`cdnv_score` or :func:`gram_label_correlation`.
     **metric_kwargs : dict
         Keyword arguments of that metric, e.g. ``kind="pinv"`` for NC1 or
         ``target="orthogonal"`` for NC2; validated here.
@@ -282,7 +317,7 @@ def make_collapse_scorer(metric="nc1", **metric_kwargs):
     >>> bool((scores < 0).all())
     True
     """
-    _, constraints, _ = _METRICS[metric]
+    _, constraints, _, _ = _METRICS[metric]
     unknown = sorted(set(metric_kwargs) - set(constraints))
     if unknown:
         raise TypeError(
@@ -303,6 +338,10 @@ neg_nc1_scorer = make_collapse_scorer("nc1")
 neg_nc1_pinv_scorer = make_collapse_scorer("nc1", kind="pinv")
 #: ``-nc2_score`` (ETF, Frobenius) of the representation; greater is better.
 neg_nc2_scorer = make_collapse_scorer("nc2")
+#: ``-nc3_score`` of a Pipeline's linear readout; greater is better.
+neg_nc3_scorer = make_collapse_scorer("nc3")
+#: ``-nc4_score`` of a Pipeline's predictions; greater is better.
+neg_nc4_scorer = make_collapse_scorer("nc4")
 #: ``-cdnv_score`` of the representation; greater is better.
 neg_cdnv_scorer = make_collapse_scorer("cdnv")
 #: ``gram_label_correlation`` of the representation; greater is better.

@@ -8,6 +8,7 @@ probes for any :class:`torch.nn.Module` whose MLP layers are named
 paper's experiment and writes its figures.
 """
 
+from skdnc.nn._common import InputShapeError
 from skdnc.nn._models import (
     ARCHITECTURES,
     HeadedNetwork,
@@ -17,14 +18,20 @@ from skdnc.nn._models import (
     make_vgg11,
 )
 from skdnc.nn._probe import (
+    GRADIENTS,
+    REDUCTIONS,
     STAGES,
+    CollapseProbe,
     NetworkProbe,
     find_layers,
     layer_agops,
+    layer_collapse,
     nfa_correlation,
     probe_network,
+    weight_matrix,
 )
 from skdnc.nn._train import (
+    ProbeCallback,
     TrainingHistory,
     aggregate_histories,
     pm1_targets,
@@ -34,13 +41,19 @@ from skdnc.nn._train import (
 
 __all__ = [
     "ARCHITECTURES",
+    "GRADIENTS",
+    "REDUCTIONS",
     "STAGES",
+    "CollapseProbe",
     "HeadedNetwork",
+    "InputShapeError",
     "NetworkProbe",
+    "ProbeCallback",
     "TrainingHistory",
     "aggregate_histories",
     "find_layers",
     "layer_agops",
+    "layer_collapse",
     "make_mlp",
     "make_model",
     "make_resnet18",
@@ -50,4 +63,5 @@ __all__ = [
     "probe_network",
     "train_network",
     "train_seeds",
+    "weight_matrix",
 ]

@@ -1,4 +1,4 @@
-"""Deep neural collapse in trained networks (the paper's Section 4.2), as a command.
+"""Deep neural collapse in trained networks (the paper's Section 5), as a command.
 
 ``python -m skdnc.nn`` (or the ``skdnc-nn`` command) trains a network of the
 paper's Appendix C (a bias-free MLP, or ResNet18 / truncated VGG11 with an MLP head)
@@ -18,47 +18,46 @@ Defaults for MNIST, CIFAR-10 and SVHN are the paper's (Appendix C): 50,000 train
 points, width 512, SGD with learning rate 0.05, batch 128, init scale 0.3 (0.2 for
 MNIST), 500 epochs, 3 seeds. For the bundled digits they are sized for a CPU: 500
 class-balanced points, width 128, init scale 0.5, learning rate 0.4, 200 epochs, 2
-seeds (about 30 s of CPU time with ``--threads 1``); with the paper's learning
-rate 0.05 and init 0.3 an MLP needs on the order of 1000 epochs on digits to leave
-the small-initialisation plateau.
+seeds; with the paper's learning rate 0.05 and init 0.3 an MLP needs on the order
+of 1000 epochs on digits to leave the small-initialisation plateau.
 """
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-#: Settings of the digits run (see the module docstring).
-DIGITS_DEFAULTS = {
-    "n_samples": 500,
-    "width": 128,
-    "init_scale": 0.5,
-    "lr": 0.4,
-    "epochs": 200,
-    "seeds": [0, 1],
-}
-#: The paper's settings (Appendix C) for MNIST, CIFAR-10 and SVHN.
-PAPER_DEFAULTS = {
-    "n_samples": 50_000,
-    "width": 512,
-    "init_scale": 0.3,
-    "lr": 0.05,
-    "epochs": 500,
-    "seeds": [0, 1, 2],
-}
-_FIGURE = {"mlp": 10, "resnet18": 11, "vgg11": 12}
-_STAGE_LABELS = (
-    "input $\\Phi(X)$",
-    "$SV^\\top\\Phi(X)$",
-    "$\\sigma(USV^\\top\\Phi(X))$",
+from skdnc._backend import resolve_device
+from skdnc._cli import (
+    CommandResult,
+    HelpFormatter,
+    common_parser,
+    nonnegative_float,
+    parse_args,
+    platform_info,
+    positive_float,
+    positive_int,
 )
+from skdnc._cli import main as run_command
+from skdnc._display import SVDSplitDisplay, TrainingHistoryDisplay
+from skdnc._presets import default_preset, network_settings
+from skdnc.datasets import load_dataset
+from skdnc.nn import aggregate_histories, make_model, train_seeds
+
+#: The keys of a run's settings that the presets control.
+SETTINGS = (
+    "n_samples", "width", "init_scale", "lr", "momentum", "epochs", "seeds",
+    "depth", "batch_size", "measure_every",
+)  # fmt: skip
+#: The MLP's demo settings on digits and its paper settings (Appendix C).
+DIGITS_DEFAULTS = network_settings("demo", "digits", "mlp")
+PAPER_DEFAULTS = network_settings("paper", "cifar10", "mlp")
+ARCHITECTURES = ("mlp", "resnet18", "vgg11")
+_FIGURE = {"mlp": 10, "resnet18": 11, "vgg11": 12}
 
 
+# -- parse ----------------------------------------------------------------------------
 def build_parser():
     """The command-line interface of :func:`main`."""
     parser = argparse.ArgumentParser(
@@ -68,75 +67,172 @@ def build_parser():
             "outer product as a mechanism for deep neural collapse') and measure "
             "per-layer NC1 by SVD stage and the Neural Feature Ansatz."
         ),
+        parents=[common_parser("skdnc_nn_output")],
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--arch", default="mlp", choices=["mlp", "resnet18", "vgg11"])
-    parser.add_argument(
-        "--dataset", default="digits", choices=["digits", "mnist", "cifar10", "svhn"],
-        help="data set (default: scikit-learn's digits, bundled; the others are "
-        "read through torchvision from --data-root)",
-    )  # fmt: skip
-    parser.add_argument("--data-root", default=None,
-                        help="folder of the torchvision data sets")  # fmt: skip
-    parser.add_argument("--n-samples", type=int, default=None,
-                        help="training points (default: 500 of digits, class "
-                        "balanced; the first 50,000 otherwise)")  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="default: 200 for digits, 500 otherwise")  # fmt: skip
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="default: 0 1 for digits, 0 1 2 otherwise")  # fmt: skip
-    parser.add_argument("--lr", type=float, default=None,
-                        help="SGD learning rate (default: 0.4 digits, 0.05 "
-                        "otherwise)")  # fmt: skip
-    parser.add_argument("--momentum", type=float, default=0.0)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--init-scale", type=float, default=None,
-                        help="xavier gain of the hidden layers (default: 0.5 "
-                        "digits, 0.2 MNIST, 0.3 otherwise)")  # fmt: skip
-    parser.add_argument("--width", type=int, default=None,
-                        help="MLP width (default: 128 digits, 512 otherwise)")
-    parser.add_argument("--depth", type=int, default=5,
-                        help="hidden MLP layers (default: 5)")  # fmt: skip
-    parser.add_argument("--measure-every", type=int, default=10,
-                        help="epochs between measurements (default: 10)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 is often fastest for small "
-                        "MLPs on a busy CPU)")  # fmt: skip
-    parser.add_argument("--output", default="skdnc_nn_output",
-                        help="folder for the table, figures and JSON")  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add = parser.add_argument
+    add("--arch", default="mlp", choices=ARCHITECTURES, help="network")
+    add("--n-samples", type=positive_int,
+        help="training points, the first ones " + _preset_help("n_samples"))
+    add("--epochs", type=positive_int, help="training epochs " + _preset_help("epochs"))
+    add("--seeds", type=int, nargs="+",
+        help="random seeds, one run each " + _preset_help("seeds"))
+    add("--lr", type=positive_float,
+        help="SGD learning rate " + _preset_help("lr"))  # fmt: skip
+    add("--momentum", type=nonnegative_float,
+        help="SGD momentum " + _preset_help("momentum"))  # fmt: skip
+    add("--batch-size", type=positive_int,
+        help="SGD batch size " + _preset_help("batch_size"))  # fmt: skip
+    add("--init-scale", type=positive_float,
+        help="xavier gain of the hidden layers " + _preset_help("init_scale"))
+    add("--width", type=positive_int, help="MLP width " + _preset_help("width"))
+    add("--depth", type=positive_int,
+        help="hidden MLP layers " + _preset_help("depth"))  # fmt: skip
+    add("--measure-every", type=positive_int,
+        help="epochs between measurements " + _preset_help("measure_every"))
     return parser
 
 
-def _settings(args):
-    """The run's settings: command-line values, else the data set's defaults."""
-    base = DIGITS_DEFAULTS if args.dataset == "digits" else PAPER_DEFAULTS
-    settings = {}
-    for key in ("n_samples", "width", "init_scale", "lr", "epochs", "seeds"):
-        value = getattr(args, key)
-        settings[key] = base[key] if value is None else value
-    if args.dataset == "mnist" and args.init_scale is None:
-        settings["init_scale"] = 0.2
-    checks = {**{k: settings[k] for k in ("n_samples", "width", "epochs")},
-              "depth": args.depth, "measure_every": args.measure_every,
-              "batch_size": args.batch_size}  # fmt: skip
-    for key, value in checks.items():
-        if value < 1:
-            raise SystemExit(f"--{key.replace('_', '-')} must be at least 1.")
-    return settings
+def _preset_help(key):
+    """What the presets set an option to, for its help text (from the table)."""
+
+    def show(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    demo = show(network_settings("demo", "digits", "mlp")[key])
+    paper = {
+        (a, d): show(network_settings("paper", d, a)[key])
+        for a in ARCHITECTURES
+        for d in ("mnist", "cifar10", "svhn")
+    }
+    by_arch = {a: {v for (a2, _), v in paper.items() if a2 == a} for a in ARCHITECTURES}
+    if len(set(paper.values())) == 1:
+        shown = next(iter(paper.values()))
+    else:
+        parts = []
+        for arch, values in by_arch.items():
+            rare = {
+                d: v for (a, d), v in paper.items() if a == arch and len(values) > 1
+            }
+            common = max(values, key=list(rare.values()).count) if rare else None
+            text = f"{arch} {common or next(iter(values))}"
+            odd = [f"{v} on {d}" for d, v in rare.items() if v != common]
+            parts.append(text + (f" ({', '.join(odd)})" if odd else ""))
+        shown = ", ".join(parts)
+    return f"(demo mlp on digits: {demo}; paper: {shown})"
 
 
-def _load(args, n_samples):
-    from skdnc.datasets import load_dataset
+def preset_defaults(args):
+    """Parser defaults from the preset for the chosen data set and network."""
+    preset = args.preset or default_preset("nn", args.dataset)
+    return network_settings(preset, args.dataset, args.arch)
 
-    digits = args.dataset == "digits"
+
+def parse(argv=None):
+    """Parsed and validated arguments, with the data set's preset applied."""
+    return parse_args(build_parser(), argv, preset_defaults)
+
+
+def settings(args):
+    """The preset-controlled settings of a run, as a dict."""
+    return {key: getattr(args, key) for key in SETTINGS}
+
+
+# -- run ------------------------------------------------------------------------------
+def load(args):
+    """Standardised training data: flat rows for the MLP, images otherwise."""
     X, y = load_dataset(
-        args.dataset, root=args.data_root, n_samples=n_samples, balanced=digits,
-        flatten=args.arch == "mlp", standardize=True, return_X_y=True,
+        args.dataset, root=args.data_root, n_samples=args.n_samples,
+        balanced=args.dataset == "digits", flatten=args.arch == "mlp",
+        standardize=True, download=args.download, return_X_y=True,
     )  # fmt: skip
     return np.asarray(X, dtype=np.float32), np.asarray(y)
 
 
+def run(args):
+    """Train every seed and measure; return a :class:`~skdnc._cli.CommandResult`."""
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    X, y = load(args)
+    n_classes = int(len(np.unique(y)))
+    input_shape = X.shape[1:]
+    config = settings(args)
+    print(f"{args.arch} on {args.dataset}: {X.shape[0]} samples of shape "
+          f"{tuple(input_shape)}, {n_classes} classes; device {device}; "
+          + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)  # fmt: skip
+
+    def build(seed):
+        return make_model(
+            args.arch, input_shape, n_classes, width=args.width, depth=args.depth,
+            init_scale=args.init_scale, random_state=seed,
+        )  # fmt: skip
+
+    histories = train_seeds(
+        build, X, y, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
+        momentum=args.momentum, batch_size=args.batch_size,
+        measure_every=args.measure_every, device=device, progress=not args.quiet,
+    )  # fmt: skip
+    summary = aggregate_histories(histories)
+    layer_names = histories[0].probes[-1]["layer_names"]
+    acc = np.array([h.accuracy[-1] for h in histories])
+    share = np.array([h.probes[-1]["right_share"] for h in histories])
+    ratio = np.array([h.probes[-1]["nc1"][-1][2] / h.probes[-1]["nc1"][0][0]
+                      for h in histories])  # fmt: skip
+    lines = [
+        f"train accuracy {acc.mean():.4f} ± {acc.std():.4f}; "
+        f"loss {summary['loss_mean'][-1]:.3e}",
+        f"NC1 last output / first input: {ratio.mean():.3e} ± {ratio.std():.3e}",
+        f"share of the log NC1 reduction owed to S V^T: {share.mean():.3f} ± "
+        f"{share.std():.3f}",
+        f"NFA (sqrt-AGOP), seeds x layers at the last epoch: "
+        f"{summary['final_nfa_mean']:.3f} ± {summary['final_nfa_std']:.3f}",
+    ]
+    figure = _FIGURE[args.arch]
+    title = f"{args.arch}, {args.dataset}"
+    tag = f"{args.arch}_{args.dataset}"
+
+    def svd_figure():
+        display = SVDSplitDisplay.from_histories(histories, title=title)
+        display.figure_.tight_layout()
+        return display.figure_
+
+    def training_figure():
+        display = TrainingHistoryDisplay.from_histories(histories, title=title)
+        display.figure_.tight_layout()
+        return display.figure_
+
+    figures = {
+        f"figure2_nc1_svd_{tag}.png": svd_figure,
+        f"figure{figure}_training_{tag}.png": training_figure,
+    }
+    data = {
+        "config": {**vars(args), **config, "device": str(device),
+                   "input_shape": list(input_shape), "n_classes": n_classes},
+        "layer_names": layer_names,
+        "summary": summary,
+        "final": {
+            "train_accuracy": acc.tolist(),
+            "nc1_ratio_last_over_first": ratio.tolist(),
+            "right_share": share.tolist(),
+        },
+        "histories": [h.to_dict() for h in histories],
+        "total_seconds": time.perf_counter() - started,
+        "platform": platform_info(),
+    }  # fmt: skip
+    return CommandResult(
+        data=data,
+        table=format_table(summary, layer_names) + "\n" + "\n".join(lines),
+        figures=figures,
+        names={"json": f"nn_results_{tag}.json", "table": f"nn_table_{tag}.txt"},
+        checked={
+            "training loss": summary["loss_mean"],
+            "NC1": summary["nc1_mean"],
+            "NFA correlation": summary["nfa_correlation_mean"],
+        },
+    )
+
+
+# -- report ---------------------------------------------------------------------------
 def format_table(summary, layer_names):
     """Per-layer table of the last measurement, mean +- std over seeds, as text."""
 
@@ -158,169 +254,9 @@ def format_table(summary, layer_names):
     return "\n".join(lines)
 
 
-def _band(ax, x, mean, std, **kwargs):
-    mean, std = np.asarray(mean), np.asarray(std)
-    (line,) = ax.plot(x, mean, **kwargs)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2,
-                    linewidth=0)  # fmt: skip
-
-
-def plot_svd_stages(summary, layer_names, path, title):
-    """Figure 2: NC1 of input / S V' / full layer through training, per layer."""
-    import matplotlib.pyplot as plt
-
-    epochs = summary["epochs"]
-    mean, std = np.asarray(summary["nc1_mean"]), np.asarray(summary["nc1_std"])
-    L = len(layer_names)
-    fig, axes = plt.subplots(1, L, figsize=(2.9 * L, 3.0), squeeze=False,
-                             sharey=True)  # fmt: skip
-    for l, ax in enumerate(axes[0]):
-        for s, (label, color) in enumerate(
-            zip(_STAGE_LABELS, ("tab:green", "tab:orange", "tab:blue"))
-        ):
-            _band(ax, epochs, mean[:, l, s], std[:, l, s], color=color, label=label)
-        ax.set_yscale("log")
-        ax.set_title(f"layer {l + 1}")
-        ax.set_xlabel("epoch")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0, 0].set_ylabel("NC1")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_training(summary, layer_names, path, title):
-    """Figures 10-12: Sigma shares, NFA correlations and training loss vs epoch."""
-    import matplotlib.pyplot as plt
-
-    epochs = summary["epochs"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    _band(axes[0], epochs, summary["within_share_mean"],
-          summary["within_share_std"], label="tr $\\Sigma_W$ / tr $\\Sigma_T$")
-    _band(axes[0], epochs, summary["between_share_mean"],
-          summary["between_share_std"], label="tr $\\Sigma_B$ / tr $\\Sigma_T$")
-    axes[0].set_title("last hidden layer ($\\Sigma_T = \\Sigma_W + \\Sigma_B$)")
-    axes[0].legend(fontsize=8)
-    mean = np.asarray(summary["nfa_correlation_mean"])
-    std = np.asarray(summary["nfa_correlation_std"])
-    for l in range(len(layer_names)):
-        _band(axes[1], epochs, mean[:, l], std[:, l], label=f"layer {l + 1}")
-    axes[1].set_title("NFA: corr($W_l^\\top W_l$, AGOP$_l^{1/2}$)")
-    axes[1].legend(fontsize=7)
-    _band(axes[2], epochs, summary["loss_mean"], summary["loss_std"],
-          color="black")  # fmt: skip
-    axes[2].set_yscale("log")
-    axes[2].set_title("training loss (MSE)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv=None):
-    """Train, print the per-layer table, write the figures and the JSON.
-
-    Parameters
-    ----------
-    argv : list of str, default=None
-        Command-line arguments; ``None`` reads ``sys.argv``.
-
-    Returns
-    -------
-    status : int
-        0 on success.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import torch
-
-    from skdnc._backend import resolve_device
-    from skdnc.nn import aggregate_histories, make_model, train_seeds
-
-    args = build_parser().parse_args(argv)
-    settings = _settings(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-
-    X, y = _load(args, settings["n_samples"])
-    n_classes = int(len(np.unique(y)))
-    input_shape = X.shape[1:]
-    print(f"{args.arch} on {args.dataset}: {X.shape[0]} samples of shape "
-          f"{tuple(input_shape)}, {n_classes} classes; device {device}; "
-          + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)  # fmt: skip
-
-    def build(seed):
-        return make_model(
-            args.arch, input_shape, n_classes, width=settings["width"],
-            depth=args.depth, init_scale=settings["init_scale"], random_state=seed,
-        )  # fmt: skip
-
-    histories = train_seeds(
-        build, X, y, seeds=settings["seeds"], epochs=settings["epochs"],
-        lr=settings["lr"], momentum=args.momentum, batch_size=args.batch_size,
-        measure_every=args.measure_every, device=device, progress=not args.quiet,
-    )  # fmt: skip
-    summary = aggregate_histories(histories)
-    layer_names = histories[0].probes[-1]["layer_names"]
-    table = format_table(summary, layer_names)
-    print(table)
-    acc = np.array([h.accuracy[-1] for h in histories])
-    share = np.array([h.probes[-1]["right_share"] for h in histories])
-    ratio = np.array([h.probes[-1]["nc1"][-1][2] / h.probes[-1]["nc1"][0][0]
-                      for h in histories])  # fmt: skip
-    lines = [
-        f"train accuracy {acc.mean():.4f} ± {acc.std():.4f}; "
-        f"loss {summary['loss_mean'][-1]:.3e}",
-        f"NC1 last output / first input: {ratio.mean():.3e} ± {ratio.std():.3e}",
-        f"share of the log NC1 reduction owed to S V^T: {share.mean():.3f} ± "
-        f"{share.std():.3f}",
-        f"NFA (sqrt-AGOP), seeds x layers at the last epoch: "
-        f"{summary['final_nfa_mean']:.3f} ± {summary['final_nfa_std']:.3f}",
-    ]
-    print("\n".join(lines))
-
-    figure = _FIGURE[args.arch]
-    title = f"{args.arch}, {args.dataset} ({len(histories)} seeds)"
-    files = {
-        "figure2": out / f"figure2_nc1_svd_{args.arch}_{args.dataset}.png",
-        f"figure{figure}": out / f"figure{figure}_training_{args.arch}_"
-        f"{args.dataset}.png",
-        "json": out / f"nn_results_{args.arch}_{args.dataset}.json",
-        "table": out / f"nn_table_{args.arch}_{args.dataset}.txt",
-    }
-    plot_svd_stages(summary, layer_names, files["figure2"], title)
-    plot_training(summary, layer_names, files[f"figure{figure}"], title)
-    results = {
-        "config": {**vars(args), **settings, "device": str(device),
-                   "input_shape": list(input_shape), "n_classes": n_classes},
-        "layer_names": layer_names,
-        "summary": summary,
-        "final": {
-            "train_accuracy": acc.tolist(),
-            "nc1_ratio_last_over_first": ratio.tolist(),
-            "right_share": share.tolist(),
-        },
-        "histories": [h.to_dict() for h in histories],
-        "total_seconds": time.perf_counter() - started,
-        "platform": {"python": platform.python_version(),
-                     "torch": torch.__version__, "cpu_count": os.cpu_count()},
-        "files": {k: str(v) for k, v in files.items()},
-    }  # fmt: skip
-    files["table"].write_text(table + "\n" + "\n".join(lines) + "\n")
-    files["json"].write_text(json.dumps(results, indent=2, default=str))
-    print("wrote " + ", ".join(str(p) for p in files.values()))
-    print(f"total {results['total_seconds']:.1f} s")
-    return 0
+    """The command on ``argv`` (``None``: ``sys.argv``); returns 0 on success."""
+    return run_command(parse, run, argv)
 
 
 if __name__ == "__main__":

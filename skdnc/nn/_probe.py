@@ -1,61 +1,128 @@
-"""Per-layer probes of a network: AGOP, the Neural Feature Ansatz, and NC1 by SVD stage.
+"""Per-layer probes of a network: AGOP, the Neural Feature Ansatz, NC1 by SVD stage,
+and collapse at any module.
 
-For a hidden layer :math:`h_{l+1} = \\sigma(W_l h_l)` of a network
-:math:`f: x \\mapsto \\mathbb R^K`, with :math:`\\Phi(X)` the layer's input
-:math:`h_l` over the data and :math:`W_l = U_l S_l V_l^\\top`, the probes measure
+For a weight layer :math:`z = W_l h_l + b` (an ``nn.Linear``, or an ``nn.Conv2d``
+acting on patches) followed by :math:`h_{l+1} = \\sigma(\\ldots z)` in a network
+:math:`f: x \\mapsto \\mathbb R^K`, with :math:`\\Phi(X)` the layer's input over
+the data and :math:`W_l = U_l S_l V_l^\\top`, the probes measure
 
 * the AGOP of the network output with respect to the layer's input,
   :math:`\\mathrm{AGOP}_l = \\frac1n \\sum_i \\sum_c J_{ic}^\\top J_{ic}`,
   :math:`J_{ic} = \\partial f_c(x_i) / \\partial h_l`. With :math:`g_{ic} =
-  \\partial f_c / \\partial (W_l h_l)` (the gradient at the pre-activation),
+  \\partial f_c / \\partial z` (the gradient at the pre-activation),
   :math:`J_{ic} = g_{ic}^\\top W_l`, so :math:`\\mathrm{AGOP}_l = W_l^\\top G_l W_l`
   with the width-by-width :math:`G_l = \\frac1n \\sum_{i,c} g_{ic} g_{ic}^\\top`:
   the *pre-activation trick* (``dmbeaglehole/centered_NFA``), one backward pass per
   output instead of a Jacobian with respect to every input coordinate;
+* for a convolution with weight :math:`(c_{out}, c_{in}, q, r)`, :math:`W_l` is
+  the filter matrix :math:`c_{out} \\times c_{in} q r` and every patch of every
+  input is its own variable: the *patch AGOP* sums the outer products over
+  outputs and patch positions and averages over samples (Beaglehole et al.,
+  "Mechanism of feature learning in convolutional neural networks", 2023), and
+  :math:`G_l` sums :math:`g g^\\top` over positions as well. A ``Linear`` applied
+  to token sequences ``(n, T, d)`` is treated the same way, tokens as positions;
 * the Neural Feature Ansatz (NFA) correlation between the neural feature matrix
   :math:`W_l^\\top W_l` and :math:`\\mathrm{AGOP}_l^{1/2}` (and
   :math:`\\mathrm{AGOP}_l`);
 * NC1 and NC2 of three stages: the input :math:`\\Phi(X)`, the right singular
   structure :math:`S_l V_l^\\top \\Phi(X)` and the output
-  :math:`\\sigma(U_l S_l V_l^\\top \\Phi(X))`. Because :math:`U_l` is orthogonal,
-  :math:`S_l V_l^\\top \\Phi(X)` has the Gram matrix, hence the NC1 and NC2, of the
-  pre-activation :math:`W_l \\Phi(X)`.
+  :math:`\\sigma(U_l S_l V_l^\\top \\Phi(X))`. Because :math:`U_l` has orthonormal
+  columns, :math:`S_l V_l^\\top \\Phi(X)` has the Gram matrix, hence the NC1 and
+  NC2, of :math:`W_l \\Phi(X)`, which is what is measured (for a convolution,
+  patch by patch: the map :math:`W_l * \\Phi(X)` without bias).
 
-The network can be any :class:`torch.nn.Module`; the probed layers are found from
-``model.head_layers`` (the models of :mod:`skdnc.nn._models`), from ``Linear``
-modules followed by an activation inside a ``Sequential``, or named by the user.
+Every measurement streams over batches (arrays, tensors, or a DataLoader of
+``(x, y)`` batches): class statistics accumulate in
+:class:`skdnc.metrics.CollapseAccumulator` and :math:`G_l` as a running sum, so
+memory does not grow with the number of samples.
+
+The probed layers are found from ``model.head_layers`` (only for the
+:class:`~skdnc.nn.HeadedNetwork` models of :mod:`skdnc.nn`), from every
+``Linear``/``Conv2d`` followed, after any normalisation or dropout modules, by an
+activation module, or named by the user; every ``Linear``/``Conv2d`` left out is
+named in a warning.
 """
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import jacrev, vmap
 
-from skdnc._backend import resolve_device
-from skdnc._linalg import psd_power
+from skdnc._backend import resolve_device, to_numpy, to_tensor
+from skdnc._linalg import psd_eigh, psd_power
+from skdnc.metrics import CollapseAccumulator
+from skdnc.metrics._collapse import STAGES
+from skdnc.nn._common import (
+    as_batches,
+    as_input,
+    eval_mode,
+    model_device,
+    model_dtype,
+    run_model,
+    select_output,
+)
+from skdnc.nn._models import HeadedNetwork
 
 __all__ = [
+    "CollapseProbe",
     "NetworkProbe",
     "find_layers",
     "layer_agops",
+    "layer_collapse",
     "nfa_correlation",
     "probe_network",
 ]
 
-#: Names of the three representations of a probed layer.
-STAGES = ("input", "right", "output")
+#: Feature-map reductions of :func:`layer_collapse` and :func:`probe_network`.
+REDUCTIONS = ("flatten", "avgpool")
+
+#: Gradients of :func:`layer_agops` and :func:`probe_network`.
+GRADIENTS = ("layer", "total")
+
+_WEIGHT_TYPES = (nn.Linear, nn.Conv2d)
 
 _ACTIVATIONS = (
     nn.ReLU,
+    nn.ReLU6,
     nn.LeakyReLU,
+    nn.PReLU,
     nn.ELU,
+    nn.SELU,
+    nn.CELU,
     nn.GELU,
     nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
     nn.Tanh,
     nn.Sigmoid,
     nn.Softplus,
+    nn.Softsign,
 )
+
+# Modules allowed between a weight layer and its activation.
+_PASS_THROUGH = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.LocalResponseNorm,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.Identity,
+)
+
+# Re-exported for skdnc._nfa, which imports it from here.
+_model_device = model_device
 
 
 # -- NFA correlation ---------------------------------------------------------------
@@ -85,12 +152,12 @@ def nfa_correlation(A, B, *, centered=True):
     >>> round(nfa_correlation(A, 5 * A + 7), 12), round(nfa_correlation(A, -A), 12)
     (1.0, -1.0)
     """
-    a = _as_float64(A).reshape(-1)
-    b = _as_float64(B).reshape(-1)
+    a = to_tensor(A, "cpu", torch.float64).reshape(-1)
+    b = to_tensor(B, "cpu", torch.float64).reshape(-1)
     if a.shape != b.shape:
         raise ValueError(
-            f"A and B must have the same shape; got {tuple(A.shape)} and "
-            f"{tuple(B.shape)}."
+            f"A and B must have the same shape; got {tuple(np.shape(A))} and "
+            f"{tuple(np.shape(B))}."
         )
     if centered:
         a = a - a.mean()
@@ -99,12 +166,6 @@ def nfa_correlation(A, B, *, centered=True):
     if denom == 0:
         return float("nan")
     return float((a @ b) / denom)
-
-
-def _as_float64(A):
-    if isinstance(A, torch.Tensor):
-        return A.detach().to(device="cpu", dtype=torch.float64)
-    return torch.tensor(np.asarray(A), dtype=torch.float64)
 
 
 def _gram_correlation(P, Q, *, centered=True):
@@ -131,37 +192,157 @@ def _gram_correlation(P, Q, *, centered=True):
     return float((inner / denom).clamp(-1.0, 1.0))
 
 
+def weight_matrix(module):
+    """:math:`W_l` of a weight layer in float64 on the CPU.
+
+    ``nn.Linear``: its weight ``(d_out, d_in)``. ``nn.Conv2d``: the filters as a
+    ``c_out x (c_in q r)`` matrix, in the ``(c_in, q, r)`` order of
+    :func:`torch.nn.functional.unfold` patches.
+    """
+    W = module.weight.detach().to("cpu", torch.float64)
+    return W.reshape(W.shape[0], -1)
+
+
 # -- finding the layers ------------------------------------------------------------
 @dataclass
 class _Layer:
+    """A probed layer: the weight module holding :math:`W_l` (``linear``, an
+    ``nn.Linear`` or ``nn.Conv2d``), the module whose output is the layer's output,
+    and the block whose input the total gradient is taken with respect to."""
+
     name: str
-    linear: nn.Linear
+    linear: nn.Module
     output: nn.Module
+    block: nn.Module = None
+    weight_name: str = ""
+
+    @property
+    def kind(self):
+        return "conv2d" if isinstance(self.linear, nn.Conv2d) else "linear"
+
+
+def _as_list(layers):
+    """A single name or module, or a sequence of items, as a list of items."""
+    if isinstance(layers, (str, nn.Module)):
+        return [layers]
+    return list(layers)
+
+
+def _check_weight(name, module):
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise ValueError(
+            f"Layer {name!r} is a grouped convolution (groups={module.groups}); its "
+            "filters are block-diagonal and the patch AGOP W'GW does not apply. "
+            "Probe its output with layer_collapse instead."
+        )
+
+
+def _pairs(model, kind):
+    """Weight modules of ``kind`` followed (after norms/dropout) by an activation."""
+    found = []
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for i, (child_name, child) in enumerate(children):
+            if not isinstance(child, kind):
+                continue
+            if isinstance(child, nn.Conv2d) and child.groups != 1:
+                continue
+            j = i + 1
+            while j < len(children) and isinstance(children[j][1], _PASS_THROUGH):
+                j += 1
+            if j < len(children) and isinstance(children[j][1], _ACTIVATIONS):
+                full = f"{parent_name}.{child_name}" if parent_name else child_name
+                found.append(_Layer(full, child, children[j][1], child, full))
+    return found
+
+
+def _detect(model):
+    """The MLP layers of ``model``, or its convolutional layers if it has none."""
+    kind = nn.Linear
+    found = _pairs(model, nn.Linear)
+    if not found:
+        kind = nn.Conv2d
+        found = _pairs(model, nn.Conv2d)
+    probed = {id(layer.linear) for layer in found}
+    skipped = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in probed
+    ]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1] in skipped:
+        skipped.remove(linears[-1])  # the readout: its NFA is 1 by construction
+    if not found:
+        listed = [n for n, m in model.named_modules() if isinstance(m, _WEIGHT_TYPES)]
+        raise ValueError(
+            "No MLP layers found: no nn.Linear or nn.Conv2d is followed (after "
+            "normalisation or dropout modules) by an activation module; functional "
+            "activations (F.relu in forward) are invisible to detection. Linear and "
+            f"Conv2d modules of the model: {listed or 'none'}. Name the layers, or "
+            "the blocks that hold them, with layers=[...]."
+        )
+    if skipped:
+        also = (
+            ", or they are convolutions of a model whose MLP layers are the ones "
+            "detected"
+            if kind is nn.Linear
+            else ""
+        )
+        warnings.warn(
+            f"Probing {len(found)} {kind.__name__} layers; these Linear/Conv2d "
+            f"modules are not probed: {skipped}. No activation module follows them "
+            "(a functional activation, a residual sum, or a grouped convolution)"
+            f"{also}. Name them, or the blocks around them, with layers=[...] to "
+            "probe them.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return found
 
 
 def find_layers(model, layers=None):
-    """The MLP layers of ``model`` that the probes measure.
+    """The layers of ``model`` that the probes measure.
 
     Parameters
     ----------
     model : torch.nn.Module
-    layers : list, default=None
-        ``None``: the blocks of ``model.head_layers`` when the model has them (the
-        models of :mod:`skdnc.nn`), otherwise every ``nn.Linear`` followed by an
-        activation module (ReLU, GELU, ...) inside an ``nn.Sequential``, in the
-        order of ``model.named_modules()``. Otherwise a list whose items are
+    layers : str, module or list, default=None
+        ``None``: the blocks of ``model.head_layers`` for the
+        :class:`HeadedNetwork` models of :mod:`skdnc.nn`; for any other model,
+        its MLP layers: every ``nn.Linear`` followed by an activation module
+        (ReLU, GELU, ...) among its siblings, with normalisation (BatchNorm,
+        LayerNorm, ...) and dropout modules allowed in between, in the order of
+        ``model.named_modules()``; in a model without MLP layers, every
+        ``nn.Conv2d`` followed by an activation in the same way. A warning lists
+        every ``Linear`` (or, for a conv-only model, ``Conv2d``) left out, except
+        a final ``Linear``, the readout. Convolutions alongside MLP layers, and
+        layers whose activation is a function in ``forward`` (``F.relu``), are
+        probed when named. Otherwise a name, a module, or a list whose items are
 
-        * a module name (as in ``model.named_modules()``) or a module: a
-          ``nn.Linear`` (the layer's output is then its pre-activation), or a block
-          such as ``Sequential(Linear, ReLU)`` whose first ``nn.Linear`` holds
-          :math:`W_l` and whose output is the layer's output;
-        * a pair ``(linear, activation)`` of names or modules.
+        * a module name (as in ``model.named_modules()``, dotted for nested
+          modules) or a module: an ``nn.Linear``/``nn.Conv2d`` (the layer's output
+          is then its pre-activation), or a block such as
+          ``Sequential(Linear, ReLU)``, a ResNet stage or a residual block, whose
+          first ``nn.Linear``/``nn.Conv2d`` holds :math:`W_l` and whose output is
+          the layer's output;
+        * a pair ``(weight_layer, activation)`` of names or modules.
 
     Returns
     -------
     layers : list of _Layer
-        ``name``, ``linear`` (the ``nn.Linear`` whose input is :math:`\\Phi(X)`)
-        and ``output`` (the module whose output is the layer's output).
+        ``name``, ``linear`` (the ``nn.Linear`` or ``nn.Conv2d`` whose input is
+        :math:`\\Phi(X)`), ``output`` (the module whose output is the layer's
+        output) and ``block`` (the named module, whose input the total gradient
+        of ``gradient="total"`` is taken with respect to).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from skdnc.nn import find_layers
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.GELU(),
+    ...                     nn.Linear(8, 3))
+    >>> [(layer.name, type(layer.output).__name__) for layer in find_layers(net)]
+    [('0', 'GELU')]
     """
     names = {id(m): name for name, m in model.named_modules()}
 
@@ -180,73 +361,84 @@ def find_layers(model, layers=None):
             f"got {item!r}."
         )
 
-    found = []
     if layers is None:
-        blocks = getattr(model, "head_layers", None)
-        if blocks is not None:
-            layers = list(blocks)
-        else:
-            for name, module in model.named_modules():
-                if not isinstance(module, nn.Sequential):
-                    continue
-                children = list(module.named_children())
-                for (n1, m1), (_, m2) in zip(children, children[1:]):
-                    if isinstance(m1, nn.Linear) and isinstance(m2, _ACTIVATIONS):
-                        full = f"{name}.{n1}" if name else n1
-                        found.append(_Layer(full, m1, m2))
-            if not found:
-                raise ValueError(
-                    "No MLP layers found: the model has no head_layers and no "
-                    "nn.Linear followed by an activation inside an nn.Sequential. "
-                    "Name them with layers=[...]."
-                )
-            return found
-    for item in layers:
+        if not isinstance(model, HeadedNetwork):
+            return _detect(model)
+        layers = list(model.head_layers)
+    found = []
+    for item in _as_list(layers):
         if isinstance(item, tuple):
             if len(item) != 2:
                 raise ValueError(f"A layer pair must be (linear, activation): {item}.")
             name, linear = resolve(item[0])
             _, output = resolve(item[1])
+            block = linear
         else:
             name, output = resolve(item)
+            block = output
             linear = next(
-                (m for m in output.modules() if isinstance(m, nn.Linear)), None
+                (m for m in output.modules() if isinstance(m, _WEIGHT_TYPES)), None
             )
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"Layer {name!r} holds no nn.Linear.")
-        found.append(_Layer(name, linear, output))
+        if not isinstance(linear, _WEIGHT_TYPES):
+            raise ValueError(
+                f"Layer {name!r} holds no nn.Linear or nn.Conv2d. To measure "
+                "collapse at its output, use layer_collapse."
+            )
+        _check_weight(name, linear)
+        found.append(_Layer(name, linear, output, block, names[id(linear)]))
     if not found:
         raise ValueError("layers must name at least one layer.")
     return found
 
 
-# -- capturing layer inputs, outputs and pre-activation gradients --------------------
-class _Capture:
-    """Hooks that record each layer's input and output, and perturb pre-activations.
+# -- capturing layer inputs, outputs and gradients ---------------------------------
+def _without_bias(module, out):
+    z = out.detach().clone()
+    if module.bias is not None:
+        bias = module.bias.detach()
+        if isinstance(module, nn.Conv2d):
+            bias = bias.view(-1, *([1] * (z.ndim - 2)))
+        z -= bias
+    return z
 
-    A zero perturbation :math:`p_l` (requiring grad) is added to each ``Linear``'s
-    output when ``perturb`` is set; :math:`\\partial f_c / \\partial p_l` is then the
-    pre-activation gradient :math:`g`. Outputs are matched to layers in the order
-    the ``Linear`` modules ran, so an activation module shared by several layers is
+
+class _Capture:
+    """Hooks that record each layer's stages and perturb what gradients are taken of.
+
+    With ``gradient="layer"`` a zero perturbation :math:`p_l` (requiring grad) is
+    added to each weight module's output, so :math:`\\partial f_c / \\partial p_l`
+    is the pre-activation gradient :math:`g`; with ``gradient="total"`` it is added
+    to the block's input, so the gradient is the total one through every path of
+    the block. Only the first call of a module in a forward pass counts. Outputs
+    are matched to layers in the order the weight modules ran, so an activation
+    module shared by several layers (as in torchvision's ResNet blocks) is
     handled.
     """
 
-    def __init__(self, found, perturb):
+    def __init__(self, found, *, gradient=None, stages=True, output_fn=None):
         self.found = found
-        self.perturb = perturb
+        self.gradient = gradient
+        self.stages = stages
+        self.output_fn = output_fn
         self.handles = []
 
     def __enter__(self):
         self.reset()
         for index, layer in enumerate(self.found):
+            if self.gradient == "total":
+                self.handles.append(
+                    layer.block.register_forward_pre_hook(self._block_hook(index))
+                )
+            if self.stages:
+                self.handles.append(
+                    layer.linear.register_forward_pre_hook(self._pre_hook(index))
+                )
             self.handles.append(
-                layer.linear.register_forward_pre_hook(self._pre_hook(index))
+                layer.linear.register_forward_hook(self._weight_hook(index))
             )
-            self.handles.append(
-                layer.linear.register_forward_hook(self._linear_hook(index))
-            )
-        for module in {id(l.output): l.output for l in self.found}.values():
-            self.handles.append(module.register_forward_hook(self._output_hook))
+        if self.stages:
+            for module in {id(l.output): l.output for l in self.found}.values():
+                self.handles.append(module.register_forward_hook(self._output_hook))
         return self
 
     def __exit__(self, *exc):
@@ -257,16 +449,52 @@ class _Capture:
 
     def reset(self):
         n = len(self.found)
-        self.inputs, self.outputs, self.perts = [None] * n, [None] * n, [None] * n
+        self.inputs, self.right, self.outputs = [None] * n, [None] * n, [None] * n
+        self.perts, self.returned, self.ran = [None] * n, [None] * n, [False] * n
         self.pending = []
 
-    def check(self, captured):
-        missing = [l.name for l, c in zip(self.found, captured) if c is None]
+    def check(self):
+        lists = [self.ran]
+        if self.stages:
+            lists.append(self.outputs)
+        if self.gradient is not None:
+            lists.append(self.perts)
+        missing = sorted(
+            {
+                l.name
+                for values in lists
+                for l, v in zip(self.found, values)
+                if v is None or v is False
+            }
+        )
         if missing:
             raise ValueError(
-                f"Layers {missing} did not run (or their output module did not) "
-                "in the model's forward pass."
+                f"Layers {missing} did not run (or their output module did not run "
+                "after them) in the model's forward pass. Name modules that run, "
+                "e.g. with layers=[...] or a (weight_layer, activation) pair."
             )
+
+    def stage_features(self, index):
+        return self.inputs[index], self.right[index], self.outputs[index]
+
+    def _block_hook(self, index):
+        def hook(module, args):
+            if self.perts[index] is not None or not args:
+                return None
+            x = args[0]
+            if not isinstance(x, torch.Tensor) or x.ndim not in (2, 3):
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)
+                raise ValueError(
+                    f"gradient='total' takes the gradient with respect to the input "
+                    f"of block {self.found[index].name!r}, which must be (n, d) or "
+                    f"(n, tokens, d); got {shape}. Use gradient='layer' (the patch "
+                    "AGOP for convolutions)."
+                )
+            p = torch.zeros_like(x, requires_grad=True)
+            self.perts[index] = p
+            return (x + p, *args[1:])
+
+        return hook
 
     def _pre_hook(self, index):
         def hook(module, args):
@@ -275,15 +503,21 @@ class _Capture:
 
         return hook
 
-    def _linear_hook(self, index):
+    def _weight_hook(self, index):
         def hook(module, args, out):
-            if self.perts[index] is not None or self.outputs[index] is not None:
+            if self.ran[index]:
                 return None
+            self.ran[index] = True
             self.pending.append(index)
-            if self.perturb:
+            if self.stages:
+                self.right[index] = _without_bias(module, out)
+            if self.gradient == "layer":
                 p = torch.zeros_like(out, requires_grad=True)
                 self.perts[index] = p
-                return out + p
+                out = out + p
+                self.returned[index] = out
+                return out
+            self.returned[index] = out
             return None
 
         return hook
@@ -291,93 +525,164 @@ class _Capture:
     def _output_hook(self, module, args, out):
         for k, index in enumerate(self.pending):
             if self.found[index].output is module:
+                name = f"layer {self.found[index].name!r}"
+                out = select_output(out, self.output_fn, name, "output_fn")
                 self.outputs[index] = out.detach().clone()
                 del self.pending[k]
                 return
 
 
-def _batches(n, batch_size):
-    batch_size = max(1, int(batch_size or n))
-    for start in range(0, n, batch_size):
-        yield slice(start, min(n, start + batch_size))
+def _check_options(reduction, gradient=None):
+    if not (callable(reduction) or reduction in REDUCTIONS):
+        raise ValueError(
+            f"reduction must be one of {REDUCTIONS} or a callable; got {reduction!r}."
+        )
+    if gradient is not None and gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}; got {gradient!r}.")
 
 
-def _model_dtype(model):
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
+def _reduce(Z, reduction):
+    """Features ``(n, d)`` from a layer output under the stated reduction."""
+    if callable(reduction):
+        Z = reduction(Z)
+    elif Z.ndim > 2 and reduction == "flatten":
+        Z = Z.flatten(1)
+    elif Z.ndim > 2:
+        Z = Z.mean(dim=tuple(range(2, Z.ndim)))
+    if Z.ndim == 1:
+        Z = Z[:, None]
+    if Z.ndim != 2:
+        raise ValueError(
+            f"The reduction must give (n_samples, n_features); got {tuple(Z.shape)}."
+        )
+    return Z
 
 
-def _as_input(X, device, dtype):
-    if isinstance(X, torch.Tensor):
-        return X.detach().to(device=device, dtype=dtype)
-    return torch.tensor(np.asarray(X), device=device, dtype=dtype)
+def _labels(y):
+    if y is None:
+        raise ValueError(
+            "The batches carry no labels: the collapse measurements need (x, y) "
+            "batches, or arrays X and y."
+        )
+    return to_numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
 
 
-def _forward_pass(model, X, found, *, batch_size, device, agop):
-    """Run ``model`` on ``X`` in eval mode, capturing what the probes need.
+def _warn_readout(cap, out):
+    for index, layer in enumerate(cap.found):
+        if cap.returned[index] is out:
+            warnings.warn(
+                f"Layer {layer.name!r} is the network's linear readout: its output "
+                "is the model output, so its AGOP is exactly W'W and its NFA "
+                "correlation with the AGOP is 1 by construction, not a measurement.",
+                UserWarning,
+                stacklevel=4,
+            )
 
-    Returns the per-layer inputs and outputs (CPU, model dtype), the per-layer
-    ``G_l`` (float64, averaged over samples, summed over outputs) when ``agop``,
-    and the network output. Hooks are removed and ``model.training`` restored
-    whatever happens.
-    """
-    was_training = model.training
-    dtype = _model_dtype(model)
-    n = len(X)
-    inputs = [[] for _ in found]
-    outputs = [[] for _ in found]
+
+def _sweep(model, batches, found, *, device, gradient, stages, output_fn,
+           model_output, on_batch):  # fmt: skip
+    """Run ``model`` over the batches in eval mode with the capture hooks; call
+    ``on_batch(cap, out, y)`` for each. Hooks are removed and the model's mode
+    restored whatever happens."""
+    dtype = model_dtype(model)
+    first = True
+    with eval_mode(model), _Capture(
+        found, gradient=gradient, stages=stages, output_fn=output_fn
+    ) as cap:
+        for xb, yb in batches():
+            cap.reset()
+            xb = as_input(xb, device, dtype)
+            with torch.set_grad_enabled(gradient is not None):
+                out = run_model(model, xb, model_output)
+                cap.check()
+                if first and gradient is not None:
+                    _warn_readout(cap, out)
+                first = False
+                on_batch(cap, out, yb)
+
+
+def _gradient_rows(g, layer, gradient):
+    """Per-position gradient vectors as rows (positions and tokens as rows)."""
+    if gradient == "layer" and layer.kind == "conv2d":
+        g = g.movedim(1, -1)
+    return g.detach().reshape(-1, g.shape[-1]).to(torch.float64)
+
+
+def _accumulate_gradients(cap, out, G, gradient):
+    """Add ``sum_c g_c' g_c`` of the batch to every layer's ``G``."""
+    K = out.shape[1]
+    for c in range(K):
+        grads = torch.autograd.grad(
+            out[:, c].sum(), cap.perts, retain_graph=c < K - 1, allow_unused=True
+        )
+        for index, g in enumerate(grads):
+            if g is None:
+                g = torch.zeros_like(cap.perts[index])
+            rows = _gradient_rows(g, cap.found[index], gradient)
+            gg = rows.T @ rows
+            G[index] = gg if G[index] is None else G[index] + gg
+
+
+def _gradient_sweep(model, batches, found, *, device, gradient, model_output,
+                    stages=False, output_fn=None, on_batch=None):  # fmt: skip
+    """``G_l`` summed over outputs and positions, averaged over samples."""
     G = [None] * len(found)
-    logits = []
-    try:
-        model.eval()
-        with _Capture(found, perturb=agop) as cap:
-            for rows in _batches(n, batch_size):
-                cap.reset()
-                xb = _as_input(X[rows], device, dtype)
-                if agop:
-                    with torch.enable_grad():
-                        out = model(xb)
-                        cap.check(cap.perts)
-                        for c in range(out.shape[1]):
-                            grads = torch.autograd.grad(
-                                out[:, c].sum(), cap.perts,
-                                retain_graph=c < out.shape[1] - 1, allow_unused=True,
-                            )  # fmt: skip
-                            for index, g in enumerate(grads):
-                                if g is None:
-                                    continue
-                                g = g.detach().to(torch.float64).reshape(len(g), -1)
-                                gg = g.T @ g
-                                G[index] = gg if G[index] is None else G[index] + gg
-                    out = out.detach()
-                else:
-                    with torch.no_grad():
-                        out = model(xb)
-                cap.check(cap.outputs)
-                for index in range(len(found)):
-                    inputs[index].append(cap.inputs[index].cpu())
-                    outputs[index].append(cap.outputs[index].cpu())
-                logits.append(out.cpu())
-    finally:
-        model.train(was_training)
-    inputs = [torch.cat(parts).flatten(1) for parts in inputs]
-    outputs = [torch.cat(parts).flatten(1) for parts in outputs]
-    if agop:
-        for index, layer in enumerate(found):
-            width = layer.linear.out_features
-            G[index] = (
-                torch.zeros(width, width, dtype=torch.float64, device=device)
-                if G[index] is None
-                else G[index]
-            ).cpu() / n
-    return inputs, outputs, G, torch.cat(logits)
+    count = [0]
+
+    def step(cap, out, yb):
+        _accumulate_gradients(cap, out, G, gradient)
+        count[0] += out.shape[0]
+        if on_batch is not None:
+            on_batch(cap, out, yb)
+
+    _sweep(model, batches, found, device=device, gradient=gradient, stages=stages,
+           output_fn=output_fn, model_output=model_output, on_batch=step)  # fmt: skip
+    if count[0] == 0:
+        raise ValueError("X holds no samples.")
+    return [g.cpu() / count[0] for g in G]
+
+
+def _resolve_device(model, device):
+    return model_device(model) if device is None else resolve_device(device)
+
+
+def _unlabelled(X, y):
+    """``(X, y)`` for :func:`as_batches` where labels are not needed."""
+    if y is None and (isinstance(X, (torch.Tensor, np.ndarray)) or hasattr(
+        X, "__array__"
+    )):
+        return X, np.zeros(len(X))
+    if y is None:
+        return _InputsOnly(X), None
+    return X, y
+
+
+class _InputsOnly:
+    """A stream whose batches may be inputs only (no labels)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __iter__(self):
+        for batch in self.stream:
+            if isinstance(batch, (tuple, list)):
+                yield batch
+            else:
+                yield batch, None
 
 
 # -- AGOP ------------------------------------------------------------------------------
 def layer_agops(
-    model, X, *, layers=None, method="preactivation", batch_size=256, device=None
+    model,
+    X,
+    y=None,
+    *,
+    layers=None,
+    method="preactivation",
+    gradient="layer",
+    batch_size=256,
+    device=None,
+    model_output=None,
 ):
     """AGOP of the network output with respect to each probed layer's input.
 
@@ -385,83 +690,190 @@ def layer_agops(
     ----------
     model : torch.nn.Module
         Run in eval mode (its mode is restored afterwards).
-    X : array-like or torch.Tensor of shape (n_samples, ...)
-        Inputs in the model's input shape.
-    layers : list, default=None
+    X : array-like, torch.Tensor, DataLoader or iterable of batches
+        Inputs in the model's input shape, or batches of inputs or of ``(x, y)``
+        pairs (labels are not used), accumulated one batch at a time.
+    y : None
+        Not used; accepted so that ``(X, y)`` arrays can be passed as elsewhere.
+    layers : str, module or list, default=None
         See :func:`find_layers`.
     method : {"preactivation", "jacobian"}, default="preactivation"
-        ``"preactivation"``: :math:`W_l^\\top G_l W_l` (one backward pass per
-        output). ``"jacobian"``: the Jacobian of the output with respect to the
-        layer's input, per sample, with ``torch.func.vmap(jacrev(...))`` (as the
-        paper's code does), an independent reference.
+        ``"preactivation"``: from the gradients at the weight layer's output
+        (:math:`W_l^\\top G_l W_l`, one backward pass per output) or, with
+        ``gradient="total"``, at the perturbed block input. ``"jacobian"``: per
+        sample Jacobians of the output with ``torch.func.vmap(jacrev(...))`` of a
+        forward pass in which the layer's input (a convolution's unfolded patches,
+        or the block's input for ``gradient="total"``) is substituted, an
+        independent reference.
+    gradient : {"layer", "total"}, default="layer"
+        ``"layer"``: the gradient through the weight layer only, i.e. with respect
+        to the weight layer's input as its own variable (for a convolution, each
+        patch). ``"total"``: the total gradient with respect to the input of the
+        named block, through every path inside it (a residual connection
+        ``h + relu(fc(h))`` included) and after it; the AGOP is then formed
+        directly from these gradients. Both are the same for a plain MLP layer.
     batch_size : int, default=256
+        Rows per batch for array input.
     device : str or torch.device, default=None
         ``None``: where the model's parameters are.
+    model_output : int, str or callable, default=None
+        Selects the scores from a model that returns a tuple or dict.
 
     Returns
     -------
     agops : list of torch.Tensor of shape (d_l, d_l), float64, on the CPU
-        :math:`\\frac1n \\sum_i \\sum_c J_{ic}^\\top J_{ic}`.
+        :math:`\\frac1n \\sum_i \\sum_c J_{ic}^\\top J_{ic}` (summed over patch
+        positions or tokens as well); ``d_l = c_in q r`` for a convolution.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skdnc.nn import layer_agops
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+    ...                     nn.Linear(4 * 6 * 6, 3)).double()
+    >>> X = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    >>> [tuple(A.shape) for A in layer_agops(net, X)]
+    [(9, 9)]
     """
     found = find_layers(model, layers)
-    device = _model_device(model) if device is None else resolve_device(device)
+    _check_options("flatten", gradient)
+    device = _resolve_device(model, device)
+    batches, _ = as_batches(*_unlabelled(X, y), batch_size)
     if method == "preactivation":
-        _, _, G, _ = _forward_pass(
-            model, X, found, batch_size=batch_size, device=device, agop=True
-        )
+        G = _gradient_sweep(model, batches, found, device=device, gradient=gradient,
+                            model_output=model_output)  # fmt: skip
+        if gradient == "total":
+            return G
         agops = []
         for layer, Gl in zip(found, G):
-            W = layer.linear.weight.detach().to("cpu", torch.float64)
+            W = weight_matrix(layer.linear)
             agops.append(W.T @ Gl @ W)
         return agops
     if method != "jacobian":
         raise ValueError(
             f"method must be 'preactivation' or 'jacobian'; got {method!r}."
         )
-    inputs, _, _, _ = _forward_pass(
-        model, X, found, batch_size=batch_size, device=device, agop=False
-    )
-    dtype = _model_dtype(model)
-    was_training = model.training
-    agops = []
+    return _jacobian_agops(model, batches, found, device=device, gradient=gradient,
+                           model_output=model_output)  # fmt: skip
+
+
+def _patches(conv, h):
+    """Unfolded patches ``(n, c_in q r, positions)`` of a convolution's input."""
+    padding = conv.padding
+    if isinstance(padding, str):
+        if padding != "valid":
+            raise ValueError(
+                "method='jacobian' needs explicit convolution padding; got "
+                f"padding={padding!r}."
+            )
+        padding = 0
+    if conv.padding_mode != "zeros":
+        raise ValueError(
+            "method='jacobian' supports zero padding only; got padding_mode="
+            f"{conv.padding_mode!r}."
+        )
+    return F.unfold(h, conv.kernel_size, dilation=conv.dilation, padding=padding,
+                    stride=conv.stride)  # fmt: skip
+
+
+def _jacobian_agops(model, batches, found, *, device, gradient, model_output):
+    """AGOPs from per-sample Jacobians with respect to the substituted variable."""
+    dtype = model_dtype(model)
+    acc = [None] * len(found)
+    count = 0
+    with eval_mode(model):
+        for xb, _ in batches():
+            xb = as_input(xb, device, dtype)
+            count += len(xb)
+            for index, layer in enumerate(found):
+                target = layer.block if gradient == "total" else layer.linear
+                phi = _first_input(model, target, xb, model_output)
+                if gradient == "layer" and layer.kind == "conv2d":
+                    J = _patch_jacobian(model, layer.linear, xb, phi, model_output)
+                    rows = J.movedim(-1, 1).reshape(-1, J.shape[2])
+                else:
+                    if gradient == "total" and phi.ndim not in (2, 3):
+                        raise ValueError(
+                            "gradient='total' needs a block input of shape (n, d) "
+                            f"or (n, tokens, d); got {tuple(phi.shape)}."
+                        )
+                    J = _input_jacobian(model, target, xb, phi, model_output)
+                    rows = J.reshape(-1, phi.shape[-1])
+                rows = rows.detach().to("cpu", torch.float64)
+                gg = rows.T @ rows
+                acc[index] = gg if acc[index] is None else acc[index] + gg
+    return [a / count for a in acc]
+
+
+def _first_input(model, module, xb, model_output):
+    """The input of ``module`` at its first call in ``model(xb)``."""
+    seen = []
+
+    def hook(mod, args):
+        if not seen:
+            seen.append(args[0].detach().clone())
+
+    handle = module.register_forward_pre_hook(hook)
     try:
-        model.eval()
-        for layer, Phi in zip(found, inputs):
-            acc = torch.zeros(Phi.shape[1], Phi.shape[1], dtype=torch.float64)
-            for rows in _batches(len(Phi), batch_size):
-                J = _input_jacobian(
-                    model, layer.linear, _as_input(X[rows], device, dtype),
-                    Phi[rows].to(device),
-                )  # fmt: skip
-                J = J.detach().to("cpu", torch.float64).reshape(-1, Phi.shape[1])
-                acc += J.T @ J
-            agops.append(acc / len(Phi))
+        with torch.no_grad():
+            run_model(model, xb, model_output)
     finally:
-        model.train(was_training)
-    return agops
+        handle.remove()
+    return seen[0]
 
 
-def _input_jacobian(model, linear, X, Phi):
-    """Per-sample Jacobians ``d model(x_i) / d phi_i``, shape (n, K, d)."""
-    from torch.func import jacrev, vmap
+def _once(fn):
+    """Apply ``fn`` at the first call of a module in a forward pass only."""
+    state = {"done": False}
+
+    def wrapped(*args):
+        if state["done"]:
+            return None
+        state["done"] = True
+        return fn(*args)
+
+    return wrapped
+
+
+def _input_jacobian(model, module, X, Phi, model_output):
+    """Per-sample Jacobians ``d model(x_i) / d phi_i`` with ``phi_i`` substituted
+    for the input of ``module``, shape ``(n, K, *phi.shape[1:])``."""
 
     def single(phi, x):
-        def substitute(module, args):
-            return (phi.unsqueeze(0),)
+        def substitute(mod, args):
+            return (phi.unsqueeze(0), *args[1:])
 
-        handle = linear.register_forward_pre_hook(substitute)
+        handle = module.register_forward_pre_hook(_once(substitute))
         try:
-            return model(x.unsqueeze(0)).squeeze(0)
+            return run_model(model, x.unsqueeze(0), model_output).squeeze(0)
         finally:
             handle.remove()
 
     return vmap(jacrev(single), in_dims=(0, 0))(Phi, X)
 
 
-def _model_device(model):
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+def _patch_jacobian(model, conv, X, h, model_output):
+    """Per-sample Jacobians with respect to a convolution's unfolded patches: the
+    convolution's output is replaced by ``W_mat @ patches + b``, shape
+    ``(n, K, c_in q r, positions)``."""
+    P = _patches(conv, h)
+    W = conv.weight.reshape(conv.out_channels, -1)
+
+    def single(p, x):
+        def substitute(mod, args, out):
+            z = W @ p
+            if mod.bias is not None:
+                z = z + mod.bias[:, None]
+            return z.reshape(1, *out.shape[1:])
+
+        handle = conv.register_forward_hook(_once(substitute))
+        try:
+            return run_model(model, x.unsqueeze(0), model_output).squeeze(0)
+        finally:
+            handle.remove()
+
+    return vmap(jacrev(single), in_dims=(0, 0))(P, X)
 
 
 # -- the probe -------------------------------------------------------------------------
@@ -488,6 +900,19 @@ class NetworkProbe:
         Pearson correlation of :math:`W_l^\\top W_l` and :math:`\\mathrm{AGOP}_l`.
     agops : list of ndarray or None
         The AGOPs (float64, averaged over samples), when asked for.
+    nc1_pinv : ndarray of shape (n_layers, 3) or None
+        NC1 in Papyan's pseudo-inverse form, when asked for.
+    nfa_correlation_init : ndarray of shape (n_layers,) or None
+        Pearson correlation of :math:`W_l^\\top W_l` with the same matrix of
+        ``init_model`` (the baseline of the convolutional NFA literature), when
+        given.
+    layer_kinds : list of str
+        ``"linear"`` or ``"conv2d"`` for each layer.
+    reduction : str
+        How feature maps were reduced to vectors (``"flatten"``, ``"avgpool"`` or
+        ``"callable"``).
+    gradient : str
+        ``"layer"`` or ``"total"``, see :func:`layer_agops`.
     """
 
     layer_names: list
@@ -497,6 +922,11 @@ class NetworkProbe:
     nfa_correlation_uncentered: np.ndarray
     nfa_correlation_agop: np.ndarray
     agops: list = field(default=None, repr=False)
+    nc1_pinv: np.ndarray = None
+    nfa_correlation_init: np.ndarray = None
+    layer_kinds: list = None
+    reduction: str = "flatten"
+    gradient: str = "layer"
 
     @property
     def layer_share(self):
@@ -540,7 +970,7 @@ class NetworkProbe:
 
     def to_dict(self):
         """JSON-ready dict of every number (without the AGOP matrices)."""
-        return {
+        out = {
             "layer_names": list(self.layer_names),
             "stages": list(STAGES),
             "nc1": self.nc1.tolist(),
@@ -553,17 +983,46 @@ class NetworkProbe:
             "within_share": self.within_share,
             "between_share": self.between_share,
         }
+        if self.layer_kinds is not None:
+            out["layer_kinds"] = list(self.layer_kinds)
+            out["reduction"] = self.reduction
+            out["gradient"] = self.gradient
+        for key in ("nc1_pinv", "nfa_correlation_init"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value.tolist()
+        return out
+
+
+def _collapse_pass(model, batches, found, accs, *, device, output_fn, model_output,
+                   reduction):  # fmt: skip
+    """Second pass: the within-class scatter in the class-mean span (pinv NC1)."""
+
+    def step(cap, out, yb):
+        labels = _labels(yb)
+        for index in range(len(found)):
+            for k, Z in enumerate(cap.stage_features(index)):
+                accs[index][k].partial_fit_within(_reduce(Z, reduction), labels)
+
+    _sweep(model, batches, found, device=device, gradient=None, stages=True,
+           output_fn=output_fn, model_output=model_output, on_batch=step)  # fmt: skip
 
 
 def probe_network(
     model,
     X,
-    y,
+    y=None,
     *,
     layers=None,
     batch_size=256,
     device=None,
     return_agops=False,
+    reduction="flatten",
+    gradient="layer",
+    nc1_pinv=False,
+    output_fn=None,
+    model_output=None,
+    init_model=None,
 ):
     """Measure AGOP, NFA and collapse by SVD stage at every probed layer.
 
@@ -572,23 +1031,52 @@ def probe_network(
     model : torch.nn.Module
         The network, run in eval mode; ``model.training`` is restored and all hooks
         are removed afterwards, also when an error is raised.
-    X : array-like or torch.Tensor of shape (n_samples, ...)
-        Inputs in the model's input shape (e.g. ``(n, c, h, w)`` for a conv net).
-    y : array-like of shape (n_samples,)
-        Class labels.
-    layers : list, default=None
+    X : array-like, torch.Tensor, DataLoader or iterable of (x, y) batches
+        Inputs in the model's input shape (e.g. ``(n, c, h, w)`` for a conv net),
+        or batches of inputs and labels; everything is accumulated one batch at a
+        time, in float64.
+    y : array-like of shape (n_samples,), default=None
+        Class labels for array input; ``None`` when ``X`` yields ``(x, y)``.
+    layers : str, module or list, default=None
         See :func:`find_layers`.
     batch_size : int, default=256
+        Rows per batch for array input.
     device : str or torch.device, default=None
         ``None``: where the model's parameters are. The data are moved there batch
         by batch; the model is not moved.
     return_agops : bool, default=False
         Keep the dense AGOP of every layer (``d_l x d_l``; large behind a VGG
         backbone).
+    reduction : {"flatten", "avgpool"} or callable, default="flatten"
+        How a feature map ``(n, c, h, w)`` becomes the vectors the collapse is
+        measured on: ``"flatten"`` (``c h w`` features) or ``"avgpool"`` (the mean
+        over every axis after the channel axis: ``c`` features). A callable maps
+        the batch tensor to ``(n, d)`` (e.g. ``lambda z: z.mean(1)`` for token
+        sequences ``(n, T, d)``). 2-D features are used as they are.
+    gradient : {"layer", "total"}, default="layer"
+        Gradient of the AGOP, see :func:`layer_agops`.
+    nc1_pinv : bool, default=False
+        Also measure NC1 in the pseudo-inverse form; needs a second pass over the
+        data (a one-shot iterator is refused).
+    output_fn : int, str or callable, default=None
+        Selects the tensor to measure from an output module that returns a tuple
+        or dict (e.g. ``0``, or ``lambda out: out[0]``).
+    model_output : int, str or callable, default=None
+        Selects the scores from a model that returns a tuple or dict.
+    init_model : torch.nn.Module, default=None
+        The same architecture at initialisation: gives
+        ``nfa_correlation_init``, the correlation of each layer's
+        :math:`W^\\top W` with that at initialisation.
 
     Returns
     -------
     probe : NetworkProbe
+
+    Warns
+    -----
+    UserWarning
+        When a probed layer is the network's linear readout (its NFA is 1 by
+        construction), and from :func:`find_layers` when layers are left out.
 
     Notes
     -----
@@ -596,8 +1084,12 @@ def probe_network(
     factors :math:`W_l` and :math:`B_l = G_l^{1/2} W_l` (:math:`\\mathrm{AGOP}_l =
     B_l^\\top B_l`, and :math:`\\mathrm{AGOP}_l^{1/2} = Q \\Sigma Q^\\top` from the
     SVD :math:`B_l = P \\Sigma Q^\\top`), so they never form a ``d_l x d_l`` matrix.
-    NC1 and NC2 are :func:`skdnc.metrics.nc1_score` and
-    :func:`skdnc.metrics.nc2_score` with their defaults.
+    NC1 and NC2 are those of :func:`skdnc.metrics.nc1_score` and
+    :func:`skdnc.metrics.nc2_score` with their defaults, accumulated over batches
+    by :class:`skdnc.metrics.CollapseAccumulator`. For a convolution the
+    ``"projection"`` stage is the convolution's output without bias, whose flattened
+    or pooled vectors have the Gram matrix of :math:`S V^\\top` applied to every
+    patch.
 
     Examples
     --------
@@ -609,44 +1101,59 @@ def probe_network(
     >>> probe.nc1.shape, probe.nfa_correlation.shape
     ((3, 3), (3,))
     """
-    from skdnc.metrics import nc1_score, nc2_score
-
     found = find_layers(model, layers)
-    device = _model_device(model) if device is None else resolve_device(device)
-    y = np.asarray(y)
-    if len(y) != len(X):
-        raise ValueError(
-            f"X and y must have the same number of samples; got {len(X)} and {len(y)}."
-        )
-    inputs, outputs, G, _ = _forward_pass(
-        model, X, found, batch_size=batch_size, device=device, agop=True
-    )
+    _check_options(reduction, gradient)
+    device = _resolve_device(model, device)
+    batches, _ = as_batches(X, y, batch_size)
     L = len(found)
-    nc1 = np.empty((L, 3))
-    nc2 = np.empty((L, 3))
-    nfa = np.empty((3, L))
+    accs = [[CollapseAccumulator() for _ in STAGES] for _ in found]
+
+    def collect(cap, out, yb):
+        labels = _labels(yb)
+        for index in range(L):
+            for k, Z in enumerate(cap.stage_features(index)):
+                accs[index][k].partial_fit(_reduce(Z, reduction), labels)
+
+    G = _gradient_sweep(model, batches, found, device=device, gradient=gradient,
+                        model_output=model_output, stages=True, output_fn=output_fn,
+                        on_batch=collect)  # fmt: skip
+    if nc1_pinv:
+        _collapse_pass(model, batches, found, accs, device=device,
+                       output_fn=output_fn, model_output=model_output,
+                       reduction=reduction)  # fmt: skip
+    nc1 = np.array([[a.nc1() for a in row] for row in accs])
+    nc2 = np.array([[a.nc2() for a in row] for row in accs])
+    pinv = None
+    if nc1_pinv:
+        pinv = np.array([[a.nc1("pinv") for a in row] for row in accs])
+    nfa = np.empty((4, L))
     agops = [] if return_agops else None
     for index, layer in enumerate(found):
-        W = layer.linear.weight.detach().to("cpu", torch.float64)
-        _, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        Phi = inputs[index]
-        right = torch.cat(
-            [Phi[rows].double() @ (Vh.T * S) for rows in _batches(len(Phi), 4096)]
-        )
-        stages = (Phi, right, outputs[index])
-        for k, Z in enumerate(stages):
-            Z = Z.double().numpy()
-            nc1[index, k] = nc1_score(Z, y)
-            nc2[index, k] = nc2_score(Z, y)
-        B = psd_power(G[index], 0.5) @ W
-        _, sigma, Qh = torch.linalg.svd(B, full_matrices=False)
-        sqrt_factor = sigma.sqrt()[:, None] * Qh
+        W = weight_matrix(layer.linear)
+        if gradient == "layer":
+            B = psd_power(G[index], 0.5) @ W
+            sqrt_factor = _sqrt_factor(B)
+        else:
+            A = G[index]
+            if A.shape[0] != W.shape[1]:
+                raise ValueError(
+                    f"gradient='total': the input of block {layer.name!r} has width "
+                    f"{A.shape[0]}, but its weight layer {layer.weight_name!r} takes "
+                    f"{W.shape[1]}; W'W and the AGOP cannot be compared. Name a block "
+                    "whose input is the weight layer's input."
+                )
+            B = psd_power(A, 0.5)
+            sqrt_factor = psd_power(A, 0.25)
         nfa[0, index] = _gram_correlation(W, sqrt_factor)
         nfa[1, index] = _gram_correlation(W, sqrt_factor, centered=False)
         nfa[2, index] = _gram_correlation(W, B)
+        nfa[3, index] = (
+            _gram_correlation(W, weight_matrix(_init_module(init_model, layer)))
+            if init_model is not None
+            else np.nan
+        )
         if return_agops:
             agops.append((B.T @ B).numpy())
-        del stages, right
     return NetworkProbe(
         layer_names=[layer.name for layer in found],
         nc1=nc1,
@@ -655,4 +1162,233 @@ def probe_network(
         nfa_correlation_uncentered=nfa[1],
         nfa_correlation_agop=nfa[2],
         agops=agops,
+        nc1_pinv=pinv,
+        nfa_correlation_init=nfa[3] if init_model is not None else None,
+        layer_kinds=[layer.kind for layer in found],
+        reduction=reduction if isinstance(reduction, str) else "callable",
+        gradient=gradient,
+    )
+
+
+def _sqrt_factor(B):
+    """A factor ``F`` with ``F'F = (B'B)^{1/2}``, from the smaller Gram matrix.
+
+    With ``B = P Sigma Q'``: ``F = Sigma^{1/2} Q' = Sigma^{-1/2} P' B`` from the
+    eigendecomposition ``B B' = P Sigma^2 P'`` (``r x r`` for ``r`` rows), or
+    ``F = (B'B)^{1/4}`` when ``B`` has more rows than columns.
+    """
+    if B.shape[0] > B.shape[1]:
+        return psd_power(B.T @ B, 0.25)
+    evals, evecs = psd_eigh(B @ B.T)
+    keep = evals > max(float(evals.max()), 0.0) * 1e-15
+    if not keep.any():
+        return torch.zeros_like(B)
+    return (evecs[:, keep].T @ B) / evals[keep].pow(0.25)[:, None]
+
+
+def _init_module(init_model, layer):
+    try:
+        module = init_model.get_submodule(layer.weight_name)
+    except AttributeError as exc:
+        raise ValueError(
+            f"init_model has no submodule {layer.weight_name!r}; it must have the "
+            "architecture of model."
+        ) from exc
+    if module.weight.shape != layer.linear.weight.shape:
+        raise ValueError(
+            f"init_model's {layer.weight_name!r} has weight shape "
+            f"{tuple(module.weight.shape)}, not {tuple(layer.linear.weight.shape)}."
+        )
+    return module
+
+
+# -- collapse at any module --------------------------------------------------------
+@dataclass
+class CollapseProbe:
+    """Collapse of the outputs of named modules, from :func:`layer_collapse`.
+
+    Attributes
+    ----------
+    layer_names : list of str
+        The measured modules, in the order given.
+    nc1 : ndarray of shape (n_layers,)
+        NC1, trace form (:func:`skdnc.metrics.nc1_score`).
+    nc1_pinv : ndarray of shape (n_layers,) or None
+        NC1, pseudo-inverse form, when asked for.
+    nc2 : ndarray of shape (n_layers,)
+        NC2 to the simplex ETF (:func:`skdnc.metrics.nc2_score`).
+    n_features : ndarray of shape (n_layers,)
+        Width of each module's output after the reduction.
+    reduction : str
+        ``"flatten"``, ``"avgpool"`` or ``"callable"``.
+    statistics : list of ClassStatistics
+        Class counts, means and variances of every module's output.
+    """
+
+    layer_names: list
+    nc1: np.ndarray
+    nc1_pinv: np.ndarray
+    nc2: np.ndarray
+    n_features: np.ndarray
+    reduction: str
+    statistics: list = field(default=None, repr=False)
+
+    def to_dict(self):
+        """JSON-ready dict of every number."""
+        return {
+            "layer_names": list(self.layer_names),
+            "nc1": self.nc1.tolist(),
+            "nc1_pinv": None if self.nc1_pinv is None else self.nc1_pinv.tolist(),
+            "nc2": self.nc2.tolist(),
+            "n_features": self.n_features.tolist(),
+            "reduction": self.reduction,
+        }
+
+
+def _named_modules(model, layers):
+    if layers is None:
+        return [(layer.name, layer.output) for layer in find_layers(model)]
+    names = {id(m): name for name, m in model.named_modules()}
+    out = []
+    for item in _as_list(layers):
+        if isinstance(item, str):
+            try:
+                out.append((item, model.get_submodule(item)))
+            except AttributeError as exc:
+                raise ValueError(f"model has no submodule named {item!r}.") from exc
+        elif isinstance(item, nn.Module) and id(item) in names:
+            out.append((names[id(item)], item))
+        else:
+            raise TypeError(
+                f"layers must hold submodule names or submodules; got {item!r}."
+            )
+    if not out:
+        raise ValueError("layers must name at least one module.")
+    return out
+
+
+def layer_collapse(
+    model,
+    X,
+    y=None,
+    *,
+    layers=None,
+    reduction="flatten",
+    output_fn=None,
+    pinv=True,
+    batch_size=256,
+    device=None,
+):
+    """NC1 and NC2 of the outputs of any named modules, streamed over batches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Run in eval mode without gradients; its mode is restored and the hooks
+        removed afterwards.
+    X : array-like, torch.Tensor, DataLoader or iterable of (x, y) batches
+        Inputs in the model's input shape, or batches of inputs and labels.
+    y : array-like of shape (n_samples,), default=None
+        Class labels for array input; ``None`` when ``X`` yields ``(x, y)``.
+    layers : str, module or list, default=None
+        Names as in ``model.named_modules()`` (dotted for nested modules, e.g.
+        ``"layer1"``, ``"features.3"``, ``"encoder.layers.0"``; ``""`` is the
+        model itself) or submodules. ``None``: the outputs of the layers
+        :func:`find_layers` detects.
+    reduction : {"flatten", "avgpool"} or callable, default="flatten"
+        How an output with more than two axes becomes vectors: ``"flatten"``
+        (every entry a feature) or ``"avgpool"`` (global average pooling: the mean
+        over every axis after the channel axis 1, as ``AdaptiveAvgPool2d(1)``). A
+        callable maps the batch tensor to ``(n, d)``; token sequences
+        ``(n, T, d)`` want ``lambda z: z.mean(1)`` or ``lambda z: z[:, 0]``.
+    output_fn : int, str, callable or dict, default=None
+        Selects the tensor from a module that returns a tuple or dict (an index
+        or key, or a callable); a dict maps layer names to selectors. Without it
+        a tuple output raises an error naming this parameter.
+    pinv : bool, default=True
+        Also measure NC1 in the pseudo-inverse form (a second pass over the data).
+    batch_size : int, default=256
+        Rows per batch for array input.
+    device : str or torch.device, default=None
+        ``None``: where the model's parameters are.
+
+    Returns
+    -------
+    probe : CollapseProbe
+
+    Notes
+    -----
+    Only the first call of a module in a forward pass is measured (a module
+    applied twice, such as a shared activation, is measured at its first use).
+    Class means and scatters accumulate in float64 in
+    :class:`skdnc.metrics.CollapseAccumulator`, so memory grows with the width
+    of the outputs, never with the number of samples.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skdnc.nn import layer_collapse
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+    ...                     nn.Linear(4 * 6 * 6, 3))
+    >>> X, y = torch.randn(30, 1, 8, 8), torch.arange(30) % 3
+    >>> probe = layer_collapse(net, X, y, layers=["1", "3"], reduction="avgpool")
+    >>> probe.layer_names, probe.n_features.tolist()
+    (['1', '3'], [4, 3])
+    """
+    _check_options(reduction)
+    modules = _named_modules(model, layers)
+    device = _resolve_device(model, device)
+    batches, _ = as_batches(X, y, batch_size)
+    dtype = model_dtype(model)
+    accs = [CollapseAccumulator() for _ in modules]
+
+    def selector(name):
+        if isinstance(output_fn, dict):
+            return output_fn.get(name)
+        return output_fn
+
+    def sweep(update):
+        captured = [None] * len(modules)
+
+        def hook_for(index, name):
+            def hook(module, args, out):
+                if captured[index] is None:
+                    out = select_output(out, selector(name), f"module {name!r}",
+                                        "output_fn")  # fmt: skip
+                    captured[index] = _reduce(out.detach(), reduction).clone()
+
+            return hook
+
+        handles = []
+        try:
+            for index, (name, module) in enumerate(modules):
+                handles.append(module.register_forward_hook(hook_for(index, name)))
+            with eval_mode(model), torch.no_grad():
+                for xb, yb in batches():
+                    captured[:] = [None] * len(modules)
+                    model(as_input(xb, device, dtype))
+                    labels = _labels(yb)
+                    for index, Z in enumerate(captured):
+                        if Z is None:
+                            raise ValueError(
+                                f"Module {modules[index][0]!r} did not run in the "
+                                "model's forward pass."
+                            )
+                        update(accs[index], Z, labels)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    sweep(lambda acc, Z, labels: acc.partial_fit(Z, labels))
+    if pinv:
+        sweep(lambda acc, Z, labels: acc.partial_fit_within(Z, labels))
+    return CollapseProbe(
+        layer_names=[name for name, _ in modules],
+        nc1=np.array([acc.nc1() for acc in accs]),
+        nc1_pinv=np.array([acc.nc1("pinv") for acc in accs]) if pinv else None,
+        nc2=np.array([acc.nc2() for acc in accs]),
+        n_features=np.array([acc.n_features_ for acc in accs]),
+        reduction=reduction if isinstance(reduction, str) else "callable",
+        statistics=[acc.statistics() for acc in accs],
     )

@@ -14,12 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_consistent_length
 from tqdm.auto import tqdm
 
-from skdnc._backend import make_generator, resolve_device
-from skdnc.nn._probe import _as_input, _batches, _model_dtype, probe_network
+from skdnc._backend import iter_row_blocks, make_generator, resolve_device
+from skdnc._rfm_core import class_targets
+from skdnc.nn._common import as_input, eval_mode, model_dtype, run_model
+from skdnc.nn._probe import layer_collapse, probe_network
 
 __all__ = [
+    "ProbeCallback",
     "TrainingHistory",
     "aggregate_histories",
     "pm1_targets",
@@ -48,10 +52,7 @@ def pm1_targets(y_index, n_classes):
     tensor([[ 1., -1., -1.],
             [-1., -1.,  1.]])
     """
-    idx = torch.as_tensor(np.asarray(y_index), dtype=torch.long)
-    Y = -torch.ones(len(idx), int(n_classes))
-    Y[torch.arange(len(idx)), idx] = 1.0
-    return Y
+    return torch.tensor(class_targets(y_index, n_classes, "pm1"), dtype=torch.float32)
 
 
 @dataclass
@@ -120,24 +121,11 @@ class TrainingHistory:
         return np.asarray([p[key] for p in self.probes], dtype=float)
 
 
-def _n_outputs(model, X):
-    """Number of outputs of ``model`` (one sample through it in eval mode)."""
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(X[:1])
-    finally:
-        model.train(was_training)
-    if out.ndim != 2:
-        raise ValueError(
-            f"The model must output (n_samples, n_classes) scores; got shape "
-            f"{tuple(out.shape)}."
-        )
-    return out.shape[1]
+def _name(fn):
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
-def _encode_labels(y, n_outputs):
+def _output_labels(y, n_outputs):
     """Classes and class indices: integer labels in ``[0, n_outputs)`` index the
     outputs directly; other labels are sorted and must number ``n_outputs``."""
     if np.issubdtype(y.dtype, np.integer) and y.min() >= 0 and y.max() < n_outputs:
@@ -150,20 +138,28 @@ def _encode_labels(y, n_outputs):
     return classes, y_index
 
 
-def _evaluate(model, X, Y, batch_size, device, dtype):
-    """Training MSE and accuracy over all points, in eval mode, no grad."""
-    was_training = model.training
+def _loss_function(loss):
+    """``(fn, needs_pm1)``: the loss of the model's outputs and the targets."""
+    if loss == "mse":
+        return torch.nn.functional.mse_loss, True
+    if loss == "cross_entropy":
+        return torch.nn.functional.cross_entropy, False
+    if callable(loss):
+        return loss, False
+    raise ValueError(
+        f"loss must be 'mse', 'cross_entropy' or a callable (outputs, y_index) -> "
+        f"scalar; got {loss!r}."
+    )
+
+
+def _evaluate(model, X, targets, y_index, loss_fn, batch_size):
+    """Training loss and accuracy over all points, in eval mode, no grad."""
     loss, correct = 0.0, 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for rows in _batches(len(X), batch_size):
-                out = model(_as_input(X[rows], device, dtype))
-                target = Y[rows].to(device=device, dtype=out.dtype)
-                loss += float(((out - target) ** 2).mean(dim=1).sum())
-                correct += int((out.argmax(1) == target.argmax(1)).sum())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for rows in iter_row_blocks(len(X), batch_size):
+            out = run_model(model, X[rows])
+            loss += float(loss_fn(out, targets[rows])) * len(out)
+            correct += int((out.argmax(1) == y_index[rows]).sum())
     return loss / len(X), correct / len(X)
 
 
@@ -184,8 +180,12 @@ def train_network(
     device="auto",
     random_state=None,
     progress=True,
+    optimizer=None,
+    loss="mse",
+    callbacks=(),
 ):
-    """Train ``model`` in place with SGD on the MSE to +-1 one-hot targets.
+    """Train ``model`` in place with mini-batches (SGD on the MSE to +-1 one-hot
+    targets by default).
 
     Parameters
     ----------
@@ -199,8 +199,11 @@ def train_network(
         directly; other labels are sorted, and there must be one per output.
     epochs : int, default=500
     lr : float, default=0.05
+        Learning rate of the default optimiser.
     momentum : float, default=0.0
+        Momentum of the default optimiser.
     weight_decay : float, default=0.0
+        Weight decay of the default optimiser.
     batch_size : int, default=128
     measure_every : int, default=None
         Measure at epochs ``0, k, 2k, ...`` and at the last epoch; ``None``: only
@@ -208,7 +211,7 @@ def train_network(
     probe : bool, default=True
         Run :func:`probe_network` at each measurement (else only loss and
         accuracy).
-    layers : list, default=None
+    layers : str, module or list, default=None
         Layers to probe, see :func:`find_layers`.
     probe_batch_size : int, default=512
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
@@ -217,6 +220,20 @@ def train_network(
         global RNG is not used). The init is the model builder's.
     progress : bool, default=True
         Show a tqdm progress bar over the epochs.
+    optimizer : callable, default=None
+        ``optimizer(model.parameters()) -> torch.optim.Optimizer``, e.g.
+        ``lambda params: torch.optim.Adam(params, lr=1e-3)`` or
+        ``functools.partial(torch.optim.AdamW, lr=1e-3)``; ``None``: SGD with
+        ``lr``, ``momentum`` and ``weight_decay`` (which are then ignored
+        otherwise).
+    loss : {"mse", "cross_entropy"} or callable, default="mse"
+        ``"mse"``: ``nn.MSELoss()`` to +-1 one-hot targets (the paper's);
+        ``"cross_entropy"``: ``nn.CrossEntropyLoss()`` on the class indices; a
+        callable ``loss(outputs, y_index)`` gets the class indices as a long
+        tensor and returns the mean loss of the batch.
+    callbacks : sequence of callable, default=()
+        Each is called as ``callback(model, epoch)`` before training (epoch 0)
+        and after every epoch, e.g. a :class:`ProbeCallback`.
 
     Returns
     -------
@@ -224,9 +241,9 @@ def train_network(
 
     Notes
     -----
-    The loss is ``nn.MSELoss()`` (mean over the batch and the outputs), as in the
-    paper's code. One optimiser is used for the whole run (the paper's code makes a
-    new one every epoch, which matters only with momentum).
+    One optimiser is used for the whole run (the paper's code makes a new one
+    every epoch, which matters only with momentum). The recorded ``loss`` is the
+    chosen loss over all training points in eval mode.
 
     Examples
     --------
@@ -241,20 +258,42 @@ def train_network(
     ([0, 3], 2, 3)
     """
     device = resolve_device(device)
-    y = np.asarray(y)
-    if len(y) != len(X):
+    loss_fn, pm1 = _loss_function(loss)
+    if not isinstance(X, torch.Tensor) and not hasattr(X, "__len__"):
         raise ValueError(
-            f"X and y must have the same number of samples; got {len(X)} and {len(y)}."
+            "train_network trains on arrays X and y; with a DataLoader, write the "
+            "loop and call a ProbeCallback in it."
         )
+    y = np.asarray(y)
+    check_consistent_length(X, y)
     model.to(device)
-    dtype = _model_dtype(model)
-    Xt = _as_input(X, device, dtype)
-    classes, y_index = _encode_labels(y, _n_outputs(model, Xt))
-    Yt = pm1_targets(y_index, len(classes)).to(device=device, dtype=dtype)
+    dtype = model_dtype(model)
+    Xt = as_input(X, device, dtype)
+    with eval_mode(model), torch.no_grad():
+        n_outputs = run_model(model, Xt[:1]).shape[1]
+    classes, y_index = _output_labels(y, n_outputs)
+    index_t = torch.as_tensor(y_index, device=device)
+    if pm1:
+        targets = pm1_targets(y_index, len(classes)).to(device=device, dtype=dtype)
+    else:
+        targets = index_t
     generator = make_generator(random_state)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    if optimizer is None:
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    elif callable(optimizer):
+        opt = optimizer(model.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(
+                "optimizer must be a callable params -> torch.optim.Optimizer; it "
+                f"returned {type(opt).__name__}."
+            )
+    else:
+        raise TypeError(
+            "optimizer must be a callable params -> torch.optim.Optimizer, e.g. "
+            f"functools.partial(torch.optim.Adam, lr=1e-3); got {optimizer!r}."
+        )
     history = TrainingHistory(
         config={
             "epochs": int(epochs),
@@ -265,45 +304,167 @@ def train_network(
             "measure_every": measure_every,
             "n_samples": len(X),
             "classes": classes.tolist(),
+            "optimizer": "SGD" if optimizer is None else type(opt).__name__,
+            "loss": loss if isinstance(loss, str) else _name(loss),
         }
     )
 
+    def diverged(epoch):
+        finite = [v for v in (*history.loss, *history.epoch_loss) if np.isfinite(v)]
+        last = f"{finite[-1]:.4g}" if finite else "none"
+        return FloatingPointError(
+            f"The training loss is not finite at epoch {epoch} (last finite loss "
+            f"{last}): training diverged. Lower the learning rate or standardise "
+            "the inputs."
+        )
+
     def measure(epoch):
-        loss, acc = _evaluate(model, Xt, Yt, probe_batch_size, device, dtype)
+        value, acc = _evaluate(model, Xt, targets, index_t, loss_fn, probe_batch_size)
+        if not np.isfinite(value):
+            raise diverged(epoch)
         history.epochs.append(int(epoch))
-        history.loss.append(loss)
+        history.loss.append(value)
         history.accuracy.append(acc)
         if probe:
-            result = probe_network(
-                model, Xt, y_index, layers=layers, batch_size=probe_batch_size
-            )
+            try:
+                result = probe_network(
+                    model, Xt, y_index, layers=layers, batch_size=probe_batch_size
+                )
+            except FloatingPointError as exc:  # hidden features overflowed
+                raise diverged(epoch) from exc
             history.probes.append(result.to_dict())
 
     was_training = model.training
     n = len(Xt)
     try:
         measure(0)
+        for callback in callbacks:
+            callback(model, 0)
         bar = tqdm(range(1, int(epochs) + 1), desc="training", unit="epoch",
                    disable=not progress)  # fmt: skip
         for epoch in bar:
             model.train()
             order = torch.randperm(n, generator=generator).to(device)
             total = 0.0
-            for rows in _batches(n, batch_size):
+            for rows in iter_row_blocks(n, batch_size):
                 idx = order[rows]
-                optimizer.zero_grad(set_to_none=True)
-                out = model(Xt[idx])
-                loss = torch.nn.functional.mse_loss(out, Yt[idx])
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
+                opt.zero_grad(set_to_none=True)
+                value = loss_fn(model(Xt[idx]), targets[idx])
+                value.backward()
+                opt.step()
+                total += float(value.detach()) * len(idx)
+            if not np.isfinite(total):
+                raise diverged(epoch)
             history.epoch_loss.append(total / n)
             bar.set_postfix(loss=f"{total / n:.4g}")
             if epoch == epochs or (measure_every and epoch % int(measure_every) == 0):
                 measure(epoch)
+            for callback in callbacks:
+                callback(model, epoch)
     finally:
         model.train(was_training)
     return history
+
+
+class ProbeCallback:
+    """Probe a network every few epochs inside any training loop.
+
+    Call it as ``callback(model, epoch)`` from your own loop (with your optimiser
+    and loss), or pass it to :func:`train_network` in ``callbacks=``. At epochs
+    ``0, every, 2 every, ...`` it runs :func:`probe_network` (AGOP, NFA, NC1 by
+    SVD stage) and, if ``collapse_layers`` are given, :func:`layer_collapse`, on
+    the probe data, and records the results.
+
+    Parameters
+    ----------
+    X : array-like, torch.Tensor, DataLoader or iterable of (x, y) batches
+        Probe data (a fixed subset of the training data, typically).
+    y : array-like, default=None
+        Labels for array ``X``; ``None`` for batches of ``(x, y)``.
+    every : int, default=1
+        Probe at epochs divisible by ``every``.
+    layers : str, module or list, default=None
+        Layers for :func:`probe_network` (see :func:`find_layers`); with
+        ``layers=False`` only ``collapse_layers`` are measured.
+    collapse_layers : str, module or list, default=None
+        Modules whose output collapse :func:`layer_collapse` measures.
+    **kwargs
+        Passed to :func:`probe_network` and :func:`layer_collapse` (e.g.
+        ``reduction="avgpool"``, ``batch_size=256``, ``init_model=``).
+
+    Attributes
+    ----------
+    epochs : list of int
+        Epochs probed.
+    probes : list of dict
+        :meth:`NetworkProbe.to_dict` of every probe (when ``layers`` is not
+        ``False``).
+    collapse : list of dict
+        :meth:`CollapseProbe.to_dict` of every probe (with ``collapse_layers``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skdnc.nn import ProbeCallback
+    >>> X, y = torch.randn(40, 5), torch.arange(40) % 2
+    >>> net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> callback = ProbeCallback(X, y, every=2)
+    >>> opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    >>> for epoch in range(5):
+    ...     if epoch:  # epoch 0 probes the initialisation
+    ...         opt.zero_grad()
+    ...         nn.functional.cross_entropy(net(X), y).backward()
+    ...         opt.step()
+    ...     callback(net, epoch)
+    >>> callback.epochs, callback.curve("nfa_correlation").shape
+    ([0, 2, 4], (3, 1))
+    """
+
+    def __init__(self, X, y=None, *, every=1, layers=None, collapse_layers=None,
+                 **kwargs):  # fmt: skip
+        if int(every) < 1:
+            raise ValueError(f"every must be a positive integer; got {every!r}.")
+        self.X, self.y, self.every = X, y, int(every)
+        self.layers, self.collapse_layers, self.kwargs = layers, collapse_layers, kwargs
+        self.epochs, self.probes, self.collapse = [], [], []
+
+    def __call__(self, model, epoch):
+        if int(epoch) % self.every:
+            return
+        self.epochs.append(int(epoch))
+        probe_kwargs = {k: v for k, v in self.kwargs.items() if k != "pinv"}
+        if self.layers is not False:
+            result = probe_network(model, self.X, self.y, layers=self.layers,
+                                   **probe_kwargs)  # fmt: skip
+            self.probes.append(result.to_dict())
+        if self.collapse_layers is not None:
+            keep = ("reduction", "output_fn", "pinv", "batch_size", "device")
+            result = layer_collapse(
+                model, self.X, self.y, layers=self.collapse_layers,
+                **{k: v for k, v in self.kwargs.items() if k in keep},
+            )  # fmt: skip
+            self.collapse.append(result.to_dict())
+
+    def curve(self, key, *, collapse=False):
+        """A recorded quantity over the probed epochs.
+
+        Parameters
+        ----------
+        key : str
+            A key of :meth:`NetworkProbe.to_dict` (``"nc1"``,
+            ``"nfa_correlation"``, ...) or, with ``collapse=True``, of
+            :meth:`CollapseProbe.to_dict`.
+        collapse : bool, default=False
+
+        Returns
+        -------
+        values : ndarray of shape (n_epochs, ...)
+        """
+        records = self.collapse if collapse else self.probes
+        if not records:
+            raise ValueError("Nothing recorded yet for this kind of probe.")
+        return np.asarray([r[key] for r in records], dtype=float)
 
 
 def train_seeds(build_model, X, y, *, seeds=(0, 1, 2), **kwargs):

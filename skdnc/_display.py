@@ -1,0 +1,470 @@
+"""Figures of collapse as objects, in scikit-learn's Display style.
+
+A Display holds the numbers it draws; ``from_estimator`` (or ``from_probe``)
+computes or reads them, and ``plot(ax=...)`` draws onto the given Axes (or new
+ones) and keeps the artists (``lines_``, ``image_``, ...) next to ``figure_`` and
+``ax_``, as :class:`sklearn.metrics.RocCurveDisplay` does.
+"""
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import LogLocator, MaxNLocator
+from sklearn.utils.validation import check_is_fitted
+
+from skdnc._backend import normalize_rows
+from skdnc.metrics._collapse import STAGES
+from skdnc.nn import aggregate_histories
+
+#: How each metric is labelled on an axis.
+METRIC_LABELS = {
+    "nc1": "NC1: tr $\\Sigma_W$ / tr $\\Sigma_B$",
+    "nc2": "NC2: $\\|\\bar\\mu\\bar\\mu^\\top - \\Sigma_{ETF}\\|_F$",
+    "nc2_mse": "NC2, mean squared entry",
+    "gram_label_correlation": "Gram / label-kernel correlation",
+}
+#: Colours of the stages, the same in every figure.
+STAGE_COLORS = dict(zip(STAGES, ("tab:green", "tab:orange", "tab:blue")))
+
+
+def _axes(ax, n):
+    """``n`` Axes: the ones given, or a new row of them."""
+    if ax is None:
+        fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False)
+        return fig, list(axes[0])
+    axes = list(np.ravel(ax))
+    if len(axes) != n:
+        raise ValueError(f"ax must hold {n} Axes, one per metric; got {len(axes)}.")
+    return axes[0].figure, axes
+
+
+def _log_scale_if_positive(ax, values):
+    values = np.asarray(values, dtype=np.float64)
+    if np.any(np.isfinite(values) & (values > 0)):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
+
+
+class CollapseDisplay:
+    """Collapse metrics against depth, one panel per metric, one line per stage.
+
+    Parameters
+    ----------
+    layers : array-like of int of shape (n_layers,)
+        Layer numbers, from 1.
+    values : dict
+        ``{metric: {stage: array of shape (n_layers,)}}``.
+    stage_labels : dict, default=None
+        Legend label of each stage; the stage names when ``None``.
+    title : str, default=None
+
+    Attributes
+    ----------
+    lines_ : dict
+        ``{(metric, stage): matplotlib.lines.Line2D}``.
+    axes_ : list of matplotlib Axes
+    figure_ : matplotlib Figure
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skdnc import CollapseDisplay, DeepRFMTransformer
+    >>> X, y = load_digits(return_X_y=True)
+    >>> deep = DeepRFMTransformer(L=3, width=64, random_state=0).fit(X[:300], y[:300])
+    >>> display = CollapseDisplay.from_estimator(deep)
+    >>> sorted(display.lines_)[0]
+    ('nc1', 'input')
+    """
+
+    def __init__(self, *, layers, values, stage_labels=None, title=None):
+        self.layers = np.asarray(layers)
+        self.values = values
+        self.stage_labels = stage_labels
+        self.title = title
+
+    @classmethod
+    def from_estimator(cls, estimator, *, metrics=("nc1", "nc2"), ax=None):
+        """Draw the ``collapse_history_`` of a fitted Deep RFM.
+
+        Parameters
+        ----------
+        estimator : fitted DeepRFMTransformer
+            Fitted with ``record_metrics=True``.
+        metrics : sequence of str, default=("nc1", "nc2")
+            Keys of ``collapse_history_`` without the stage suffix.
+        ax : matplotlib Axes or array of them, default=None
+            One per metric.
+
+        Returns
+        -------
+        display : CollapseDisplay
+        """
+        check_is_fitted(estimator, "collapse_history_")
+        history = estimator.collapse_history_
+        if history is None:
+            raise ValueError(
+                "The estimator recorded no collapse history: fit it with "
+                "record_metrics=True."
+            )
+        unknown = [m for m in metrics if f"{m}_{STAGES[0]}" not in history]
+        if unknown:
+            raise ValueError(
+                f"metrics {unknown} are not in collapse_history_; choose from "
+                f"{sorted(METRIC_LABELS)}."
+            )
+        p = getattr(estimator, "agop_power", 0.5)
+        power = "1/2" if p == 0.5 else f"{p:g}"
+        labels = {
+            "input": "$X_l$",
+            "projection": f"$M_l^{{{power}}} X_l$",
+            "output": f"$\\Phi_l(M_l^{{{power}}} X_l)$",
+        }
+        values = {
+            m: {s: np.asarray(history[f"{m}_{s}"]) for s in STAGES} for m in metrics
+        }
+        return cls(
+            layers=history["layer"], values=values, stage_labels=labels,
+            title=f"Deep RFM, {type(estimator).__name__}",
+        ).plot(ax=ax)  # fmt: skip
+
+    @classmethod
+    def from_probe(cls, probe, *, ax=None):
+        """Draw NC1 and NC2 by stage of a probed network (or NFAProbe).
+
+        Parameters
+        ----------
+        probe : skdnc.nn.NetworkProbe or fitted skdnc.NFAProbe
+        ax : matplotlib Axes or array of two, default=None
+
+        Returns
+        -------
+        display : CollapseDisplay
+        """
+        nc1 = np.asarray(getattr(probe, "nc1_", getattr(probe, "nc1", None)))
+        nc2 = np.asarray(getattr(probe, "nc2_", getattr(probe, "nc2", None)))
+        if nc1.ndim != 2:
+            raise TypeError(
+                "probe must be a NetworkProbe or a fitted NFAProbe; got "
+                f"{type(probe).__name__}."
+            )
+        values = {
+            "nc1": {s: nc1[:, k] for k, s in enumerate(STAGES)},
+            "nc2": {s: nc2[:, k] for k, s in enumerate(STAGES)},
+        }
+        labels = {
+            "input": "input $h$",
+            "projection": "$S V^\\top h$",
+            "output": "output",
+        }
+        return cls(
+            layers=np.arange(1, len(nc1) + 1), values=values, stage_labels=labels,
+            title="network layers",
+        ).plot(ax=ax)  # fmt: skip
+
+    def plot(self, ax=None):
+        """Draw onto ``ax`` (one Axes per metric) or new Axes.
+
+        Returns
+        -------
+        self : CollapseDisplay
+        """
+        fig, axes = _axes(ax, len(self.values))
+        labels = self.stage_labels or {s: s for s in STAGES}
+        self.lines_ = {}
+        for axis, (metric, by_stage) in zip(axes, self.values.items()):
+            for stage, values in by_stage.items():
+                (self.lines_[metric, stage],) = axis.plot(
+                    self.layers, values, marker="o", markersize=3,
+                    color=STAGE_COLORS.get(stage), label=labels.get(stage, stage),
+                )  # fmt: skip
+            _log_scale_if_positive(axis, np.concatenate(list(by_stage.values())))
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.set_xlabel("layer")
+            axis.set_title(METRIC_LABELS.get(metric, metric))
+            axis.grid(True, which="major", alpha=0.3)
+        axes[0].legend()
+        if self.title:
+            fig.suptitle(self.title)
+        self.axes_, self.figure_ = axes, fig
+        return self
+
+
+def centred_gram(Z, y):
+    """Gram matrix of the samples centred by the mean of the class means, each
+    normalised, in class order (the matrices of the paper's Figure 1)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    y = np.asarray(y)
+    order = np.argsort(y, kind="stable")
+    Z, y = Z[order], y[order]
+    means = np.stack([Z[y == c].mean(axis=0) for c in np.unique(y)])
+    Zc = normalize_rows(Z - means.mean(axis=0))
+    return Zc @ Zc.T
+
+
+class GramDisplay:
+    """Centred, normalised Gram matrices at chosen layers (the paper's Figure 1).
+
+    Parameters
+    ----------
+    grams : list of ndarray of shape (n_samples, n_samples)
+        One matrix per layer, samples in class order.
+    layers : list of int
+        Their layer numbers.
+    title : str, default=None
+
+    Attributes
+    ----------
+    images_ : list of matplotlib.image.AxesImage
+    colorbar_ : matplotlib.colorbar.Colorbar
+    axes_ : list of matplotlib Axes
+    figure_ : matplotlib Figure
+    """
+
+    def __init__(self, *, grams, layers, title=None):
+        self.grams = grams
+        self.layers = list(layers)
+        self.title = title
+
+    @classmethod
+    def from_estimator(
+        cls, estimator, X, y, *, layers=None, stage="projection", ax=None
+    ):
+        """Gram matrices of a fitted Deep RFM's stage on ``X`` at ``layers``.
+
+        Parameters
+        ----------
+        estimator : fitted DeepRFMTransformer
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        layers : list of int, default=None
+            Layers numbered from 1; six spread over the depth when ``None``.
+        stage : {"input", "projection", "output"}, default="projection"
+            The paper's Figure 1 shows the projection :math:`M_l^{1/2} X_l`.
+        ax : array of matplotlib Axes, default=None
+            One per layer.
+
+        Returns
+        -------
+        display : GramDisplay
+        """
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}; got {stage!r}.")
+        check_is_fitted(estimator)
+        L = len(estimator.weights_)
+        if layers is None:
+            layers = sorted({int(round(v)) for v in np.linspace(1, L, min(L, 6))})
+        reps = estimator.transform_layers(X, layers=layers)
+        grams = [centred_gram(rep[stage], y) for rep in reps]
+        return cls(
+            grams=grams, layers=[rep["layer"] for rep in reps],
+            title=f"Centred, normalised Gram matrices ({stage})",
+        ).plot(ax=ax)  # fmt: skip
+
+    def plot(self, ax=None, *, vmin=-0.2, vmax=1.0, cmap="viridis"):
+        """Draw one matrix per Axes, with one labelled colorbar.
+
+        Returns
+        -------
+        self : GramDisplay
+        """
+        n = len(self.grams)
+        if ax is None:
+            fig, axes = plt.subplots(
+                1, n, figsize=(2.2 * n + 1, 2.8), squeeze=False, layout="constrained"
+            )
+            axes = list(axes[0])
+        else:
+            axes = list(np.ravel(ax))
+            if len(axes) != n:
+                raise ValueError(
+                    f"ax must hold {n} Axes, one per layer; got {len(axes)}."
+                )
+            fig = axes[0].figure
+        self.images_ = []
+        for axis, gram, layer in zip(axes, self.grams, self.layers):
+            image = axis.imshow(gram, cmap=cmap, vmin=vmin, vmax=vmax,
+                                interpolation="nearest")  # fmt: skip
+            self.images_.append(image)
+            axis.set_title(f"layer {layer}")
+            axis.set_xticks([])
+            axis.set_yticks([])
+        self.colorbar_ = fig.colorbar(self.images_[-1], ax=axes, shrink=0.9)
+        self.colorbar_.set_label("cosine similarity")
+        if self.title:
+            fig.suptitle(self.title)
+        self.axes_, self.figure_ = axes, fig
+        return self
+
+
+def _band(ax, x, mean, std, **kwargs):
+    """A mean line and its +-1 SD band, the lower edge truncated at 0.01 x mean
+    (the paper's rule, so that log axes stay readable)."""
+    mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+    (line,) = ax.plot(x, mean, **kwargs)
+    low = np.maximum(mean - std, 0.01 * mean)
+    band = ax.fill_between(x, low, mean + std, color=line.get_color(), alpha=0.2,
+                           linewidth=0)  # fmt: skip
+    return line, band
+
+
+def _seeds(n):
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+class _HistoryDisplay:
+    """What the training-history Displays share: their data and the aggregation
+    of runs (one per seed) into mean and standard deviation."""
+
+    def __init__(self, *, summary, layer_names, title=None):
+        self.summary = summary
+        self.layer_names = list(layer_names)
+        self.title = title
+
+    @classmethod
+    def from_histories(cls, histories, *, ax=None, title=None):
+        """Aggregate :class:`~skdnc.nn.TrainingHistory` runs and draw them.
+
+        Parameters
+        ----------
+        histories : list of TrainingHistory
+            Runs with probes at the same epochs (one per seed).
+        ax : matplotlib Axes or array of them, default=None
+        title : str, default=None
+            Followed by the number of seeds.
+
+        Returns
+        -------
+        display : the Display
+        """
+        if not histories or not all(h.probes for h in histories):
+            raise ValueError("histories must be runs recorded with probe=True.")
+        label = _seeds(len(histories))
+        return cls(
+            summary=aggregate_histories(histories),
+            layer_names=histories[0].probes[-1]["layer_names"],
+            title=f"{title} ({label})" if title else label,
+        ).plot(ax=ax)  # fmt: skip
+
+
+class TrainingHistoryDisplay(_HistoryDisplay):
+    """Collapse, the NFA and the loss of networks through training (the paper's
+    Figures 10-12), mean +- 1 SD over seeds.
+
+    Parameters
+    ----------
+    summary : dict
+        :func:`skdnc.nn.aggregate_histories` of the runs (with probes).
+    layer_names : list of str
+        The probed layers.
+    title : str, default=None
+
+    Attributes
+    ----------
+    lines_ : dict
+        ``{name: matplotlib.lines.Line2D}`` of every mean curve: ``"within_share"``,
+        ``"between_share"``, ``"loss"`` and ``("nfa", layer)``.
+    axes_ : list of matplotlib Axes
+    figure_ : matplotlib Figure
+    """
+
+    def plot(self, ax=None):
+        """Draw the three panels onto ``ax`` (three Axes) or new Axes.
+
+        Returns
+        -------
+        self : TrainingHistoryDisplay
+        """
+        s = self.summary
+        if ax is None:
+            fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+            axes = list(axes)
+        else:
+            fig, axes = _axes(ax, 3)
+        epochs = s["epochs"]
+        self.lines_ = {}
+        for key, label in (
+            ("within_share", "tr $\\Sigma_W$ / tr $\\Sigma_T$"),
+            ("between_share", "tr $\\Sigma_B$ / tr $\\Sigma_T$"),
+        ):
+            self.lines_[key], _ = _band(
+                axes[0], epochs, s[f"{key}_mean"], s[f"{key}_std"], label=label
+            )
+        axes[0].set_title("last layer ($\\Sigma_T = \\Sigma_W + \\Sigma_B$)")
+        axes[0].legend(fontsize=8)
+        mean = np.asarray(s["nfa_correlation_mean"])
+        std = np.asarray(s["nfa_correlation_std"])
+        for l, name in enumerate(self.layer_names):
+            self.lines_["nfa", name], _ = _band(
+                axes[1], epochs, mean[:, l], std[:, l], label=name
+            )
+        axes[1].set_title("NFA: corr($W_l^\\top W_l$, AGOP$_l^{1/2}$)")
+        axes[1].legend(fontsize=7)
+        self.lines_["loss"], _ = _band(
+            axes[2], epochs, s["loss_mean"], s["loss_std"], color="black"
+        )
+        _log_scale_if_positive(axes[2], s["loss_mean"])
+        axes[2].set_title("training loss")
+        for axis in axes:
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(True, which="major", alpha=0.3)
+        if self.title:
+            fig.suptitle(self.title)
+        self.axes_, self.figure_ = axes, fig
+        return self
+
+
+class SVDSplitDisplay(_HistoryDisplay):
+    """NC1 of each layer's input, projection and output through training (the
+    paper's Figure 2), one panel per layer, mean +- 1 SD over seeds.
+
+    Parameters
+    ----------
+    summary : dict
+        :func:`skdnc.nn.aggregate_histories` of the runs (with probes).
+    layer_names : list of str
+    title : str, default=None
+
+    Attributes
+    ----------
+    lines_ : dict
+        ``{(layer, stage): matplotlib.lines.Line2D}``.
+    axes_ : list of matplotlib Axes
+    figure_ : matplotlib Figure
+    """
+
+    def plot(self, ax=None):
+        """Draw one panel per layer onto ``ax`` or new Axes.
+
+        Returns
+        -------
+        self : SVDSplitDisplay
+        """
+        L = len(self.layer_names)
+        if ax is None:
+            fig, axes = plt.subplots(1, L, figsize=(2.9 * L, 3.0), squeeze=False,
+                                     sharey=True)  # fmt: skip
+            axes = list(axes[0])
+        else:
+            fig, axes = _axes(ax, L)
+        epochs = self.summary["epochs"]
+        mean = np.asarray(self.summary["nc1_mean"])
+        std = np.asarray(self.summary["nc1_std"])
+        labels = ("input $h$", "$S V^\\top h$", "output")
+        self.lines_ = {}
+        for l, (axis, name) in enumerate(zip(axes, self.layer_names)):
+            for k, stage in enumerate(STAGES):
+                self.lines_[name, stage], _ = _band(
+                    axis, epochs, mean[:, l, k], std[:, l, k],
+                    color=STAGE_COLORS[stage], label=labels[k],
+                )  # fmt: skip
+            _log_scale_if_positive(axis, mean[:, l])
+            axis.set_title(name)
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(True, which="major", alpha=0.3)
+        axes[0].set_ylabel("NC1")
+        axes[0].legend(fontsize=7)
+        if self.title:
+            fig.suptitle(self.title)
+        self.axes_, self.figure_ = axes, fig
+        return self

@@ -1,0 +1,149 @@
+"""Collapse of the readout: NC3 (self-duality) and NC4 (nearest class centre).
+
+Papyan, Han and Donoho (2020) state four properties of neural collapse; NC1 and
+NC2 concern the features alone (:mod:`skdnc.metrics._collapse`), NC3 and NC4 the
+linear classifier on top of them.
+"""
+
+import numpy as np
+from sklearn.utils._param_validation import StrOptions, validate_params
+from sklearn.utils.validation import check_array, check_consistent_length
+
+from skdnc._backend import to_numpy
+from skdnc.metrics._collapse import (
+    _check_X_y,
+    _label,
+    _statistics,
+    _undefined,
+)
+
+NC3_CONSTRAINTS = {"kind": [StrOptions({"fro", "cosine"})]}
+NC4_CONSTRAINTS = {}
+
+
+def _nc3_from_means(H, W, kind):
+    """NC3 of centred class means ``H`` and readout weights ``W`` (both K x d)."""
+    if kind == "fro":
+        nh, nw = np.linalg.norm(H), np.linalg.norm(W)
+        if not (nh > 0 and nw > 0):
+            return _undefined("NC3", "the class means or the readout weights are 0")
+        return float(np.linalg.norm(W / nw - H / nh))
+    nh, nw = np.linalg.norm(H, axis=1), np.linalg.norm(W, axis=1)
+    if not np.all((nh > 0) & (nw > 0)):
+        return _undefined(
+            "NC3", "a centred class mean or a class's readout weight vector is 0"
+        )
+    cos = np.einsum("ij,ij->i", H, W) / (nh * nw)
+    return float(np.mean(1.0 - cos))
+
+
+@validate_params(
+    {"X": ["array-like"], "y": ["array-like"], "W": ["array-like"], **NC3_CONSTRAINTS},
+    prefer_skip_nested_validation=True,
+)
+def nc3_score(X, y, W, *, kind="fro"):
+    """Self-duality (NC3): misalignment of a linear readout with the class means.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor of shape (n_samples, n_features)
+        Features entering the readout.
+    y : array-like of shape (n_samples,)
+        Class labels; at least 2 classes.
+    W : array-like of shape (n_classes, n_features)
+        Readout weights, one row per class in the order of the sorted labels (the
+        ``coef_`` of a scikit-learn linear classifier; for two classes a single
+        row ``w`` stands for ``(-w, w)``).
+    kind : {"fro", "cosine"}, default="fro"
+        ``"fro"`` (Papyan et al. 2020, the default):
+        :math:`\\| W / \\|W\\|_F - \\dot M / \\|\\dot M\\|_F \\|_F`, with
+        :math:`\\dot M` the ``K x d`` matrix of centred class means
+        :math:`\\mu_c - \\mu_G`; between 0 and 2. ``"cosine"``: the mean over
+        classes of :math:`1 - \\cos(w_c, \\mu_c - \\mu_G)`, blind to the relative
+        norms of the rows; between 0 and 2.
+
+    Returns
+    -------
+    nc3 : float
+        0 when the readout is a positive multiple of the centred class means.
+        NaN, with an :class:`~sklearn.exceptions.UndefinedMetricWarning`, when a
+        matrix it normalises is zero.
+
+    References
+    ----------
+    .. [1] V. Papyan, X. Y. Han and D. L. Donoho, "Prevalence of neural collapse
+       during the terminal phase of deep learning training", PNAS 117(40), 2020.
+
+    Examples
+    --------
+    >>> from skdnc.metrics import nc3_score
+    >>> X = [[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0]]
+    >>> y = [0, 0, 1, 1]
+    >>> nc3_score(X, y, [[2.0, -2.0], [-2.0, 2.0]])  # the centred means, scaled
+    0.0
+    >>> round(nc3_score(X, y, [[-1.0, 1.0], [1.0, -1.0]]), 6)  # the opposite
+    2.0
+    """
+    X, y_index, classes = _check_X_y(X, y)
+    W = check_array(to_numpy(W), dtype=np.float64, ensure_2d=True)
+    K, d = len(classes), X.shape[1]
+    if K == 2 and W.shape[0] == 1:
+        W = np.vstack([-W, W])
+    if W.shape != (K, d):
+        raise ValueError(
+            f"W must have shape (n_classes, n_features) = ({K}, {d}) (or (1, {d}) "
+            f"for two classes); got {W.shape}."
+        )
+    stats = _statistics(X, y_index, classes, "class_means")
+    return _nc3_from_means(stats.centered_means, W, kind)
+
+
+@validate_params(
+    {"X": ["array-like"], "y": ["array-like"], "y_pred": ["array-like"]},
+    prefer_skip_nested_validation=True,
+)
+def nc4_score(X, y, y_pred):
+    """Nearest class centre (NC4): disagreement of a classifier with the NCC rule.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor of shape (n_samples, n_features)
+        Features entering the classifier.
+    y : array-like of shape (n_samples,)
+        Class labels, which define the class means :math:`\\mu_c`; at least 2
+        classes.
+    y_pred : array-like of shape (n_samples,)
+        The classifier's predictions on ``X``.
+
+    Returns
+    -------
+    nc4 : float
+        The fraction of samples whose prediction differs from
+        :math:`\\arg\\min_c \\|x - \\mu_c\\|` (Papyan et al. 2020): 0 when the
+        classifier acts as the nearest class-mean rule.
+
+    Examples
+    --------
+    >>> from skdnc.metrics import nc4_score
+    >>> X, y = [[0.0], [1.0], [4.0], [5.0]], [0, 0, 1, 1]
+    >>> nc4_score(X, y, [0, 0, 1, 1]), nc4_score(X, y, [0, 1, 1, 1])
+    (0.0, 0.25)
+    """
+    X, y_index, classes = _check_X_y(X, y)
+    y_pred = np.asarray(to_numpy(y_pred)).reshape(-1)
+    check_consistent_length(X, y_pred)
+    unknown = np.setdiff1d(y_pred, classes)
+    if unknown.size:
+        raise ValueError(
+            f"y_pred holds labels that are not among the classes of y: "
+            f"{[_label(v) for v in unknown[:5]]}."
+        )
+    stats = _statistics(X, y_index, classes, "class_means")
+    M = stats.means
+    D2 = (
+        np.einsum("ij,ij->i", X, X)[:, None]
+        - 2 * X @ M.T
+        + np.einsum("ij,ij->i", M, M)[None, :]
+    )
+    nearest = classes[np.argmin(D2, axis=1)]
+    return float(np.mean(nearest != y_pred))
