@@ -546,8 +546,8 @@ def main(argv=None):
     parser.add_argument(
         "--round-repeat",
         type=int,
-        default=1,
-        help="timed rounds per worker process (default 1)",
+        default=2,
+        help="timed rounds per worker process, best kept (default 2)",
     )
     parser.add_argument(
         "--cap-gib",
