@@ -125,8 +125,8 @@ def _factor_in_place(K):
     """
     U = K.mT
     info = torch.empty((), dtype=torch.int32, device=K.device)
-    # LAPACK's blocked Cholesky scales poorly over threads at these sizes and
-    # stalls when a core is busy: one thread up to some 6,000 rows.
+    # LAPACK's blocked Cholesky stalls on two threads when a core is busy: then
+    # one thread up to some 6,000 rows.
     with cpu_threads(K.device, K.shape[0] ** 3 / 3, limit=FACTOR_ONE_THREAD):
         torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
     return int(info) == 0
