@@ -197,7 +197,17 @@ def provenance():
 
     return {
         "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # Uncommitted changes to tracked files, other than the results being written.
+        "dirty": bool(
+            git(
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)results",
+            )
+        ),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
