@@ -33,7 +33,8 @@ gpu-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[benchmarks]"
-	$(PY) benchmarks/bench_rfm.py
+	$(PY) benchmarks/bench_rfm.py --check
+	$(PY) benchmarks/bench_scale.py --check
 
 clean:
 	rm -rf $(VENV) doc/_build doc/auto_examples doc/generated

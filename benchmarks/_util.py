@@ -139,3 +139,125 @@ def format_table(headers, rows):
     out = [line(cells[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells[1:]]
     return "\n".join(out)
+
+
+# -- data shared by the benchmarks ---------------------------------------------------
+def image_like(n=5000, seed=0):
+    """An image-like problem: sklearn's digits upsampled to 28 x 28, shifted, noisy.
+
+    Each sample is a random digit (with replacement) upsampled by 3 (bilinear,
+    8 x 8 -> 24 x 24), placed at a random offset of 0-4 pixels in each direction
+    of a 28 x 28 canvas, plus Gaussian noise of standard deviation 0.1, clipped
+    to [0, 1]: 784 float32 pixels, 10 classes, like a small MNIST.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 784), float32
+    y : ndarray of shape (n,), int
+    """
+    import numpy as np
+    from scipy.ndimage import zoom
+    from sklearn.datasets import load_digits
+
+    X8, y8 = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(len(y8), size=n)
+    up = np.clip(
+        np.stack([zoom(im, 3, order=1) for im in X8.reshape(-1, 8, 8) / 16]), 0, 1
+    )
+    shifts = rng.integers(0, 5, size=(n, 2))
+    out = np.zeros((n, 28, 28))
+    for k, (i, (a, b)) in enumerate(zip(pick, shifts)):
+        out[k, a : a + 24, b : b + 24] = up[i]
+    out += 0.1 * rng.normal(size=out.shape)
+    return np.clip(out, 0, 1).reshape(n, 784).astype(np.float32), y8[pick]
+
+
+# -- results: JSON with provenance, targets that fail the run --------------------------
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def provenance():
+    """Commit, machine and load average of this run (the load at its start)."""
+    import platform
+
+    import torch
+
+    def git(*args):
+        try:
+            out = subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+            )
+            return out.stdout.strip()
+        except OSError:
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        # Uncommitted changes to tracked files, other than the results being written.
+        "dirty": bool(
+            git(
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)results",
+            )
+        ),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+class Targets:
+    """Targets of a benchmark: each is recorded as met or missed, with its figure."""
+
+    def __init__(self):
+        self.items = []
+
+    def check(self, name, value, target, *, at_most=True, unit=""):
+        """Record ``value <= target`` (or ``>=`` with ``at_most=False``)."""
+        ok = value == value and (value <= target if at_most else value >= target)
+        self.items.append(
+            {
+                "name": name,
+                "value": value,
+                "target": target,
+                "at_most": at_most,
+                "met": bool(ok),
+            }
+        )
+        sign = "<=" if at_most else ">="
+        print(
+            f"[{'MET' if ok else 'MISSED'}] {name}: {value:.4g}{unit} "
+            f"(target {sign} {target:g}{unit})"
+        )
+        return ok
+
+    def fail(self, name, reason):
+        """Record a target that could not be measured (counts as missed)."""
+        self.items.append({"name": name, "value": None, "met": False, "reason": reason})
+        print(f"[MISSED] {name}: {reason}")
+
+    @property
+    def all_met(self):
+        return all(t["met"] for t in self.items)
+
+
+def write_report(path, report, targets):
+    """Write the JSON report (with the load average at the end) and say where."""
+    report["load_average_end"] = list(os.getloadavg())
+    report["targets"] = targets.items
+    report["all_targets_met"] = targets.all_met
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    print(f"\nfigures written to {path}")

@@ -45,7 +45,6 @@ def main(argv=None):
     if cuda and not torch.cuda.is_available():
         raise SystemExit("No CUDA device: this benchmark is for a GPU machine.")
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.cuda.reset_peak_memory_stats()
         print(f"device: {torch.cuda.get_device_name()}, TF32 matmuls: {args.tf32}")
     X, y = make_data(args.n)
@@ -54,6 +53,7 @@ def main(argv=None):
         feature_map=args.feature_map,
         agop_samples=args.agop_samples,
         dtype="float32",
+        allow_tf32=args.tf32,
         device=args.device,
         record_metrics=not args.no_metrics,
         random_state=0,

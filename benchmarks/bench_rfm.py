@@ -1,28 +1,38 @@
-"""skdnc's RFM against xRFM, KernelRidge and SVC, and one RFM round against its floor.
+"""skdnc's RFM against xRFM (and KernelRidge, SVC), and one RFM round against its floor.
 
 Run from the repository root (xRFM comes with ``pip install -e .[benchmarks]``)::
 
-    python benchmarks/bench_rfm.py            # the full run, ~10 minutes on 2 cores
-    python benchmarks/bench_rfm.py --quick    # a smoke run on tiny problems
+    python benchmarks/bench_rfm.py --check          # the full run; exits 1 on a miss
+    python benchmarks/bench_rfm.py --quick          # a smoke run on tiny problems
 
-It prints, in one run:
+Every method gets float32 arrays, as image pipelines produce them. It measures,
+in one run, and writes every figure to a JSON file (``--json``; by default
+``benchmarks/results/bench_rfm.json``, or ``bench_rfm_quick.json`` with
+``--quick``) with the commit, the machine and its load average at the start and
+the end:
 
-1. Test accuracy and fit time (best of ``--repeat``) on the same stratified
-   80/20 splits (sklearn's digits, random_state=0, and a generated 10-class
-   problem with 100 features) for ``skdnc.RFMClassifier`` (float32 and float64,
-   defaults otherwise), xRFM's ``RFM`` (same bandwidth, iterations and ridge; its
-   validation set is carved from the training data with skdnc's
-   ``validation_fraction``), ``KernelRidge(kernel="laplacian")`` on one-hot
-   targets and ``SVC(kernel="rbf")``, each with its fit-time ratio to xRFM.
-2. One RFM round (one kernel ridge solve + one AGOP, starting from M = I) at
-   several n (d=100, c=10, float32) for skdnc and xRFM, each measured in a fresh
-   process: wall time and peak resident memory above the process's baseline.
-3. The floor of a round, timed alone on the same data with plain torch ops: the
-   kernel matrix (GEMM distances, sqrt, exp), one Cholesky factorization and
-   solve, and the two GEMMs of the AGOP, ``(b x n) @ (n x c*d)`` and
-   ``H' H`` with ``H`` of shape ``(b*c, d)``; with skdnc's round time / floor.
+1. Test accuracy and fit time (best of ``--repeat``, repeats interleaved) on the
+   same stratified 80/20 splits of three problems: sklearn's digits, a generated
+   10-class problem (n=5000, d=100) and an image-like one (n=5000, d=784: digits
+   upsampled to 28 x 28 with random shifts and noise, see
+   ``_util.image_like``), for ``skdnc.RFMClassifier()`` at its defaults, xRFM's
+   ``RFM`` (same bandwidth, ridge and largest number of iterations; its
+   validation set carved from the training data with skdnc's
+   ``validation_fraction``), and (digits and synthetic only) KernelRidge and SVC.
+2. The trade-offs behind two defaults, skdnc only, on the same splits: the
+   ``refit`` policies, and the number of AGOP points (``agop_samples``).
+3. One RFM round (one kernel ridge solve + one AGOP, from M = I), float32, at
+   n = 2k, 8k, 16k with d = 100 and at n = 5k with d = 784 (image-like), for
+   skdnc, xRFM and the floor (the same operations as bare torch calls: kernel
+   matrix by one GEMM and fused elementwise passes, Cholesky and solve, the
+   AGOP's distance GEMM, gradient GEMM and ``H'H`` at skdnc's default number of
+   AGOP points, and the eigendecomposition behind ``M = AGOP^(1/2)``), each in
+   a fresh process: wall time and peak resident memory.
 
-Torch's thread settings are left as they are for every method.
+Targets (issue 13), checked with ``--check``: skdnc's fit time at most half of
+xRFM's with an accuracy at least xRFM's on each problem, digits accuracy at
+least 0.985, each round at most 1.3x its floor, and skdnc's round memory at most
+xRFM's.
 """
 
 import argparse
@@ -38,51 +48,79 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import (  # noqa: E402
     GIB,
+    RESULTS,
     PeakMemory,
+    Targets,
     best_of,
     cap_address_space,
     format_table,
+    image_like,
     is_out_of_memory,
+    provenance,
     run_worker,
+    write_report,
 )
 
 SCRIPT = Path(__file__).resolve()
-BANDWIDTH = 10.0  # skdnc's and xRFM's default
-# Targets of issue 2.
+# Targets of issue 13.
 FIT_RATIO_TARGET = 0.5
-ROUND_MEMORY_N, ROUND_MEMORY_TARGET_GIB = 12_000, 1.5
-FLOOR_RATIO_TARGET = 2.0
+DIGITS_ACCURACY_TARGET = 0.985
+FLOOR_RATIO_TARGET = 1.3
+AGOP_POINTS = (250, 500, 1000, 2000, None)
+REFITS = ("solve", "warm", "rounds")
 
 
 # -- data -------------------------------------------------------------------------
 def synthetic(n, d=100, c=10, seed=0):
-    """A 10-class problem, 20 of 100 features informative (feature learning helps)."""
+    """``make_classification``: 20 informative features, 10 redundant, 2 clusters
+    per class."""
     from sklearn.datasets import make_classification
 
     X, y = make_classification(
-        n_samples=n, n_features=d, n_informative=20, n_redundant=10,
-        n_classes=c, n_clusters_per_class=2, class_sep=2.0, random_state=seed,
-    )  # fmt: skip
-    return X, y
+        n_samples=n,
+        n_features=d,
+        n_informative=20,
+        n_redundant=10,
+        n_classes=c,
+        n_clusters_per_class=2,
+        class_sep=2.0,
+        random_state=seed,
+    )
+    return X.astype(np.float32), y
 
 
 def datasets(quick):
+    """(name, X, y, with_others): float32 features."""
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float32)
     if quick:
-        X, y = X[:200], y[:200]
-        return [("digits[:200]", X, y), ("synthetic n=300 d=100 c=10", *synthetic(300))]
-    return [("digits", X, y), ("synthetic n=5000 d=100 c=10", *synthetic(5000))]
+        return [
+            ("digits[:300]", X[:300], y[:300], True),
+            ("synthetic n=400 d=100", *synthetic(400), True),
+            ("image-like n=400 d=784", *image_like(400), False),
+        ]
+    return [
+        ("digits", X, y, True),
+        ("synthetic n=5000 d=100", *synthetic(5000), True),
+        ("image-like n=5000 d=784", *image_like(5000), False),
+    ]
+
+
+def split(X, y):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
 
 
 # -- part 1: accuracy and fit time --------------------------------------------------
-def _skdnc_fit(dtype):
+def _skdnc_fit(**params):
     from skdnc import RFMClassifier
 
     def fit(Xtr, ytr, Xte):
-        clf = RFMClassifier(dtype=dtype, random_state=0).fit(Xtr, ytr)
-        return clf.predict(Xte)
+        clf = RFMClassifier(random_state=0, **params).fit(Xtr, ytr)
+        return clf.predict(Xte), clf
 
     return fit
 
@@ -102,19 +140,23 @@ def _xrfm_fit(Xtr, ytr, Xte):
         Xtr, yi, test_size=defaults.validation_fraction, stratify=yi, random_state=0
     )
     onehot = torch.eye(len(classes))
-
-    def f32(a):
-        return torch.tensor(a, dtype=torch.float32)
-
     model = RFM(
-        kernel="l2", iters=defaults.max_iter, bandwidth=defaults.bandwidth,
-        device="cpu", verbose=False, tuning_metric="accuracy",
-    )  # fmt: skip
+        kernel="l2",
+        iters=defaults.max_iter,
+        bandwidth=defaults.bandwidth,
+        device="cpu",
+        verbose=False,
+        tuning_metric="accuracy",
+    )
     model.fit(
-        (f32(Xf), onehot[torch.tensor(yf)]), (f32(Xv), onehot[torch.tensor(yv)]),
-        method="lstsq", reg=defaults.reg, verbose=False,
-    )  # fmt: skip
-    return classes[model.predict(f32(Xte)).argmax(dim=1).numpy()]
+        (torch.from_numpy(Xf), onehot[torch.tensor(yf)]),
+        (torch.from_numpy(Xv), onehot[torch.tensor(yv)]),
+        method="lstsq",
+        reg=defaults.reg,
+        verbose=False,
+    )
+    pred = model.predict(torch.from_numpy(Xte)).argmax(dim=1).numpy()
+    return classes[pred], model
 
 
 def _kernel_ridge_fit(Xtr, ytr, Xte):
@@ -126,90 +168,158 @@ def _kernel_ridge_fit(Xtr, ytr, Xte):
 
     classes, yi = np.unique(ytr, return_inverse=True)
     model = KernelRidge(kernel="laplacian", alpha=RFMClassifier().reg)
-    model.fit(Xtr, np.eye(len(classes))[yi])
-    return classes[model.predict(Xte).argmax(axis=1)]
+    model.fit(Xtr, np.eye(len(classes), dtype=Xtr.dtype)[yi])
+    return classes[model.predict(Xte).argmax(axis=1)], model
 
 
 def _svc_fit(Xtr, ytr, Xte):
     from sklearn.svm import SVC
 
-    return SVC(kernel="rbf").fit(Xtr, ytr).predict(Xte)
+    model = SVC(kernel="rbf").fit(Xtr, ytr)
+    return model.predict(Xte), model
 
 
-METHODS = [
-    ("skdnc RFMClassifier float32", _skdnc_fit("float32")),
-    ("skdnc RFMClassifier float64", _skdnc_fit("float64")),
-    ("xRFM RFM (float32)", _xrfm_fit),
-    ("KernelRidge laplacian", _kernel_ridge_fit),
-    ("SVC rbf", _svc_fit),
-]
+SKDNC, XRFM = "skdnc RFMClassifier()", "xRFM RFM"
+TIMED = [(SKDNC, _skdnc_fit()), (XRFM, _xrfm_fit)]
+OTHERS = [("KernelRidge laplacian", _kernel_ridge_fit), ("SVC rbf", _svc_fit)]
 
 
-def accuracy_section(quick, repeat):
-    from sklearn.model_selection import train_test_split
-
-    print(f"== 1. Accuracy and fit time (best of {repeat}; same splits) ==")
-    verdicts = []
-    for name, X, y in datasets(quick):
-        Xtr, Xte, ytr, yte = train_test_split(
-            X, y, test_size=0.2, stratify=y, random_state=0
-        )
-        n_val = int(np.ceil(0.2 * len(ytr)))
+def accuracy_section(problems, repeat, targets):
+    print(
+        f"== 1. Accuracy and fit time (float32 input; best of {repeat}; same splits) =="
+    )
+    results = {}
+    for name, X, y, with_others in problems:
+        Xtr, Xte, ytr, yte = split(X, y)
         print(
-            f"\n{name}: stratified 80/20 split (random_state=0), n_train={len(ytr)}, "
-            f"n_test={len(yte)}, d={X.shape[1]}, classes={len(np.unique(y))}; "
-            f"xRFM fits on {len(ytr) - n_val} and validates on {n_val}"
+            f"\n{name}: n_train={len(ytr)}, n_test={len(yte)}, d={X.shape[1]}, "
+            f"classes={len(np.unique(y))}"
         )
-        times = {m: float("inf") for m, _ in METHODS}
-        accuracy = {}
+        times = {m: float("inf") for m, _ in TIMED}
+        accuracy, extra = {}, {}
         # Repeats are interleaved across methods, so load changes hit all of them.
         for _ in range(repeat):
-            for method, fit in METHODS:
-                seconds, pred = best_of(lambda: fit(Xtr, ytr, Xte), 1)
+            for method, fit in TIMED:
+                seconds, (pred, model) = best_of(lambda: fit(Xtr, ytr, Xte), 1)
                 times[method] = min(times[method], seconds)
                 accuracy[method] = float(np.mean(pred == yte))
-        ref = times["xRFM RFM (float32)"]
-        rows = [
-            (m, f"{accuracy[m]:.4f}", f"{times[m]:.2f}", f"{times[m] / ref:.2f}x")
-            for m, _ in METHODS
-        ]
-        print(format_table(["method", "accuracy", "fit s", "fit / xRFM"], rows))
-        for m in METHODS[:2]:
-            ratio = times[m[0]] / ref
-            acc_ok = accuracy[m[0]] >= accuracy["xRFM RFM (float32)"]
-            ok = ratio <= FIT_RATIO_TARGET and acc_ok
-            verdicts.append(
-                f"[{'MET' if ok else 'MISSED'}] {name}, {m[0]}: fit time "
-                f"{ratio:.2f}x xRFM's (target <= {FIT_RATIO_TARGET}x), accuracy "
-                f"{accuracy[m[0]]:.4f} vs {accuracy['xRFM RFM (float32)']:.4f}"
+                if method == SKDNC:
+                    extra = {
+                        "n_iter": int(model.n_iter_),
+                        "history": model.history_.tolist(),
+                        "output_dtype": str(model.predict_proba(Xte[:2]).dtype),
+                    }
+        for method, fit in OTHERS if with_others else []:
+            seconds, (pred, _) = best_of(lambda: fit(Xtr, ytr, Xte), 1)
+            times[method], accuracy[method] = seconds, float(np.mean(pred == yte))
+        ref = times[XRFM]
+        print(
+            format_table(
+                ["method", "accuracy", "fit s", "fit / xRFM"],
+                [
+                    (
+                        m,
+                        f"{accuracy[m]:.4f}",
+                        f"{times[m]:.2f}",
+                        f"{times[m] / ref:.2f}x",
+                    )
+                    for m in times
+                ],
             )
-    return verdicts
+        )
+        print(
+            f"skdnc: {extra['n_iter']} AGOP updates chosen, validation history "
+            f"{np.round(extra['history'], 4).tolist()}"
+        )
+        results[name] = {
+            "fit_s": times,
+            "accuracy": accuracy,
+            "fit_ratio_to_xrfm": times[SKDNC] / ref,
+            "skdnc": extra,
+        }
+        targets.check(
+            f"{name}: skdnc fit time / xRFM's",
+            times[SKDNC] / ref,
+            FIT_RATIO_TARGET,
+            unit="x",
+        )
+        targets.check(
+            f"{name}: skdnc accuracy - xRFM's",
+            accuracy[SKDNC] - accuracy[XRFM],
+            0.0,
+            at_most=False,
+        )
+        if name.startswith("digits") and len(y) > 1000:
+            targets.check(
+                "digits: skdnc accuracy",
+                accuracy[SKDNC],
+                DIGITS_ACCURACY_TARGET,
+                at_most=False,
+            )
+    return results
 
 
-# -- parts 2 and 3: one round, in fresh worker processes -----------------------------
+# -- part 2: the trade-offs behind the defaults ---------------------------------------
+def tradeoff_section(problems, quick):
+    print("\n== 2. Trade-offs behind the defaults (skdnc, float32, one fit each) ==")
+    results = {}
+    for name, X, y, _ in problems:
+        Xtr, Xte, ytr, yte = split(X, y)
+        rows, res = [], {"refit": {}, "agop_samples": {}}
+        settings = [("refit", r, {"refit": r}) for r in REFITS]
+        points = AGOP_POINTS[1:3] + (None,) if quick else AGOP_POINTS
+        settings += [("agop_samples", str(m), {"agop_samples": m}) for m in points]
+        for key, label, params in settings:
+            seconds, (pred, model) = best_of(
+                lambda: _skdnc_fit(**params)(Xtr, ytr, Xte), 1
+            )
+            acc = float(np.mean(pred == yte))
+            res[key][label] = {
+                "fit_s": seconds,
+                "accuracy": acc,
+                "n_iter": int(model.n_iter_),
+            }
+            rows.append(
+                (f"{key}={label}", f"{acc:.4f}", f"{seconds:.2f}", model.n_iter_)
+            )
+        print(f"\n{name}")
+        print(format_table(["setting", "accuracy", "fit s", "AGOP updates"], rows))
+        results[name] = res
+    return results
+
+
+# -- part 3: one round, in fresh worker processes -----------------------------------
 def _round_data(n, d=100, c=10):
     import torch
 
-    X, y = synthetic(n, d, c)
-    X = torch.tensor(X - X.mean(axis=0), dtype=torch.float32)
+    X, y = synthetic(n, d, c) if d == 100 else image_like(n)
+    X = torch.from_numpy(X - X.mean(axis=0))
     return X, torch.tensor(y)
+
+
+def _targets(y):
+    import torch
+
+    c = int(y.max()) + 1
+    Y = torch.full((len(y), c), -1.0)
+    Y[torch.arange(len(y)), y] = 1.0
+    return Y
 
 
 def _skdnc_round(X, y):
     """skdnc's own round: ``rfm_rounds`` with no AGOP update is one solve, then
-    ``agop_step``, with RFMClassifier's default parameters in float32."""
+    ``agop_step``, with RFMClassifier's default parameters (float32 data)."""
     import torch
 
     from skdnc import RFMClassifier
     from skdnc._backend import make_generator, memory_budget_bytes
-    from skdnc._rfm import agop_step, rfm_rounds
+    from skdnc._rfm_core import agop_step, rfm_rounds
 
-    est = RFMClassifier(dtype="float32")
+    est = RFMClassifier()
     params, kernel = est._round_params(), est._kernel()
     budget = memory_budget_bytes(est.memory_budget, torch.device("cpu"))
     generator = make_generator(0)
-    Y = torch.full((len(y), int(y.max()) + 1), -1.0)
-    Y[torch.arange(len(y)), y] = 1.0
+    Y = _targets(y)
 
     def run():
         tic = time.perf_counter()
@@ -217,8 +327,9 @@ def _skdnc_round(X, y):
             X, Y, None, kernel, 0, params=params, budget=budget, generator=generator
         )
         mid = time.perf_counter()
-        agop_step(X, alpha, None, kernel, params=params, budget=budget,
-                  generator=generator)  # fmt: skip
+        agop_step(
+            X, alpha, None, kernel, params=params, budget=budget, generator=generator
+        )
         return {"solve": mid - tic, "agop": time.perf_counter() - mid}
 
     return run
@@ -235,15 +346,30 @@ def _xrfm_round(X, y):
     n, d = X.shape
     c = int(y.max()) + 1
     Y = torch.eye(c)[y]
-    model = RFM(kernel="l2", iters=1, bandwidth=defaults.bandwidth, device="cpu",
-                verbose=False, tuning_metric="accuracy")  # fmt: skip
+    model = RFM(
+        kernel="l2",
+        iters=1,
+        bandwidth=defaults.bandwidth,
+        device="cpu",
+        verbose=False,
+        tuning_metric="accuracy",
+    )
     # What RFM.fit sets up before its first round (xrfm 0.4.x internals).
     model._initialize_fit_parameters(
-        iters=1, method="lstsq", reg=defaults.reg, verbose=False, M_batch_size=None,
-        total_points_to_sample=None, ep_epochs=None, tuning_metric="accuracy",
-        early_stop_rfm=True, early_stop_multiplier=1.1, center_grads=False,
-        prefit_eigenpro=True, solver=None,
-    )  # fmt: skip
+        iters=1,
+        method="lstsq",
+        reg=defaults.reg,
+        verbose=False,
+        M_batch_size=None,
+        total_points_to_sample=None,
+        ep_epochs=None,
+        tuning_metric="accuracy",
+        early_stop_rfm=True,
+        early_stop_multiplier=1.1,
+        center_grads=False,
+        prefit_eigenpro=True,
+        solver=None,
+    )
     model.n_classes = c
     model.adapt_params_to_data(n, d)
 
@@ -260,17 +386,22 @@ def _xrfm_round(X, y):
 
 
 def _floor_round(X, y):
-    """Plain torch: kernel matrix, Cholesky, solve, the AGOP's two GEMMs."""
+    """Bare torch calls on the same shapes: the kernel matrix (one GEMM and fused
+    elementwise passes), Cholesky and solve, and the AGOP at skdnc's default
+    number of points (distance GEMM, weights, gradient GEMM, ``H'H``) with the
+    eigendecomposition of its square root."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from skdnc import RFMClassifier
+    from skdnc._agop import sample_points
 
     defaults = RFMClassifier()
     L, reg = float(defaults.bandwidth), float(defaults.reg)
     n, d = X.shape
-    c = int(y.max()) + 1
-    Y = torch.full((n, c), -1.0)
-    Y[torch.arange(n), y] = 1.0
+    Y = _targets(y)
+    c = Y.shape[1]
+    m = len(sample_points(n, defaults.agop_samples, torch.Generator(), d))
 
     def run():
         t0 = time.perf_counter()
@@ -280,18 +411,20 @@ def _floor_round(X, y):
         K.diagonal().add_(reg)
         t1 = time.perf_counter()
         factor = torch.linalg.cholesky(K)
-        t2 = time.perf_counter()
+        del K
         alpha = torch.cholesky_solve(Y, factor)
         del factor
-        t3 = time.perf_counter()
-        # b = n AGOP points (skdnc's default for n <= 20,000); K stands in for the
-        # gradient weights W, which have its shape.
+        t2 = time.perf_counter()
+        Xb = X[:m]
+        W = torch.addmm(sq[None, :], Xb, X.T, alpha=-2.0)
+        W.add_(sq[:m, None]).clamp_(min=0.0).sqrt_().mul_(-1.0 / L).exp_()
         alpha_x = (alpha[:, :, None] * X[:, None, :]).reshape(n, c * d)
-        H = (K @ alpha_x).view(n * c, d)
-        H.T @ H
-        t4 = time.perf_counter()
-        return {"kernel": t1 - t0, "cholesky": t2 - t1, "solve": t3 - t2,
-                "agop_gemms": t4 - t3}  # fmt: skip
+        H = (W @ alpha_x).view(m * c, d)
+        A = (H.T @ H).double().numpy()
+        with threadpool_limits(limits=1, user_api="blas"):  # as skdnc's, faster
+            np.linalg.eigh(A)
+        t3 = time.perf_counter()
+        return {"kernel": t1 - t0, "solve": t2 - t1, "agop": t3 - t2}
 
     return run
 
@@ -301,11 +434,11 @@ ROUNDS = {"skdnc": _skdnc_round, "xrfm": _xrfm_round, "floor": _floor_round}
 
 def worker(spec):
     """Measure one round in this (fresh) process and print a JSON line."""
-    X, y = _round_data(spec["n"])
+    X, y = _round_data(spec["n"], spec["d"])
     run = ROUNDS[spec["what"]](X, y)
     # Warm-up on a small problem: thread pools and one-off allocations belong to
     # the baseline, not to the round.
-    ROUNDS[spec["what"]](*_round_data(256))()
+    ROUNDS[spec["what"]](*_round_data(256, spec["d"]))()
     cap_address_space(spec["cap_gib"] * GIB)
     best, pieces = float("inf"), None
     try:
@@ -322,82 +455,77 @@ def worker(spec):
         reason = str(exc).strip().splitlines()[0][:160]
         print(json.dumps({"error": f"over the {spec['cap_gib']:g} GiB cap: {reason}"}))
         return
-    print(json.dumps({"seconds": best, "peak_gib": pm.peak_bytes / GIB,
-                      "exact_peak": pm.exact, "pieces": pieces}))  # fmt: skip
-
-
-def rounds_section(sizes, repeat, cap_gib, timeout):
     print(
-        "\n== 2. One RFM round (one solve + one AGOP from M = I), d=100, c=10, "
-        "float32 =="
+        json.dumps(
+            {
+                "seconds": best,
+                "peak_gib": pm.peak_bytes / GIB,
+                "exact_peak": pm.exact,
+                "pieces": pieces,
+            }
+        )
     )
+
+
+def rounds_section(shapes, repeat, cap_gib, timeout, targets):
+    print("\n== 3. One RFM round (one solve + one AGOP from M = I), float32, c=10 ==")
     print(
         f"Each cell is a fresh process (time: best of {repeat}; memory: peak "
         f"resident set above the process's baseline, address space capped at "
         f"{cap_gib:g} GiB)."
     )
-    results = {}
-    for n in sizes:
-        for what in ("floor", "skdnc", "xrfm"):
-            spec = {"what": what, "n": n, "repeat": repeat, "cap_gib": cap_gib}
-            results[what, n] = run_worker(SCRIPT, spec, timeout)
-
-    def cell(r, pieces=("solve", "agop")):
-        if "error" in r:
-            return "-", "-", "-"
-        split = "/".join(f"{r['pieces'][k]:.2f}" for k in pieces)
-        return f"{r['seconds']:.2f}", split, f"{r['peak_gib']:.2f}"
-
-    rows, notes = [], []
-    for n in sizes:
-        s, x = results["skdnc", n], results["xrfm", n]
-        for what, r in (("skdnc", s), ("xRFM", x)):
-            if "error" in r:
-                notes.append(f"n={n} {what}: {r['error']}")
-        both = "error" not in s and "error" not in x
-        speed = f"{x['seconds'] / s['seconds']:.2f}x" if both else "-"
-        rows.append((n, *cell(s), *cell(x), speed))
-    print(format_table(
-        ["n", "skdnc s", "solve/agop", "skdnc GiB", "xRFM s", "solve/agop",
-         "xRFM GiB", "xRFM/skdnc time"], rows))  # fmt: skip
-    for note in notes:
-        print(f"  note: {note}")
-
-    print(
-        "\n== 3. The floor: kernel matrix + one Cholesky solve + AGOP GEMMs, plain "
-        "torch, same data =="
-    )
-    rows, verdicts = [], []
-    for n in sizes:
-        f, s = results["floor", n], results["skdnc", n]
-        if "error" in f:
-            rows.append((n, "-", "-", "-", "-"))
-            notes.append(f"n={n} floor: {f['error']}")
-            continue
-        p = f["pieces"]
-        split = "/".join(f"{p[k]:.2f}" for k in ("kernel", "cholesky", "solve",
-                                                  "agop_gemms"))  # fmt: skip
-        ratio = s["seconds"] / f["seconds"] if "error" not in s else float("nan")
-        rows.append((n, f"{f['seconds']:.2f}", split, f"{f['peak_gib']:.2f}",
-                     f"{ratio:.2f}x"))  # fmt: skip
-        verdicts.append(
-            f"[{'MET' if ratio <= FLOOR_RATIO_TARGET else 'MISSED'}] n={n}: skdnc "
-            f"round {ratio:.2f}x the floor (target <= {FLOOR_RATIO_TARGET}x)"
-        )
-    print(format_table(
-        ["n", "floor s", "kernel/chol/solve/agop", "floor GiB", "skdnc / floor"],
-        rows))  # fmt: skip
-    if ROUND_MEMORY_N in sizes:
-        r = results["skdnc", ROUND_MEMORY_N]
-        if "error" in r:
-            verdicts.append(f"[MISSED] n={ROUND_MEMORY_N}: skdnc {r['error']}")
-        else:
-            ok = r["peak_gib"] < ROUND_MEMORY_TARGET_GIB
-            verdicts.append(
-                f"[{'MET' if ok else 'MISSED'}] n={ROUND_MEMORY_N}: skdnc round peak "
-                f"{r['peak_gib']:.2f} GiB (target < {ROUND_MEMORY_TARGET_GIB} GiB)"
+    results, rows = {}, []
+    for n, d in shapes:
+        cell = {
+            what: run_worker(
+                SCRIPT,
+                {"what": what, "n": n, "d": d, "repeat": repeat, "cap_gib": cap_gib},
+                timeout,
             )
-    return verdicts
+            for what in ("floor", "skdnc", "xrfm")
+        }
+        results[f"n={n} d={d}"] = cell
+        f, s, x = cell["floor"], cell["skdnc"], cell["xrfm"]
+
+        def fmt(r, key="seconds"):
+            return "-" if "error" in r else f"{r[key]:.2f}"
+
+        rows.append(
+            (
+                f"n={n} d={d}",
+                fmt(f),
+                fmt(s),
+                fmt(x),
+                fmt(s, "peak_gib"),
+                fmt(x, "peak_gib"),
+            )
+        )
+        name = f"round n={n} d={d}"
+        for what, r in cell.items():
+            if "error" in r and what != "xrfm":
+                targets.fail(f"{name}: {what}", r["error"])
+            elif "error" in r:  # the peer's failure is a figure, not our miss
+                print(f"note: {name}: xRFM {r['error']}")
+        if "error" not in f and "error" not in s:
+            targets.check(
+                f"{name}: skdnc / floor",
+                s["seconds"] / f["seconds"],
+                FLOOR_RATIO_TARGET,
+                unit="x",
+            )
+        if "error" not in s and "error" not in x:
+            targets.check(
+                f"{name}: skdnc peak memory / xRFM's",
+                s["peak_gib"] / max(x["peak_gib"], 1e-9),
+                1.0,
+                unit="x",
+            )
+    print(
+        format_table(
+            ["shape", "floor s", "skdnc s", "xRFM s", "skdnc GiB", "xRFM GiB"], rows
+        )
+    )
+    return results
 
 
 def main(argv=None):
@@ -406,22 +534,29 @@ def main(argv=None):
         "--quick", action="store_true", help="tiny problems, one repeat: a smoke run"
     )
     parser.add_argument(
-        "--repeat", type=int, default=None,
+        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    parser.add_argument("--json", help="where to write the figures (JSON)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
         help="timing repeats of part 1 (default 3, 1 with --quick)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--sizes", type=int, nargs="+", default=None,
-        help="n of the round benchmark (default 2000 8000 12000 16000)",
-    )  # fmt: skip
+        "--round-repeat",
+        type=int,
+        default=2,
+        help="timed rounds per worker process, best kept (default 2)",
+    )
     parser.add_argument(
-        "--round-repeat", type=int, default=1,
-        help="timed rounds per worker process (default 1)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--cap-gib", type=float, default=12.0,
+        "--cap-gib",
+        type=float,
+        default=12.0,
         help="address-space cap of each worker process in GiB (default 12)",
-    )  # fmt: skip
+    )
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-tradeoffs", action="store_true")
     parser.add_argument("--skip-rounds", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -429,31 +564,42 @@ def main(argv=None):
         worker(json.loads(args.worker))
         return 0
 
-    import torch
     import xrfm
 
     import skdnc
 
+    report = provenance()
+    report.update(skdnc=skdnc.__version__, xrfm=xrfm.__version__, quick=args.quick)
     repeat = args.repeat or (1 if args.quick else 3)
-    sizes = args.sizes or ([128] if args.quick else [2000, 8000, 12000, 16000])
+    shapes = (
+        [(256, 100), (256, 784)]
+        if args.quick
+        else [(2000, 100), (8000, 100), (16000, 100), (5000, 784)]
+    )
     tic = time.perf_counter()
     print(
         f"skdnc {skdnc.__version__}, xrfm {xrfm.__version__}, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads), "
-        f"{os.cpu_count()} CPUs, load average "
-        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}"
+        f"{report['torch']} ({report['torch_threads']} threads), {report['cpus']} "
+        f"CPUs, commit {report['commit'][:10]}, load average "
+        f"{', '.join(f'{v:.1f}' for v in report['load_average_start'])}"
     )
-    verdicts = []
+    targets = Targets()
+    problems = datasets(args.quick)
     if not args.skip_accuracy:
-        verdicts += accuracy_section(args.quick, repeat)
+        report["accuracy"] = accuracy_section(problems, repeat, targets)
+    if not args.skip_tradeoffs:
+        report["tradeoffs"] = tradeoff_section(problems, args.quick)
     if not args.skip_rounds:
         timeout = 120 if args.quick else 900
-        verdicts += rounds_section(sizes, args.round_repeat, args.cap_gib, timeout)
-    print("\n== Targets (issue 2) ==")
-    print("\n".join(verdicts))
+        report["rounds"] = rounds_section(
+            shapes, args.round_repeat, args.cap_gib, timeout, targets
+        )
+    report["total_s"] = time.perf_counter() - tic
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"\ntotal {time.perf_counter() - tic:.0f} s; load average at the end {load}")
-    return 0
+    print(f"\ntotal {report['total_s']:.0f} s; load average at the end {load}")
+    name = "bench_rfm_quick.json" if args.quick else "bench_rfm.json"
+    write_report(args.json or os.path.join(RESULTS, name), report, targets)
+    return 1 if args.check and not targets.all_met else 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ All :math:`h_{ic}` of a block of points come from two matrix products,
 
 import torch
 
-from skdnc._backend import iter_row_blocks
+from skdnc._backend import iter_row_blocks, matmul_precision
 from skdnc._kernels import apply_metric, sqdist
 
 AGOP_NORMALIZATIONS = ("max", "trace", None)
@@ -40,6 +40,7 @@ def kernel_agop(
     centering=False,
     diag=False,
     block_size=None,
+    allow_tf32=False,
 ):
     """AGOP of ``f(x) = k_M(x, centers) @ alpha`` over the rows of ``X``.
 
@@ -65,6 +66,12 @@ def kernel_agop(
         Return only the diagonal of the AGOP.
     block_size : int, optional
         Rows of ``X`` per block; default all at once.
+    allow_tf32 : bool, default=False
+        On a CUDA device in float32, compute the two gradient products (the
+        weights times the weighted centres, and ``H'H``) on TensorFloat-32
+        tensor cores. The distance products stay in full float32 either way: the
+        rounding of :math:`\\|x\\|^2 - 2 x^\\top z + \\|z\\|^2` would swamp
+        small distances.
 
     Returns
     -------
@@ -73,26 +80,38 @@ def kernel_agop(
     """
     m, d = X.shape
     n, n_outputs = alpha.shape
-    # alpha (x) C: row j holds alpha_jc * c_j for every output c, shape (n, K * d).
-    alpha_centers = (alpha[:, :, None] * centers[:, None, :]).reshape(n, -1)
-    c_sqnorms = (apply_metric(centers, M) * centers).sum(dim=1)
+    # alpha (x) C: row j holds alpha_jc * c_j for every output c, shape (n, K * d),
+    # so that one GEMM gives every output's weighted sum of centres.
+    alpha = alpha.contiguous()
+    alpha_centers = torch.mul(alpha[:, :, None], centers[:, None, :]).view(n, -1)
+    CM = apply_metric(centers, M)
+    c_sqnorms = (CM * centers).sum(dim=1)
+    # When every point is a centre, its row norms and X M are the centres' own.
+    all_centres = self_index is not None and bool((self_index >= 0).all())
     acc = X.new_zeros(d if diag else (d, d))
     hsum = X.new_zeros(n_outputs, d)
     for rows in iter_row_blocks(m, block_size or m):
         Xb = X[rows]
-        D2 = sqdist(Xb, centers, M, Z_sqnorms=c_sqnorms)
-        W = kernel.gradient_weights(kernel.from_sqdist(D2.clone()), D2)
-        del D2
+        if all_centres:
+            idx = self_index[rows]
+            D2 = sqdist(Xb, centers, M, X_sqnorms=c_sqnorms[idx],
+                        Z_sqnorms=c_sqnorms, XM=CM[idx])  # fmt: skip
+        else:
+            D2 = sqdist(Xb, centers, M, Z_sqnorms=c_sqnorms)
         if self_index is not None:
+            # Distance 0 to itself: the weight of the self-pair becomes 0.
             idx = self_index[rows]
             hit = (idx >= 0).nonzero().squeeze(1)
-            W[hit, idx[hit]] = 0.0
-        H = (W @ alpha_centers).view(-1, n_outputs, d)
-        H -= (W @ alpha)[:, :, None] * Xb[:, None, :]
-        del W
-        hsum += H.sum(dim=0)
-        H = H.view(-1, d)
-        acc += (H * H).sum(dim=0) if diag else H.T @ H
+            D2[hit, idx[hit]] = 0.0
+        W = kernel.gradient_weights(D2)
+        del D2
+        with matmul_precision(X.device, allow_tf32):
+            H = (W @ alpha_centers).view(-1, n_outputs, d)
+            H.addcmul_((W @ alpha)[:, :, None], Xb[:, None, :], value=-1.0)
+            del W
+            hsum += H.sum(dim=0)
+            H = H.view(-1, d)
+            acc += (H * H).sum(dim=0) if diag else H.T @ H
     acc /= m
     if centering:
         hbar = hsum / m
@@ -141,23 +160,50 @@ def normalize_agop(A, normalization="max"):
     return A / scale
 
 
-def sample_points(n, agop_samples, generator):
+#: ``agop_samples=None`` takes ``AGOP_POINTS_PER_FEATURE / d`` points, clipped to
+#: ``AGOP_POINTS_RANGE`` (and to ``n``).
+AGOP_POINTS_PER_FEATURE = 1_000_000
+AGOP_POINTS_RANGE = (1_000, 20_000)
+
+
+def default_agop_points(n_features):
+    """Number of AGOP points of ``agop_samples=None`` for ``d = n_features``.
+
+    The gradients cost ``2 m n K d`` flops for ``m`` points, so ``m = 10^6 / d``
+    (at least 1,000, at most 20,000) keeps the AGOP's cost linear in ``n`` at
+    about ``2 * 10^6 n K``: all the points of a small or low-dimensional problem,
+    and 1,000 to 1,300 points of 784-pixel images, where more points did not
+    change the accuracy of an RFM (``benchmarks/bench_rfm.py``, part 2).
+
+    Examples
+    --------
+    >>> from skdnc._agop import default_agop_points
+    >>> default_agop_points(64), default_agop_points(784), default_agop_points(4096)
+    (15625, 1275, 1000)
+    """
+    low, high = AGOP_POINTS_RANGE
+    return int(min(high, max(low, AGOP_POINTS_PER_FEATURE // max(1, int(n_features)))))
+
+
+def sample_points(n, agop_samples, generator, n_features=1):
     """Indices of a seeded random subset of ``range(n)`` (sorted).
 
     Parameters
     ----------
     n : int
     agop_samples : int, float in (0, 1] or None
-        A number of points, a fraction of ``n``, or ``None`` for all points up to
-        20,000 (a random 20,000 beyond).
+        A number of points, a fraction of ``n``, or ``None`` for
+        :func:`default_agop_points` of ``n_features``.
     generator : torch.Generator
+    n_features : int, default=1
+        Dimension of the points (used by ``agop_samples=None``).
 
     Returns
     -------
     index : torch.Tensor of shape (m,), dtype long, on the CPU
     """
     if agop_samples is None:
-        m = min(n, 20_000)
+        m = default_agop_points(n_features)
     elif isinstance(agop_samples, float):
         m = max(1, int(round(agop_samples * n)))
     else:

@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from skdnc._backend import (
     block_rows,
+    cpu_threads,
     make_generator,
+    matmul_precision,
     memory_budget_bytes,
     normalize_rows,
     release_memory,
@@ -45,8 +47,13 @@ from skdnc._kernels import Kernel
 from skdnc._linalg import psd_power
 from skdnc._rfm_core import KERNEL_MACHINE_CONSTRAINTS, agop_step, class_targets
 from skdnc._solvers import fit_kernel_regression
-from skdnc.metrics import neural_collapse_report
-from skdnc.metrics._collapse import STAGES
+from skdnc.metrics._collapse import (
+    STAGES,
+    _gram_label_correlation,
+    _nc1_trace,
+    _nc2_from_stats,
+    _statistics,
+)
 
 
 # -- the estimator --------------------------------------------------------------------
@@ -90,7 +97,9 @@ class DeepRFMTransformer(
         :math:`M^{1/2}`; ``1.0`` applies the AGOP itself).
     agop_samples : int, float or None, default=None
         Training points at which each AGOP is taken: a number, a fraction, or
-        ``None`` for all of them up to 20,000. Drawn with ``random_state``.
+        ``None`` for :math:`10^6 / d` of them (at least 1,000, at most 20,000,
+        all when there are fewer), as :class:`RFMClassifier`. Drawn with
+        ``random_state``.
     agop_normalization : {"max", "trace"} or None, default="max"
         Rescaling of the AGOP: by its largest entry (the paper's code), to trace
         ``d``, or none. With the ``"relu"`` map, which is positively homogeneous,
@@ -124,9 +133,15 @@ class DeepRFMTransformer(
         Options of the ``"cg"`` solver.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs (``"auto"``: CUDA when available).
-    dtype : {"float64", "float32"}, default="float64"
-        Precision of the computation. ``"float32"`` is several times faster on a
-        GPU and about twice as fast on a CPU.
+    dtype : {"float64", "float32"} or None, default=None
+        Precision of the computation. ``None`` follows the input: float32 data
+        are computed, stored and transformed in float32, anything else in
+        float64. ``"float32"`` is several times faster than ``"float64"`` on a GPU
+        and about twice as fast on a CPU.
+    allow_tf32 : bool, default=True
+        On a CUDA device in float32, compute the AGOP's gradient products on
+        TensorFloat-32 tensor cores (see :class:`RFMClassifier`); the kernels'
+        distance products always run in full float32. No effect on the CPU.
     memory_budget : float, default=None
         Memory, in GiB, one computation may use; ``None``: 80% of a GPU's free
         memory or half of the available RAM.
@@ -250,7 +265,8 @@ class DeepRFMTransformer(
         solver="auto",
         solver_params=None,
         device="auto",
-        dtype="float64",
+        dtype=None,
+        allow_tf32=True,
         memory_budget=None,
         random_state=None,
         verbose=0,
@@ -274,6 +290,7 @@ class DeepRFMTransformer(
         self.solver_params = solver_params
         self.device = device
         self.dtype = dtype
+        self.allow_tf32 = allow_tf32
         self.memory_budget = memory_budget
         self.random_state = random_state
         self.verbose = verbose
@@ -287,6 +304,7 @@ class DeepRFMTransformer(
             "agop_power": 1.0,
             "centering": False,
             "diag": False,
+            "allow_tf32": bool(self.allow_tf32),
         }
         M = None
         for _ in range(int(self.n_agop_steps)):
@@ -317,9 +335,19 @@ class DeepRFMTransformer(
         """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
-        n_classes = len(classes)
         device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
+        width = DEFAULT_WIDTH[self.feature_map] if self.width is None else self.width
+        work = X.shape[0] ** 2 * max(X.shape[1], width)
+        # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
+        with matmul_precision(device, False), cpu_threads(device, work):
+            self._fit_layers(X, y_index, classes, device)
+        release_memory(device)
+        return self
+
+    def _fit_layers(self, X, y_index, classes, device):
+        """The L layers of :meth:`fit` on validated input."""
+        n_classes = len(classes)
+        dtype = resolve_dtype(self.dtype, like=X)
         budget = memory_budget_bytes(self.memory_budget, device)
         generator = make_generator(self.random_state)
         kernel = Kernel(self.kernel, float(self.bandwidth), float(self.exponent))
@@ -369,8 +397,6 @@ class DeepRFMTransformer(
         self.layer_times_ = np.asarray(layer_times)
         self.collapse_history_ = None if record is None else record.result()
         del Xl, Y, Phi
-        release_memory(device)
-        return self
 
     # -- transforming -----------------------------------------------------------------
     @property
@@ -488,8 +514,9 @@ class _MetricsRecorder:
         "gram_label_correlation": "gram_label_correlation",
     }
 
-    def __init__(self, y):
-        self.y = np.asarray(y)
+    def __init__(self, y_index):
+        self.y_index = np.asarray(y_index)
+        self.classes = np.unique(self.y_index)
         self.history = {"layer": []}
         for stage in STAGES:
             for name in self.METRICS.values():
@@ -498,7 +525,16 @@ class _MetricsRecorder:
     def __call__(self, *representations):
         self.history["layer"].append(len(self.history["layer"]) + 1)
         for stage, Z in zip(STAGES, representations):
-            report = neural_collapse_report(to_numpy(Z), self.y)
+            # The four statistics of the history from one set of class statistics
+            # (the full report also takes Papyan's NC1, a d x d pseudo-inverse).
+            stats = _statistics(to_numpy(Z, np.float64), self.y_index, self.classes,
+                                "class_means")  # fmt: skip
+            report = {
+                "nc1": _nc1_trace(stats),
+                "nc2": _nc2_from_stats(stats, "etf", "fro"),
+                "nc2_mse": _nc2_from_stats(stats, "etf", "mse"),
+                "gram_label_correlation": _gram_label_correlation(stats),
+            }
             for key, name in self.METRICS.items():
                 self.history[f"{name}_{stage}"].append(float(report[key]))
 

@@ -15,6 +15,8 @@ solvers (:mod:`skdnc._solvers`) call it.
 
 from dataclasses import dataclass
 
+import torch
+
 KERNELS = ("laplace", "gaussian", "exponential")
 
 
@@ -49,7 +51,7 @@ class Kernel:
         p = float(self.exponent)
         return D2.pow_(p / 2).mul_(-(L**-p)).exp_()
 
-    def gradient_weights(self, K, D2):
+    def gradient_weights(self, D2):
         """Weights :math:`w` with :math:`\\nabla_x k(x, z) = w \\, M (z - x)`.
 
         For :math:`k = \\phi(s)`, :math:`s = d_M^2`, :math:`w = -2\\phi'(s)`:
@@ -58,17 +60,22 @@ class Kernel:
         difference vector is 0); callers mask self-pairs by index as well, because
         a point's computed distance to itself need not be exactly 0.
 
-        ``K`` is overwritten with the result; ``D2`` is left as it is.
+        Computed from the squared distances ``D2`` alone (the kernel values are
+        not needed), which are overwritten; the Gaussian's weights are returned
+        in ``D2``'s memory, the others in one new buffer.
         """
         L = float(self.bandwidth)
         if self.name == "gaussian":
-            return K.mul_(1.0 / L**2)
+            return D2.mul_(-0.5 / L**2).exp_().mul_(1.0 / L**2)
         zero = D2 <= 0
         if self.name == "laplace":
-            W = K.div_(D2.sqrt().mul_(L))
+            R = D2.sqrt_()
+            W = torch.mul(R, -1.0 / L).exp_()
+            W.div_(R.mul_(L))
         else:
             p = float(self.exponent)
-            W = K.mul_(D2.pow(p / 2 - 1).mul_(p * L**-p))
+            T = D2.pow(p / 2).mul_(L**-p)  # (d / L)^p
+            W = torch.neg(T).exp_().mul_(T).mul_(p).div_(D2)  # p k (d/L)^p / d^2
         return W.masked_fill_(zero, 0.0)
 
 
@@ -86,7 +93,7 @@ def apply_metric(X, M):
     return X @ M
 
 
-def sqdist(X, Z, M=None, *, X_sqnorms=None, Z_sqnorms=None, XM=None):
+def sqdist(X, Z, M=None, *, X_sqnorms=None, Z_sqnorms=None, XM=None, out=None):
     """Squared Mahalanobis distances between rows of ``X`` and ``Z``, clamped at 0.
 
     Parameters
@@ -96,6 +103,9 @@ def sqdist(X, Z, M=None, *, X_sqnorms=None, Z_sqnorms=None, XM=None):
     M : torch.Tensor of shape (d, d) or (d,), or None
     X_sqnorms, Z_sqnorms, XM : torch.Tensor, optional
         Precomputed :math:`x^\\top M x`, :math:`z^\\top M z` and ``X M``.
+    out : torch.Tensor of shape (n, m), optional
+        Where to write the result (it may be a row-strided view of a larger
+        matrix).
 
     Returns
     -------
@@ -106,9 +116,9 @@ def sqdist(X, Z, M=None, *, X_sqnorms=None, Z_sqnorms=None, XM=None):
         X_sqnorms = (XM * X).sum(dim=1)
     if Z_sqnorms is None:
         Z_sqnorms = mahalanobis_sqnorms(Z, M)
-    D2 = XM @ Z.T
-    D2.mul_(-2.0).add_(X_sqnorms[:, None]).add_(Z_sqnorms[None, :])
-    return D2.clamp_(min=0.0)
+    # One GEMM with the column norms as its bias, one pass for the row norms.
+    D2 = torch.addmm(Z_sqnorms[None, :], XM, Z.T, alpha=-2.0, out=out)
+    return D2.add_(X_sqnorms[:, None]).clamp_(min=0.0)
 
 
 def kernel_matrix(X, Z, M, kernel, *, self_offset=None):
@@ -133,6 +143,52 @@ def kernel_matrix(X, Z, M, kernel, *, self_offset=None):
     if self_offset is not None:
         zero_self_pairs(D2, self_offset)
     return kernel.from_sqdist(D2)
+
+
+def training_kernel_matrix(X, M, kernel, *, triangle="full", block_size=None):
+    """The symmetric kernel matrix ``k_M(X, X)``, built one triangle at a time.
+
+    Row block ``[r0, r1)`` is computed against the points ``[0, r1)`` only, into its
+    place in one ``(n, n)`` buffer: about half the distance GEMM and the
+    elementwise passes of :func:`kernel_matrix`, with the row norms ``x^T M x`` and
+    ``X M`` computed once. Self-pairs get distance exactly 0.
+
+    Parameters
+    ----------
+    X : torch.Tensor of shape (n, d)
+    M : torch.Tensor of shape (d, d) or (d,), or None
+    kernel : Kernel
+    triangle : {"full", "lower"}, default="full"
+        ``"lower"`` leaves the strictly upper triangle unset (what a Cholesky
+        factorization of the lower triangle reads); ``"full"`` mirrors it.
+    block_size : int, optional
+        Rows per block; default ``n / 8`` (at least 256), which wastes an eighth
+        of a triangle on the diagonal blocks.
+
+    Returns
+    -------
+    K : torch.Tensor of shape (n, n)
+    """
+    n = X.shape[0]
+    XM = apply_metric(X, M)
+    norms = (XM * X).sum(dim=1)
+    K = X.new_empty(n, n)
+    block = int(block_size or triangle_block(n))
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        V = sqdist(X[r0:r1], X[:r1], None, X_sqnorms=norms[r0:r1],
+                   Z_sqnorms=norms[:r1], XM=XM[r0:r1], out=K[r0:r1, :r1])  # fmt: skip
+        zero_self_pairs(V, r0)
+        kernel.from_sqdist(V)
+        if triangle == "full" and r0 > 0:
+            K[:r0, r0:r1].copy_(V[:, :r0].T)
+    return K
+
+
+def triangle_block(n):
+    """Rows per block of :func:`training_kernel_matrix` (and of products with its
+    lower triangle): ``n / 8``, at least 256."""
+    return max(256, -(-int(n) // 8))
 
 
 def zero_self_pairs(D2, offset):

@@ -14,7 +14,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skdnc._agop import kernel_agop
 from skdnc._backend import (
     block_rows,
+    cpu_threads,
     make_generator,
+    matmul_precision,
     memory_budget_bytes,
     release_memory,
     resolve_device,
@@ -24,7 +26,13 @@ from skdnc._backend import (
 )
 from skdnc._base import check_class_labels, uses_cuda
 from skdnc._kernels import Kernel
-from skdnc._rfm_core import KERNEL_MACHINE_CONSTRAINTS, class_targets, rfm_rounds
+from skdnc._rfm_core import (
+    KERNEL_MACHINE_CONSTRAINTS,
+    REFIT_POLICIES,
+    class_targets,
+    refit_rounds,
+    rfm_rounds,
+)
 from skdnc._solvers import kernel_predict
 
 
@@ -37,6 +45,9 @@ class _BaseRFM(BaseEstimator):
         "diag": ["boolean"],
         "centering": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "refit": [StrOptions(set(REFIT_POLICIES))],
         "warm_start": ["boolean"],
     }
 
@@ -54,10 +65,14 @@ class _BaseRFM(BaseEstimator):
         agop_power=0.5,
         centering=False,
         validation_fraction=0.2,
+        n_iter_no_change=2,
+        tol=1e-4,
+        refit="solve",
         solver="auto",
         solver_params=None,
         device="auto",
-        dtype="float64",
+        dtype=None,
+        allow_tf32=True,
         memory_budget=None,
         warm_start=False,
         random_state=None,
@@ -74,10 +89,14 @@ class _BaseRFM(BaseEstimator):
         self.agop_power = agop_power
         self.centering = centering
         self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.refit = refit
         self.solver = solver
         self.solver_params = solver_params
         self.device = device
         self.dtype = dtype
+        self.allow_tf32 = allow_tf32
         self.memory_budget = memory_budget
         self.warm_start = warm_start
         self.random_state = random_state
@@ -110,6 +129,7 @@ class _BaseRFM(BaseEstimator):
             "centering": bool(self.centering),
             "solver": self.solver,
             "solver_params": self.solver_params,
+            "allow_tf32": bool(self.allow_tf32),
         }
 
     def _log(self, message):
@@ -118,7 +138,16 @@ class _BaseRFM(BaseEstimator):
 
     def _fit(self, X, y):
         device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
+        n, d = X.shape
+        # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
+        with matmul_precision(device, False), cpu_threads(device, n * n * d):
+            self._fit_rounds(X, y, device)
+        release_memory(device)
+        return self
+
+    def _fit_rounds(self, X, y, device):
+        dtype = resolve_dtype(self.dtype, like=X)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
         budget = memory_budget_bytes(self.memory_budget, device)
         generator = make_generator(self.random_state)
         kernel = self._kernel()
@@ -127,7 +156,7 @@ class _BaseRFM(BaseEstimator):
         n, d = X.shape
         # Kernels and AGOPs are translation invariant; centring the data makes the
         # quadratic-form distances far more accurate in float32.
-        self.X_offset_ = X.mean(axis=0, dtype=np.float64)
+        self.X_offset_ = X.mean(axis=0, dtype=np.float64).astype(np_dtype)
         X = (X - self.X_offset_).astype(X.dtype, copy=False)
 
         M0 = None
@@ -144,16 +173,18 @@ class _BaseRFM(BaseEstimator):
         n_rounds = int(self.max_iter)
         history = None
         val = self._split(n, y, generator) if self.max_iter > 0 else None
+        Xt = to_tensor(X, device, dtype)
+        Yt = to_tensor(Y_np, device, dtype)
         if val is not None:
             fit_idx, val_idx = val
-            Xf = to_tensor(X[fit_idx], device, dtype)
-            Yf = to_tensor(Y_np[fit_idx], device, dtype)
-            Xv = to_tensor(X[val_idx], device, dtype)
+            fit_idx_t = torch.as_tensor(fit_idx, device=device)
+            Xf, Yf = Xt[fit_idx_t], Yt[fit_idx_t]
+            Xv = Xt[torch.as_tensor(val_idx, device=device)]
             Yv = Y_np[val_idx]
-            decisions = []
+            decisions, metrics = [], []
 
-            def evaluate(alpha, M):
-                F = to_numpy(kernel_predict(Xv, Xf, alpha, M, kernel, budget=budget))
+            def evaluate(predict):
+                F = to_numpy(predict(Xv))
                 decisions.append(F)
                 return self._validation_score(F, Yv)
 
@@ -161,20 +192,28 @@ class _BaseRFM(BaseEstimator):
             _, _, scores = rfm_rounds(
                 Xf, Yf, M0, kernel, n_rounds, params=params, budget=budget,
                 generator=generator, evaluate=evaluate, log=log,
+                n_iter_no_change=self.n_iter_no_change, tol=float(self.tol),
+                metrics=metrics,
             )  # fmt: skip
             del Xf, Yf, Xv
             n_rounds = max(range(len(scores)), key=lambda t: scores[t])
             history = np.array([s[0] for s in scores])
             self._after_validation(decisions[n_rounds], Yv)
+            self._log(
+                f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates"
+            )
+            M, alpha = refit_rounds(
+                self.refit, Xt, Yt, metrics, n_rounds, kernel, params=params,
+                budget=budget, generator=generator, log=log,
+            )  # fmt: skip
+            del metrics
         else:
             self._after_validation(None, None)
-
-        self._log(f"refitting on all {n} points with {n_rounds} AGOP updates")
-        Xt = to_tensor(X, device, dtype)
-        M, alpha, _ = rfm_rounds(
-            Xt, to_tensor(Y_np, device, dtype), M0, kernel, n_rounds, params=params,
-            budget=budget, generator=generator, log=log,
-        )  # fmt: skip
+            self._log(f"fitting on all {n} points with {n_rounds} AGOP updates")
+            M, alpha, _ = rfm_rounds(
+                Xt, Yt, M0, kernel, n_rounds, params=params, budget=budget,
+                generator=generator, log=log,
+            )  # fmt: skip
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
         self.M_ = to_numpy(M)
@@ -184,9 +223,6 @@ class _BaseRFM(BaseEstimator):
         self.history_ = history
         diagonal = self.M_ if self.M_.ndim == 1 else np.diag(self.M_)
         self.feature_importances_ = diagonal / diagonal.sum()
-        del Xt, M, alpha
-        release_memory(device)
-        return self
 
     def _after_validation(self, F, Y):
         """Subclass hook: use the chosen round's validation decisions."""
@@ -201,7 +237,8 @@ class _BaseRFM(BaseEstimator):
         return to_tensor(X, device, dtype).sub_(offset), C, M, device
 
     def _decision(self, X):
-        """Raw kernel predictor outputs, shape (n, K), as NumPy float64."""
+        """Raw kernel predictor outputs, shape (n, K), as NumPy float64 (computed in
+        the fitted precision), and the float dtype of the validated input."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         Xt, C, M, device = self._fitted_tensors(X)
@@ -272,8 +309,11 @@ _RFM_DOC_PARAMETERS = """
         reweighting.
     agop_samples : int, float or None, default=None
         Points at which the AGOP is taken: a number, a fraction of the training
-        set, or ``None`` for all of them up to 20,000. The subset is random, drawn
-        with ``random_state``.
+        set, or ``None`` for :math:`10^6 / d` of them (at least 1,000, at most
+        20,000, all when there are fewer): the gradients then cost about
+        :math:`2 \\cdot 10^6 n K` flops whatever the dimension :math:`d`, and more
+        points did not change the accuracy on the benchmarks. The subset is
+        random, drawn with ``random_state``.
     agop_normalization : {"max", "trace"} or None, default="max"
         Rescaling of each AGOP: by its largest entry (the paper's code), to trace
         ``n_features`` (the trace of the identity), or none.
@@ -286,8 +326,31 @@ _RFM_DOC_PARAMETERS = """
     validation_fraction : float, default=0.2
         Fraction of the training data held out (stratified for classification) to
         choose the number of AGOP updates in ``0..max_iter``; the model is then refit
-        on all the data with that number. ``0`` uses ``max_iter`` updates, unchecked.
+        on all the data (see ``refit``). ``0`` uses ``max_iter`` updates, unchecked.
         Ignored when too few samples make a split meaningless.
+    n_iter_no_change : int or None, default=2
+        Early stopping: the rounds on the validation split stop once the
+        validation score has not improved on its best by more than ``tol`` for
+        this many consecutive rounds. ``None`` runs all ``max_iter`` rounds. The
+        AGOP iterations of an RFM usually settle in one to three updates, and a
+        round costs as much as a kernel solve and an AGOP, so stopping on a flat
+        score saves most of a fit's time.
+    tol : float, default=1e-4
+        Smallest improvement of the validation score (accuracy for the
+        classifier, :math:`R^2` for the regressor) that counts for early stopping.
+    refit : {"solve", "warm", "rounds"}, default="solve"
+        How the final model is fitted on all the training data once the number of
+        AGOP updates is chosen on the validation split. ``"solve"``: one kernel
+        solve on all the data with the chosen ``M`` (learned on the split).
+        ``"warm"``: start from the ``M`` one update before the chosen one and take
+        the last AGOP update on all the data (two solves and one AGOP).
+        ``"rounds"``: rerun every update on all the data (as many solves and AGOPs
+        again as the split took). The default ``"solve"`` was as accurate as the
+        others on the benchmarks of ``benchmarks/bench_rfm.py`` (digits, a
+        synthetic problem and an image-like problem) at a fraction of their
+        time: ``M`` learned on 80% of the data is as good a metric as one learned
+        on all of it, while the solve on all the data keeps every training point
+        as a centre.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         Linear solver of the kernel ridge system. ``"cholesky"`` is exact (the
         kernel matrix is factored in place); ``"cg"`` is conjugate gradients with
@@ -302,9 +365,19 @@ _RFM_DOC_PARAMETERS = """
         Where the computation runs, resolved in :meth:`fit` and at prediction
         (``"auto"``: CUDA when available). Fitted attributes are NumPy arrays, so
         a model fitted on a GPU loads anywhere.
-    dtype : {"float64", "float32"}, default="float64"
-        Precision of the computation. ``"float32"`` halves the memory and
-        the time of the matrix products.
+    dtype : {"float64", "float32"} or None, default=None
+        Precision of the computation. ``None`` follows the input: float32 data
+        (what image pipelines produce) are computed and returned in float32,
+        anything else in float64. ``"float32"`` is about twice as fast as
+        ``"float64"`` and halves the memory.
+    allow_tf32 : bool, default=True
+        On a CUDA device in float32, compute the AGOP's gradient products (most
+        of its flops) on TensorFloat-32 tensor cores: several times faster, with
+        their inputs rounded to a 10-bit mantissa, which the averaged outer
+        products tolerate. The distance products of the kernels always run in
+        full float32 (their cancellation would not tolerate TF32). ``False``
+        keeps every product in full float32. No effect on the CPU or in
+        float64.
     memory_budget : float, default=None
         Memory, in GiB, that one computation may use; blocks are sized from it.
         ``None``: 80% of a GPU's free memory, or half of the available RAM.
@@ -327,9 +400,10 @@ _RFM_DOC_ATTRIBUTES = """
         AGOPs are translation invariant; this keeps float32 distances accurate).
     n_iter_ : int
         Number of AGOP updates behind ``M_``.
-    history_ : ndarray of shape (max_iter + 1,) or None
-        Validation score after ``0, 1, ..., max_iter`` AGOP updates; ``None`` when no
-        validation split was made.
+    history_ : ndarray of shape (n_rounds,) or None
+        Validation score after ``0, 1, ...`` AGOP updates, one per round measured
+        (``max_iter + 1`` unless early stopping ended the rounds sooner); ``None``
+        when no validation split was made.
     feature_importances_ : ndarray of shape (n_features,)
         Diagonal of ``M_``, normalised to sum to one.
     n_features_in_ : int
@@ -426,11 +500,15 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         agop_power=0.5,
         centering=False,
         validation_fraction=0.2,
+        n_iter_no_change=2,
+        tol=1e-4,
+        refit="solve",
         target_coding="pm1",
         solver="auto",
         solver_params=None,
         device="auto",
-        dtype="float64",
+        dtype=None,
+        allow_tf32=True,
         memory_budget=None,
         warm_start=False,
         random_state=None,
@@ -448,10 +526,14 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             agop_power=agop_power,
             centering=centering,
             validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            refit=refit,
             solver=solver,
             solver_params=solver_params,
             device=device,
             dtype=dtype,
+            allow_tf32=allow_tf32,
             memory_budget=memory_budget,
             warm_start=warm_start,
             random_state=random_state,
@@ -576,7 +658,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes)
-            In float64 whatever the input's dtype.
+            In float64 whatever the input's dtype (the outputs are computed in
+            the fitted precision): in float32 the softmax of a confident
+            prediction underflows, and ties the small probabilities at 0, which
+            would break their agreement in order with :meth:`predict_log_proba`.
         """
         F, _ = self._decision(X)
         return softmax(self.proba_scale_ * self._logits(F), axis=1)

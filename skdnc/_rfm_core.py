@@ -19,8 +19,8 @@ from skdnc._agop import kernel_agop, normalize_agop, sample_points
 from skdnc._backend import block_rows
 from skdnc._base import DEVICE_CONSTRAINT
 from skdnc._kernels import KERNELS
-from skdnc._linalg import psd_power
-from skdnc._solvers import SOLVERS, fit_kernel_regression
+from skdnc._linalg import psd_power, psd_powers
+from skdnc._solvers import SOLVERS, fit_kernel_regression, kernel_predict
 
 #: ``_parameter_constraints`` of the parameters every kernel machine of skdnc has
 #: (RFMClassifier, RFMRegressor and each layer of DeepRFMTransformer).
@@ -39,7 +39,8 @@ KERNEL_MACHINE_CONSTRAINTS = {
     "solver": [StrOptions(set(SOLVERS))],
     "solver_params": [dict, None],
     "device": DEVICE_CONSTRAINT,
-    "dtype": [StrOptions({"float32", "float64"})],
+    "dtype": [StrOptions({"float32", "float64"}), None],
+    "allow_tf32": ["boolean"],
     "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
@@ -95,7 +96,8 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator):
     M : torch.Tensor of shape (d, d), or (d,) when ``params["diag"]``
     """
     n = X.shape[0]
-    idx = sample_points(n, params["agop_samples"], generator).to(X.device)
+    idx = sample_points(n, params["agop_samples"], generator, X.shape[1])
+    idx = idx.to(X.device)
     A = kernel_agop(
         X[idx],
         X,
@@ -106,6 +108,7 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator):
         centering=params["centering"],
         diag=params["diag"],
         block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
+        allow_tf32=params.get("allow_tf32", False),
     )
     A = normalize_agop(A, params["agop_normalization"])
     if torch.count_nonzero(A) == 0:
@@ -114,14 +117,104 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator):
     return A if power == 1 else psd_power(A, power)
 
 
+def apply_root(X, S):
+    """The rows of ``X`` mapped by the metric's square root ``S`` (``S S = M``):
+    ``k_M(x, z) = k(S x, S z)``. ``S`` is full, a diagonal (a vector) or ``None``
+    (the identity)."""
+    if S is None:
+        return X
+    return X * S if S.ndim == 1 else X @ S
+
+
+def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator):
+    """:func:`agop_step` in the coordinates ``XS = X S`` of the current metric.
+
+    With ``M = S S``, the gradient of ``f(x) = \\sum_j a_j k(S x, S x_j)`` is
+    ``S`` times the gradient taken in the mapped coordinates, so the AGOP is
+    ``S G S`` with ``G`` the AGOP of the kernel machine on ``XS`` with ``M = I``:
+    no product with ``M`` on any block of points. Returns the next metric and its
+    square root, both from one eigendecomposition, or ``None`` when the AGOP is
+    zero (a constant predictor: the metric stays).
+    """
+    n = XS.shape[0]
+    idx = sample_points(n, params["agop_samples"], generator, XS.shape[1])
+    idx = idx.to(XS.device)
+    G = kernel_agop(
+        XS[idx],
+        XS,
+        alpha,
+        None,
+        kernel,
+        self_index=idx,
+        centering=params["centering"],
+        diag=params["diag"],
+        block_size=block_rows(n, XS.element_size(), budget, n_buffers=3),
+        allow_tf32=params.get("allow_tf32", False),
+    )
+    if S is not None:
+        G = G * S * S if S.ndim == 1 else S @ G @ S
+    A = normalize_agop(G, params["agop_normalization"])
+    if torch.count_nonzero(A) == 0:
+        return None
+    power = params["agop_power"]
+    return psd_powers(A, (power, power / 2))
+
+
+REFIT_POLICIES = ("solve", "warm", "rounds")
+
+
+def no_improvement(scores, n_iter_no_change, tol):
+    """Whether the last ``n_iter_no_change`` scores failed to improve on the best
+    before them by more than ``tol`` (the first entry of each score tuple).
+
+    ``n_iter_no_change=None`` never stops.
+
+    Examples
+    --------
+    >>> from skdnc._rfm_core import no_improvement
+    >>> no_improvement([(0.9,), (0.95,), (0.95,), (0.95,)], 2, 1e-4)
+    True
+    >>> no_improvement([(0.9,), (0.95,), (0.95,), (0.96,)], 2, 1e-4)
+    False
+    """
+    if n_iter_no_change is None or len(scores) <= n_iter_no_change:
+        return False
+    best_before = max(s[0] for s in scores[:-n_iter_no_change])
+    recent = max(s[0] for s in scores[-n_iter_no_change:])
+    return recent <= best_before + tol
+
+
 def rfm_rounds(
-    X, Y, M, kernel, n_rounds, *, params, budget, generator, evaluate=None, log=None
+    X,
+    Y,
+    M,
+    kernel,
+    n_rounds,
+    *,
+    params,
+    budget,
+    generator,
+    root=None,
+    evaluate=None,
+    log=None,
+    n_iter_no_change=None,
+    tol=0.0,
+    metrics=None,
 ):
     """Alternate the kernel ridge solve and the AGOP update of ``M``.
 
     Round ``t = 0, ..., n_rounds``: solve with ``M_t``, call ``evaluate`` on the
     predictor, and (for ``t < n_rounds``) set ``M_{t+1}`` to the normalised AGOP
-    of that predictor raised to ``params["agop_power"]``.
+    of that predictor raised to ``params["agop_power"]``. With ``evaluate`` and
+    ``n_iter_no_change``, the rounds stop early once the last ``n_iter_no_change``
+    scores have not improved on the best before them by more than ``tol``
+    (no AGOP is taken after the last evaluated solve).
+
+    Every round works in the coordinates ``X S`` of the metric's square root
+    ``S`` (``M = S S``, so ``k_M(x, z) = k(S x, S z)``): one product with ``S``
+    per round serves the kernel matrix, the AGOP and the validation
+    predictions, and ``S`` comes with ``M`` out of the AGOP's one
+    eigendecomposition.
 
     Parameters
     ----------
@@ -131,18 +224,30 @@ def rfm_rounds(
         Starting metric; ``None`` is the identity.
     kernel : skdnc._kernels.Kernel
     n_rounds : int
-        Number of AGOP updates.
+        Largest number of AGOP updates.
     params : dict
         ``reg``, ``diag``, ``agop_samples``, ``agop_normalization``,
-        ``agop_power``, ``centering``, ``solver``.
+        ``agop_power``, ``centering``, ``solver``, ``solver_params`` and
+        optionally ``allow_tf32`` (TF32 for the AGOP's gradient products on CUDA).
     budget : int
         Memory budget in bytes.
     generator : torch.Generator
         Draws the points at which the AGOP is taken.
+    root : torch.Tensor, optional
+        The square root of the starting ``M``, when it is known.
     evaluate : callable, optional
-        ``evaluate(alpha, M) -> float``, called after every solve.
+        ``evaluate(predict) -> tuple``, a score (greater is better, compared
+        lexicographically) of the predictor after every solve, where
+        ``predict(Z)`` returns its outputs on the points ``Z`` (a tensor).
     log : callable, optional
         ``log(message)`` for progress lines.
+    n_iter_no_change : int or None, default=None
+        Early stopping patience (needs ``evaluate``); ``None`` runs every round.
+    tol : float, default=0.0
+        Smallest improvement of the score's first entry that counts.
+    metrics : list, optional
+        Receives ``(M_t, S_t)``, the metric of every solve and its square root,
+        in order.
 
     Returns
     -------
@@ -150,16 +255,20 @@ def rfm_rounds(
         The metric of the last solve.
     alpha : torch.Tensor of shape (n, K)
         Its dual coefficients.
-    scores : list of float
-        ``evaluate``'s values, one per round (empty without ``evaluate``).
+    scores : list of tuple
+        ``evaluate``'s values, one per solve (empty without ``evaluate``).
     """
+    S = psd_power(M, 0.5) if M is not None and root is None else root
     scores = []
     for t in range(n_rounds + 1):
         tic = time.perf_counter()
+        if metrics is not None:
+            metrics.append((M, S))
+        XS = apply_root(X, S)
         alpha = fit_kernel_regression(
-            X,
+            XS,
             Y,
-            M,
+            None,
             kernel,
             params["reg"],
             solver=params["solver"],
@@ -168,12 +277,66 @@ def rfm_rounds(
             generator=generator,
             log=log,
         )
+        stop = t == n_rounds
         if evaluate is not None:
-            scores.append(evaluate(alpha, M))
-        if t < n_rounds:
-            M = agop_step(X, alpha, M, kernel, params=params, budget=budget,
-                          generator=generator)  # fmt: skip
+
+            def predict(Z, S=S, XS=XS, alpha=alpha):
+                return kernel_predict(
+                    apply_root(Z, S), XS, alpha, None, kernel, budget=budget
+                )
+
+            scores.append(evaluate(predict))
+            stop = stop or no_improvement(scores, n_iter_no_change, tol)
+        if not stop:
+            step = _metric_and_root(XS, alpha, S, kernel, params=params,
+                                    budget=budget, generator=generator)  # fmt: skip
+            if step is not None:
+                M, S = step
+        del XS
         if log is not None:
             score = f", validation score {scores[-1][0]:.4f}" if scores else ""
             log(f"round {t}: {time.perf_counter() - tic:.2f} s{score}")
+        if stop:
+            break
     return M, alpha, scores
+
+
+def refit_rounds(
+    policy, X, Y, metrics, n_rounds, kernel, *, params, budget, generator, log=None
+):
+    """The final kernel machine on all the data, after the rounds on a split.
+
+    Parameters
+    ----------
+    policy : {"solve", "warm", "rounds"}
+        ``"solve"``: one solve with the chosen metric ``metrics[n_rounds]``.
+        ``"warm"``: start from ``metrics[n_rounds - 1]`` and take the last AGOP
+        update on all the data (two solves, one AGOP). ``"rounds"``: rerun all
+        ``n_rounds`` updates on all the data from ``metrics[0]``.
+    X : torch.Tensor of shape (n, d)
+    Y : torch.Tensor of shape (n, K)
+    metrics : list of tuple
+        The ``(M, S)`` of the split's solves (see :func:`rfm_rounds`).
+    n_rounds : int
+        The chosen number of AGOP updates.
+    kernel, params, budget, generator, log
+        As in :func:`rfm_rounds`.
+
+    Returns
+    -------
+    M : torch.Tensor or None
+    alpha : torch.Tensor of shape (n, K)
+    """
+    if policy not in REFIT_POLICIES:
+        raise ValueError(f"refit must be one of {REFIT_POLICIES}; got {policy!r}.")
+    if policy == "solve" or (policy == "warm" and n_rounds == 0):
+        start, updates = metrics[n_rounds], 0
+    elif policy == "warm":
+        start, updates = metrics[n_rounds - 1], 1
+    else:
+        start, updates = metrics[0], n_rounds
+    M, alpha, _ = rfm_rounds(
+        X, Y, start[0], kernel, updates, params=params, budget=budget,
+        generator=generator, root=start[1], log=log,
+    )  # fmt: skip
+    return M, alpha

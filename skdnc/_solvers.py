@@ -24,12 +24,20 @@ import warnings
 import torch
 from scipy.linalg import LinAlgWarning
 
-from skdnc._backend import block_rows, iter_row_blocks
-from skdnc._kernels import kernel_matrix
+from skdnc._backend import block_rows, cpu_threads, iter_row_blocks
+from skdnc._kernels import (
+    apply_metric,
+    kernel_matrix,
+    sqdist,
+    training_kernel_matrix,
+    zero_self_pairs,
+)
 from skdnc._linalg import psd_eigh
 
 SOLVERS = ("auto", "cholesky", "cg")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
+#: Factorizations of fewer multiply-adds than this (n ~ 6,000) use one thread.
+FACTOR_ONE_THREAD = 7e10
 
 
 def _gib(n_bytes):
@@ -117,7 +125,10 @@ def _factor_in_place(K):
     """
     U = K.mT
     info = torch.empty((), dtype=torch.int32, device=K.device)
-    torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
+    # LAPACK's blocked Cholesky stalls on two threads when a core is busy: then
+    # one thread up to some 6,000 rows.
+    with cpu_threads(K.device, K.shape[0] ** 3 / 3, limit=FACTOR_ONE_THREAD):
+        torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
     return int(info) == 0
 
 
@@ -125,8 +136,9 @@ def _solve_factored(K, Y):
     """Solve with the factor from :func:`_factor_in_place`, without copying it
     (``torch.cholesky_solve`` would)."""
     U = K.mT
-    Z = torch.linalg.solve_triangular(U.mT, Y, upper=False)
-    return torch.linalg.solve_triangular(U, Z, upper=True)
+    with cpu_threads(K.device, K.shape[0] ** 3 / 3, limit=FACTOR_ONE_THREAD):
+        Z = torch.linalg.solve_triangular(U.mT, Y, upper=False)
+        return torch.linalg.solve_triangular(U, Z, upper=True)
 
 
 def _warn_conditioning(factor_diagonal, reg, jitter, eps):
@@ -198,11 +210,11 @@ def fit_kernel_regression(
     )
     if method == "cholesky":
         return cholesky_solve_kernel(
-            lambda: kernel_matrix(X, X, M, kernel, self_offset=0), Y, reg
+            lambda: training_kernel_matrix(X, M, kernel, triangle="lower"), Y, reg
         )
     tic = time.perf_counter()
     if in_memory:
-        K = kernel_matrix(X, X, M, kernel, self_offset=0)
+        K = training_kernel_matrix(X, M, kernel)
 
         def matvec(V):
             return K @ _column_major(V)
@@ -211,12 +223,16 @@ def fit_kernel_regression(
         nystrom = 3 * n * options["rank"] * X.element_size()
         rows = block_rows(n, X.element_size(), budget - nystrom, n_buffers=2)
 
+        XM = apply_metric(X, M)
+        norms = (XM * X).sum(dim=1)
+
         def matvec(V):
             out = torch.empty_like(V)
             V = _column_major(V)
             for block in iter_row_blocks(n, rows):
-                Kb = kernel_matrix(X[block], X, M, kernel, self_offset=block.start)
-                out[block] = Kb @ V
+                Kb = sqdist(X[block], X, None, X_sqnorms=norms[block],
+                            Z_sqnorms=norms, XM=XM[block])  # fmt: skip
+                out[block] = kernel.from_sqdist(zero_self_pairs(Kb, block.start)) @ V
             return out
 
     precondition = nystrom_preconditioner(
