@@ -99,7 +99,9 @@ def _preset_help(key):
     """What the presets set an option to, for its help text (from the table)."""
 
     def show(value):
-        return "all" if value is None else str(value)
+        if value is None:
+            return "all" if key == "n_samples" else "the estimator's default"
+        return "all" if isinstance(value, float) and value == 1.0 else str(value)
 
     demo = show(deep_rfm_settings("demo", "digits", "relu")[key])
     paper = {

@@ -110,44 +110,6 @@ def matmul_precision(device, allow_tf32=True):
         matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
-#: Below this many multiply-adds a CPU computation on a busy machine runs on one
-#: thread (see :func:`cpu_threads`).
-SMALL_WORK = 1e11
-
-
-def machine_is_busy():
-    """Whether more threads want to run than there are cores: the one-minute load
-    average exceeds the number of CPUs (by half a core, for this process's own
-    share). ``False`` where the load average cannot be read."""
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5
-    except (OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return False
-
-
-@contextlib.contextmanager
-def cpu_threads(device, work, limit=SMALL_WORK):
-    """Within the block, run torch's CPU operations on one thread when ``work``
-    (an estimate of the multiply-adds of the largest operation) is below
-    ``limit`` and the machine is busy (:func:`machine_is_busy`).
-
-    When other processes hold the cores, the threads of a parallel operation wait
-    for each other at every barrier: small and medium matrix products and
-    factorizations then ran several times slower on two threads than on one. On
-    an idle machine the threads are left as they are. The thread count is
-    restored on exit; nothing changes on a GPU or when torch uses one thread.
-    """
-    previous = torch.get_num_threads()
-    if device.type != "cpu" or work >= limit or previous == 1 or not machine_is_busy():
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def to_tensor(X, device, dtype):
     """Copy an array into a new torch tensor on ``device`` with ``dtype``.
 

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from skdnc._backend import (
     block_rows,
-    cpu_threads,
     make_generator,
     matmul_precision,
     memory_budget_bytes,
@@ -336,10 +335,8 @@ class DeepRFMTransformer(
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
         device = resolve_device(self.device)
-        width = DEFAULT_WIDTH[self.feature_map] if self.width is None else self.width
-        work = X.shape[0] ** 2 * max(X.shape[1], width)
         # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
-        with matmul_precision(device, False), cpu_threads(device, work):
+        with matmul_precision(device, False):
             self._fit_layers(X, y_index, classes, device)
         release_memory(device)
         return self

@@ -14,7 +14,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skdnc._agop import kernel_agop
 from skdnc._backend import (
     block_rows,
-    cpu_threads,
     make_generator,
     matmul_precision,
     memory_budget_bytes,
@@ -138,9 +137,8 @@ class _BaseRFM(BaseEstimator):
 
     def _fit(self, X, y):
         device = resolve_device(self.device)
-        n, d = X.shape
         # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
-        with matmul_precision(device, False), cpu_threads(device, n * n * d):
+        with matmul_precision(device, False):
             self._fit_rounds(X, y, device)
         release_memory(device)
         return self

@@ -24,7 +24,7 @@ import warnings
 import torch
 from scipy.linalg import LinAlgWarning
 
-from skdnc._backend import block_rows, cpu_threads, iter_row_blocks
+from skdnc._backend import block_rows, iter_row_blocks
 from skdnc._kernels import (
     apply_metric,
     kernel_matrix,
@@ -36,8 +36,6 @@ from skdnc._linalg import psd_eigh
 
 SOLVERS = ("auto", "cholesky", "cg")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
-#: Factorizations of fewer multiply-adds than this (n ~ 6,000) use one thread.
-FACTOR_ONE_THREAD = 7e10
 
 
 def _gib(n_bytes):
@@ -125,10 +123,7 @@ def _factor_in_place(K):
     """
     U = K.mT
     info = torch.empty((), dtype=torch.int32, device=K.device)
-    # LAPACK's blocked Cholesky stalls on two threads when a core is busy: then
-    # one thread up to some 6,000 rows.
-    with cpu_threads(K.device, K.shape[0] ** 3 / 3, limit=FACTOR_ONE_THREAD):
-        torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
+    torch.linalg.cholesky_ex(U, upper=True, out=(U, info))
     return int(info) == 0
 
 
@@ -136,9 +131,8 @@ def _solve_factored(K, Y):
     """Solve with the factor from :func:`_factor_in_place`, without copying it
     (``torch.cholesky_solve`` would)."""
     U = K.mT
-    with cpu_threads(K.device, K.shape[0] ** 3 / 3, limit=FACTOR_ONE_THREAD):
-        Z = torch.linalg.solve_triangular(U.mT, Y, upper=False)
-        return torch.linalg.solve_triangular(U, Z, upper=True)
+    Z = torch.linalg.solve_triangular(U.mT, Y, upper=False)
+    return torch.linalg.solve_triangular(U, Z, upper=True)
 
 
 def _warn_conditioning(factor_diagonal, reg, jitter, eps):

@@ -58,7 +58,7 @@ def test_deep_rfm_paper_preset_is_appendix_c(
     seen = _deep_rfm_params(monkeypatch, tmp_path, argv)
     assert seen["kernel"] == kernel and seen["width"] == width
     assert seen["bandwidth"] == 2.0 and seen["reg"] == 0.0
-    assert seen["n_samples"] == 50_000 and seen["agop_samples"] is None
+    assert seen["n_samples"] == 50_000 and seen["agop_samples"] == 1.0  # all points
     if feature_map == "cos":
         assert seen["gamma"] == 0.05
 

@@ -400,18 +400,3 @@ def test_default_number_of_agop_points():
     assert len(sample_points(5000, None, g, 64)) == 5000  # all of them
     assert len(sample_points(50_000, None, g, 4096)) == 1000
     assert len(sample_points(50_000, None, g, 10)) == 20_000
-
-
-@pytest.mark.parametrize("load", [0.0, 100.0])
-def test_cpu_threads_one_thread_only_when_busy_and_small(monkeypatch, load):
-    from skdnc import _backend
-
-    monkeypatch.setattr(_backend.os, "getloadavg", lambda: (load, load, load))
-    before = torch.get_num_threads()
-    cpu = torch.device("cpu")
-    with _backend.cpu_threads(cpu, work=1e6):
-        inside = torch.get_num_threads()
-    with _backend.cpu_threads(cpu, work=1e15):
-        large = torch.get_num_threads()
-    assert torch.get_num_threads() == before and large == before
-    assert inside == (1 if load > 50 else before)
