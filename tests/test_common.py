@@ -16,6 +16,9 @@ from skdnc import (
 )
 
 ESTIMATORS = [
+    RFMClassifier(),  # the literal defaults
+    RFMRegressor(),
+    DeepRFMTransformer(L=3),  # default width 1024; fewer layers to stay quick
     RFMClassifier(max_iter=2, random_state=0),
     RFMRegressor(max_iter=2, random_state=0),
     RFMClassifier(max_iter=1, diag=True, kernel="gaussian", random_state=0),
@@ -42,7 +45,8 @@ _N_ITER_REASON = (
 
 EXPECTED_FAILURES = {
     repr(ESTIMATORS[1]): {"check_non_transformer_estimators_n_iter": _N_ITER_REASON},
-    repr(ESTIMATORS[3]): {
+    repr(ESTIMATORS[4]): {"check_non_transformer_estimators_n_iter": _N_ITER_REASON},
+    repr(ESTIMATORS[6]): {
         "check_methods_subset_invariance": (
             "float32: outputs on a batch and on the whole data differ by more than "
             "the check's 1e-7 tolerance. The matrix products behind the distances "
