@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m skdnc --output skdnc_output
 
+LINTED := skdnc tests examples benchmarks doc/conf.py conftest.py
+
 test: $(STAMP)
-	$(VENV)/bin/ruff check skdnc tests examples benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 	$(MAKE) doc
 

@@ -60,30 +60,64 @@ def build_parser():
         formatter_class=HelpFormatter,
     )
     add = parser.add_argument
-    add("--n-samples", type=positive_int,
-        help="training points, the first ones " + _preset_help("n_samples"))
+    add(
+        "--n-samples",
+        type=positive_int,
+        help="training points, the first ones " + _preset_help("n_samples"),
+    )
     add("--L", type=positive_int, default=18, help="depth")
-    add("--feature-map", default="relu", choices=FEATURE_MAPS,
-        help="random feature map")  # fmt: skip
-    add("--kernel", choices=KERNELS,
-        help="kernel of every layer's machine " + _preset_help("kernel"))
-    add("--width", type=positive_int,
-        help="random features per layer " + _preset_help("width"))  # fmt: skip
-    add("--gamma", type=positive_float,
-        help="scale of the cos map's l1-Laplace kernel " + _preset_help("gamma"))
-    add("--bandwidth", type=positive_float,
-        help="kernel bandwidth " + _preset_help("bandwidth"))  # fmt: skip
-    add("--reg", type=nonnegative_float,
-        help="ridge of the kernel solves; 0 is ridgeless " + _preset_help("reg"))
-    add("--agop-samples", type=positive_int,
-        help="points per AGOP " + _preset_help("agop_samples"))
-    add("--dtype", default="float64", choices=["float64", "float32"],
-        help="precision of the computation")  # fmt: skip
+    add(
+        "--feature-map", default="relu", choices=FEATURE_MAPS, help="random feature map"
+    )
+    add(
+        "--kernel",
+        choices=KERNELS,
+        help="kernel of every layer's machine " + _preset_help("kernel"),
+    )
+    add(
+        "--width",
+        type=positive_int,
+        help="random features per layer " + _preset_help("width"),
+    )
+    add(
+        "--gamma",
+        type=positive_float,
+        help="scale of the cos map's l1-Laplace kernel " + _preset_help("gamma"),
+    )
+    add(
+        "--bandwidth",
+        type=positive_float,
+        help="kernel bandwidth " + _preset_help("bandwidth"),
+    )
+    add(
+        "--reg",
+        type=nonnegative_float,
+        help="ridge of the kernel solves; 0 is ridgeless " + _preset_help("reg"),
+    )
+    add(
+        "--agop-samples",
+        type=positive_int,
+        help="points per AGOP " + _preset_help("agop_samples"),
+    )
+    add(
+        "--dtype",
+        default="float64",
+        choices=["float64", "float32"],
+        help="precision of the computation",
+    )
     add("--seed", type=int, default=0, help="random seed")
-    add("--gram-layers", type=positive_int, nargs="+",
-        help="layers shown in Figure 1 (six from 1 to L when not given)")
-    add("--cv-folds", type=_at_least_two, default=5,
-        help="folds of the cross-validated accuracy")  # fmt: skip
+    add(
+        "--gram-layers",
+        type=positive_int,
+        nargs="+",
+        help="layers shown in Figure 1 (six from 1 to L when not given)",
+    )
+    add(
+        "--cv-folds",
+        type=_at_least_two,
+        default=5,
+        help="folds of the cross-validated accuracy",
+    )
     add("--no-cv", action="store_true", help="skip the cross-validated accuracy")
     return parser
 
@@ -133,8 +167,7 @@ def parse(argv=None):
     args = parse_args(parser, argv, preset_defaults)
     if args.gram_layers is not None and max(args.gram_layers) > args.L:
         parser.error(
-            f"--gram-layers must be between 1 and --L={args.L}; got "
-            f"{args.gram_layers}."
+            f"--gram-layers must be between 1 and --L={args.L}; got {args.gram_layers}."
         )
     return args
 
@@ -147,9 +180,12 @@ def load(args):
     so that the Gram matrices of Figure 1 show blocks.
     """
     X, y = load_dataset(
-        args.dataset, root=args.data_root, n_samples=args.n_samples,
-        download=args.download, return_X_y=True,
-    )  # fmt: skip
+        args.dataset,
+        root=args.data_root,
+        n_samples=args.n_samples,
+        download=args.download,
+        return_X_y=True,
+    )
     order = np.argsort(y, kind="stable")
     return standardize(X)[order], np.asarray(y)[order], np.asarray(X)[order]
 
@@ -176,9 +212,12 @@ def run(args):
     started = time.perf_counter()
     X, y, X_raw = load(args)
     params = estimator_params(args)
-    print(f"Deep RFM on {args.dataset}: {X.shape[0]} samples, {X.shape[1]} features, "
-          f"{len(np.unique(y))} classes; " +
-          ", ".join(f"{k}={v}" for k, v in params.items()), flush=True)  # fmt: skip
+    print(
+        f"Deep RFM on {args.dataset}: {X.shape[0]} samples, {X.shape[1]} features, "
+        f"{len(np.unique(y))} classes; "
+        + ", ".join(f"{k}={v}" for k, v in params.items()),
+        flush=True,
+    )
 
     tic = time.perf_counter()
     model = DeepRFMTransformer(**params, verbose=int(not args.quiet)).fit(X, y)
@@ -215,8 +254,11 @@ def run(args):
 
     cv = None
     if not args.no_cv:
-        print(f"{args.cv_folds}-fold cross-validation (StandardScaler in both "
-              "pipelines) ...", flush=True)  # fmt: skip
+        print(
+            f"{args.cv_folds}-fold cross-validation (StandardScaler in both "
+            "pipelines) ...",
+            flush=True,
+        )
         cv = cross_validate(args, X_raw, y, params)
         for name, res in cv.items():
             lines.append(
@@ -224,8 +266,12 @@ def run(args):
                 f"({res['seconds']:.1f} s)"
             )
     data = {
-        "config": {**vars(args), **params, "n_samples": int(X.shape[0]),
-                   "n_features": int(X.shape[1])},
+        "config": {
+            **vars(args),
+            **params,
+            "n_samples": int(X.shape[0]),
+            "n_features": int(X.shape[1]),
+        },
         "history": history,
         "nc1_input_first": float(nc1[0]),
         "nc1_input_last": float(nc1[-1]),
@@ -236,7 +282,7 @@ def run(args):
         "fit_seconds": fit_seconds,
         "total_seconds": time.perf_counter() - started,
         "platform": platform_info(),
-    }  # fmt: skip
+    }
     return CommandResult(
         data=data,
         table=format_table(history),
@@ -255,19 +301,26 @@ def cross_validate(args, X, y, params):
     """Cross-validated accuracy of Deep RFM + RFM against RFM alone."""
     cv = StratifiedKFold(args.cv_folds, shuffle=True, random_state=args.seed)
     # Both readouts take their AGOPs at the same number of points as Deep RFM.
-    rfm_params = {"random_state": args.seed, "device": args.device,
-                  "agop_samples": params["agop_samples"]}  # fmt: skip
+    rfm_params = {
+        "random_state": args.seed,
+        "device": args.device,
+        "agop_samples": params["agop_samples"],
+    }
     models = {
-        "deep_rfm+rfm": Pipeline([
-            ("scale", StandardScaler()),
-            ("deep_rfm", DeepRFMTransformer(**params, record_metrics=False)),
-            ("rfm", RFMClassifier(**rfm_params)),
-        ]),
-        "rfm": Pipeline([
-            ("scale", StandardScaler()),
-            ("rfm", RFMClassifier(**rfm_params)),
-        ]),
-    }  # fmt: skip
+        "deep_rfm+rfm": Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("deep_rfm", DeepRFMTransformer(**params, record_metrics=False)),
+                ("rfm", RFMClassifier(**rfm_params)),
+            ]
+        ),
+        "rfm": Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("rfm", RFMClassifier(**rfm_params)),
+            ]
+        ),
+    }
     results = {}
     for name, model in models.items():
         tic = time.perf_counter()

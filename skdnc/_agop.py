@@ -94,8 +94,14 @@ def kernel_agop(
         Xb = X[rows]
         if all_centres:
             idx = self_index[rows]
-            D2 = sqdist(Xb, centers, M, X_sqnorms=c_sqnorms[idx],
-                        Z_sqnorms=c_sqnorms, XM=CM[idx])  # fmt: skip
+            D2 = sqdist(
+                Xb,
+                centers,
+                M,
+                X_sqnorms=c_sqnorms[idx],
+                Z_sqnorms=c_sqnorms,
+                XM=CM[idx],
+            )
         else:
             D2 = sqdist(Xb, centers, M, Z_sqnorms=c_sqnorms)
         if self_index is not None:

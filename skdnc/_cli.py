@@ -87,37 +87,48 @@ def common_parser(output):
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
-        "--dataset", default="digits", choices=available_datasets(),
+        "--dataset",
+        default="digits",
+        choices=available_datasets(),
         help="data set: scikit-learn's digits ships with scikit-learn; the others "
         "are read through torchvision from --data-root",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--data-root", default=None,
+        "--data-root",
+        default=None,
         help="folder of the torchvision data sets (default: $SKDNC_DATA or "
         "~/skdnc_data)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--device", default="auto", type=device_name,
+        "--device",
+        default="auto",
+        type=device_name,
         help="auto, cpu, cuda or cuda:N",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--threads", type=positive_int, default=None,
+        "--threads",
+        type=positive_int,
+        default=None,
         help="torch CPU threads for this run (default: torch's choice)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--output", default=output,
+        "--output",
+        default=output,
         help="folder for the table, figures and JSON",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--preset", choices=PRESETS, default=None,
+        "--preset",
+        choices=PRESETS,
+        default=None,
         help="settings of the runs: 'paper' (Appendix C) or 'demo' (sized for a "
         "laptop CPU); default: demo, except for networks on the image data sets. "
         "Options given explicitly override it",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--download", action="store_true",
+        "--download",
+        action="store_true",
         help="let torchvision download a missing data set",
-    )  # fmt: skip
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -308,11 +308,19 @@ class DeepRFMTransformer(
         M = None
         for _ in range(int(self.n_agop_steps)):
             alpha = fit_kernel_regression(
-                X, Y, M, kernel, float(self.reg), solver=self.solver, budget=budget,
-                solver_params=self.solver_params, generator=generator,
-            )  # fmt: skip
-            M = agop_step(X, alpha, M, kernel, params=params, budget=budget,
-                          generator=generator)  # fmt: skip
+                X,
+                Y,
+                M,
+                kernel,
+                float(self.reg),
+                solver=self.solver,
+                budget=budget,
+                solver_params=self.solver_params,
+                generator=generator,
+            )
+            M = agop_step(
+                X, alpha, M, kernel, params=params, budget=budget, generator=generator
+            )
             del alpha
         return M
 
@@ -356,8 +364,9 @@ class DeepRFMTransformer(
 
         Xl = to_tensor(X, device, dtype)
         powers, weights, offsets = [], [], []
-        bar = tqdm(range(int(self.L)), desc="Deep RFM", unit="layer",
-                   disable=not self.verbose)  # fmt: skip
+        bar = tqdm(
+            range(int(self.L)), desc="Deep RFM", unit="layer", disable=not self.verbose
+        )
         layer_times = []
         for _ in bar:
             tic = time.perf_counter()
@@ -370,15 +379,19 @@ class DeepRFMTransformer(
             else:
                 P = psd_power(M, float(self.agop_power))
             del M
-            W, b = draw_feature_map(self.feature_map, d, width, gamma=self.gamma,
-                                    generator=generator)  # fmt: skip
+            W, b = draw_feature_map(
+                self.feature_map, d, width, gamma=self.gamma, generator=generator
+            )
             W = W.to(device=device, dtype=dtype)
             b = None if b is None else b.to(device=device, dtype=dtype)
             MX = Xl @ P
             Phi = apply_feature_map(
-                MX, W, b, self.feature_map,
+                MX,
+                W,
+                b,
+                self.feature_map,
                 block_rows=_feature_block_rows(MX, width, budget),
-            )  # fmt: skip
+            )
             if record is not None:
                 record(Xl, MX, Phi)
                 bar.set_postfix(nc1=f"{record.history['nc1_input'][-1]:.3g}")
@@ -407,9 +420,9 @@ class DeepRFMTransformer(
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         out_dtype = X.dtype
         device = resolve_device(self.device, fallback=True)
-        dtype = torch.float64 if self.weights_[0].dtype == np.float64 else (
-            torch.float32
-        )  # fmt: skip
+        dtype = (
+            torch.float64 if self.weights_[0].dtype == np.float64 else (torch.float32)
+        )
         budget = memory_budget_bytes(self.memory_budget, device)
         Xl = to_tensor(X, device, dtype)
         kept = []
@@ -422,16 +435,22 @@ class DeepRFMTransformer(
             b = None if b is None else to_tensor(b, device, dtype)
             MX = Xl @ P
             Phi = apply_feature_map(
-                MX, W, b, self.feature_map,
+                MX,
+                W,
+                b,
+                self.feature_map,
                 block_rows=_feature_block_rows(MX, len(W), budget),
-            )  # fmt: skip
+            )
             if keep(index):
                 # Copies: the next layer normalises Phi in place.
                 stages = (Xl, MX, Phi)
-                kept.append({"layer": index + 1} | {
-                    stage: np.array(to_numpy(Z), dtype=out_dtype)
-                    for stage, Z in zip(STAGES, stages)
-                })  # fmt: skip
+                kept.append(
+                    {"layer": index + 1}
+                    | {
+                        stage: np.array(to_numpy(Z), dtype=out_dtype)
+                        for stage, Z in zip(STAGES, stages)
+                    }
+                )
             Xl, MX = Phi, None
         if self.normalize == "rows":
             normalize_rows(Xl)
@@ -524,8 +543,9 @@ class _MetricsRecorder:
         for stage, Z in zip(STAGES, representations):
             # The four statistics of the history from one set of class statistics
             # (the full report also takes Papyan's NC1, a d x d pseudo-inverse).
-            stats = _statistics(to_numpy(Z, np.float64), self.y_index, self.classes,
-                                "class_means")  # fmt: skip
+            stats = _statistics(
+                to_numpy(Z, np.float64), self.y_index, self.classes, "class_means"
+            )
             report = {
                 "nc1": _nc1_trace(stats),
                 "nc2": _nc2_from_stats(stats, "etf", "fro"),

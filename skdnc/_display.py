@@ -122,9 +122,11 @@ class CollapseDisplay:
             m: {s: np.asarray(history[f"{m}_{s}"]) for s in STAGES} for m in metrics
         }
         return cls(
-            layers=history["layer"], values=values, stage_labels=labels,
+            layers=history["layer"],
+            values=values,
+            stage_labels=labels,
             title=f"Deep RFM, {type(estimator).__name__}",
-        ).plot(ax=ax)  # fmt: skip
+        ).plot(ax=ax)
 
     @classmethod
     def from_probe(cls, probe, *, ax=None):
@@ -156,9 +158,11 @@ class CollapseDisplay:
             "output": "output",
         }
         return cls(
-            layers=np.arange(1, len(nc1) + 1), values=values, stage_labels=labels,
+            layers=np.arange(1, len(nc1) + 1),
+            values=values,
+            stage_labels=labels,
             title="network layers",
-        ).plot(ax=ax)  # fmt: skip
+        ).plot(ax=ax)
 
     def plot(self, ax=None):
         """Draw onto ``ax`` (one Axes per metric) or new Axes.
@@ -173,9 +177,13 @@ class CollapseDisplay:
         for axis, (metric, by_stage) in zip(axes, self.values.items()):
             for stage, values in by_stage.items():
                 (self.lines_[metric, stage],) = axis.plot(
-                    self.layers, values, marker="o", markersize=3,
-                    color=STAGE_COLORS.get(stage), label=labels.get(stage, stage),
-                )  # fmt: skip
+                    self.layers,
+                    values,
+                    marker="o",
+                    markersize=3,
+                    color=STAGE_COLORS.get(stage),
+                    label=labels.get(stage, stage),
+                )
             _log_scale_if_positive(axis, np.concatenate(list(by_stage.values())))
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.set_xlabel("layer")
@@ -255,9 +263,10 @@ class GramDisplay:
         reps = estimator.transform_layers(X, layers=layers)
         grams = [centred_gram(rep[stage], y) for rep in reps]
         return cls(
-            grams=grams, layers=[rep["layer"] for rep in reps],
+            grams=grams,
+            layers=[rep["layer"] for rep in reps],
             title=f"Centred, normalised Gram matrices ({stage})",
-        ).plot(ax=ax)  # fmt: skip
+        ).plot(ax=ax)
 
     def plot(self, ax=None, *, vmin=-0.2, vmax=1.0, cmap="viridis"):
         """Draw one matrix per Axes, with one labelled colorbar.
@@ -281,8 +290,9 @@ class GramDisplay:
             fig = axes[0].figure
         self.images_ = []
         for axis, gram, layer in zip(axes, self.grams, self.layers):
-            image = axis.imshow(gram, cmap=cmap, vmin=vmin, vmax=vmax,
-                                interpolation="nearest")  # fmt: skip
+            image = axis.imshow(
+                gram, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
+            )
             self.images_.append(image)
             axis.set_title(f"layer {layer}")
             axis.set_xticks([])
@@ -301,8 +311,9 @@ def _band(ax, x, mean, std, **kwargs):
     mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
     (line,) = ax.plot(x, mean, **kwargs)
     low = np.maximum(mean - std, 0.01 * mean)
-    band = ax.fill_between(x, low, mean + std, color=line.get_color(), alpha=0.2,
-                           linewidth=0)  # fmt: skip
+    band = ax.fill_between(
+        x, low, mean + std, color=line.get_color(), alpha=0.2, linewidth=0
+    )
     return line, band
 
 
@@ -342,7 +353,7 @@ class _HistoryDisplay:
             summary=aggregate_histories(histories),
             layer_names=histories[0].probes[-1]["layer_names"],
             title=f"{title} ({label})" if title else label,
-        ).plot(ax=ax)  # fmt: skip
+        ).plot(ax=ax)
 
 
 class TrainingHistoryDisplay(_HistoryDisplay):
@@ -441,8 +452,9 @@ class SVDSplitDisplay(_HistoryDisplay):
         """
         L = len(self.layer_names)
         if ax is None:
-            fig, axes = plt.subplots(1, L, figsize=(2.9 * L, 3.0), squeeze=False,
-                                     sharey=True)  # fmt: skip
+            fig, axes = plt.subplots(
+                1, L, figsize=(2.9 * L, 3.0), squeeze=False, sharey=True
+            )
             axes = list(axes[0])
         else:
             fig, axes = _axes(ax, L)
@@ -454,9 +466,13 @@ class SVDSplitDisplay(_HistoryDisplay):
         for l, (axis, name) in enumerate(zip(axes, self.layer_names)):
             for k, stage in enumerate(STAGES):
                 self.lines_[name, stage], _ = _band(
-                    axis, epochs, mean[:, l, k], std[:, l, k],
-                    color=STAGE_COLORS[stage], label=labels[k],
-                )  # fmt: skip
+                    axis,
+                    epochs,
+                    mean[:, l, k],
+                    std[:, l, k],
+                    color=STAGE_COLORS[stage],
+                    label=labels[k],
+                )
             _log_scale_if_positive(axis, mean[:, l])
             axis.set_title(name)
             axis.set_xlabel("epoch")

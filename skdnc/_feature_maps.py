@@ -14,6 +14,7 @@ from skdnc._backend import iter_row_blocks
 FEATURE_MAPS = ("relu", "cos")
 DEFAULT_WIDTH = {"relu": 1024, "cos": 4096}
 
+
 def draw_feature_map(kind, n_features_in, width, *, gamma=0.05, generator=None):
     """Draw the random weights of a feature map, in float64 on the CPU.
 

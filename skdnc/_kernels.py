@@ -176,8 +176,15 @@ def training_kernel_matrix(X, M, kernel, *, triangle="full", block_size=None):
     block = int(block_size or triangle_block(n))
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
-        V = sqdist(X[r0:r1], X[:r1], None, X_sqnorms=norms[r0:r1],
-                   Z_sqnorms=norms[:r1], XM=XM[r0:r1], out=K[r0:r1, :r1])  # fmt: skip
+        V = sqdist(
+            X[r0:r1],
+            X[:r1],
+            None,
+            X_sqnorms=norms[r0:r1],
+            Z_sqnorms=norms[:r1],
+            XM=XM[r0:r1],
+            out=K[r0:r1, :r1],
+        )
         zero_self_pairs(V, r0)
         kernel.from_sqdist(V)
         if triangle == "full" and r0 > 0:

@@ -158,9 +158,14 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
     }
 
     def __init__(
-        self, estimator=None, *, layers=None, input_shape=None, batch_size=256,
+        self,
+        estimator=None,
+        *,
+        layers=None,
+        input_shape=None,
+        batch_size=256,
         device=None,
-    ):  # fmt: skip
+    ):
         self.estimator = estimator
         self.layers = layers
         self.input_shape = input_shape
@@ -213,9 +218,11 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         return self
 
     def _probe_network(self, model, X, y_index):
-        shape = (len(X), -1) if self.input_shape is None else (
-            len(X), *tuple(int(s) for s in self.input_shape)
-        )  # fmt: skip
+        shape = (
+            (len(X), -1)
+            if self.input_shape is None
+            else (len(X), *tuple(int(s) for s in self.input_shape))
+        )
         try:
             Xr = X.reshape(shape)
         except ValueError as exc:

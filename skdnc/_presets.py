@@ -163,6 +163,5 @@ def render_rst():
         "``python -m skdnc`` (Deep RFM):\n\n"
         + deep
         + "\n``python -m skdnc.nn`` (networks; SGD, batch 128, MSE, 5 bias-free "
-        "hidden layers, metrics every 10 epochs):\n\n"
-        + networks
+        "hidden layers, metrics every 10 epochs):\n\n" + networks
     )

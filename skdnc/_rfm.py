@@ -188,11 +188,20 @@ class _BaseRFM(BaseEstimator):
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
             _, _, scores = rfm_rounds(
-                Xf, Yf, M0, kernel, n_rounds, params=params, budget=budget,
-                generator=generator, evaluate=evaluate, log=log,
-                n_iter_no_change=self.n_iter_no_change, tol=float(self.tol),
+                Xf,
+                Yf,
+                M0,
+                kernel,
+                n_rounds,
+                params=params,
+                budget=budget,
+                generator=generator,
+                evaluate=evaluate,
+                log=log,
+                n_iter_no_change=self.n_iter_no_change,
+                tol=float(self.tol),
                 metrics=metrics,
-            )  # fmt: skip
+            )
             del Xf, Yf, Xv
             n_rounds = max(range(len(scores)), key=lambda t: scores[t])
             history = np.array([s[0] for s in scores])
@@ -201,17 +210,32 @@ class _BaseRFM(BaseEstimator):
                 f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates"
             )
             M, alpha = refit_rounds(
-                self.refit, Xt, Yt, metrics, n_rounds, kernel, params=params,
-                budget=budget, generator=generator, log=log,
-            )  # fmt: skip
+                self.refit,
+                Xt,
+                Yt,
+                metrics,
+                n_rounds,
+                kernel,
+                params=params,
+                budget=budget,
+                generator=generator,
+                log=log,
+            )
             del metrics
         else:
             self._after_validation(None, None)
             self._log(f"fitting on all {n} points with {n_rounds} AGOP updates")
             M, alpha, _ = rfm_rounds(
-                Xt, Yt, M0, kernel, n_rounds, params=params, budget=budget,
-                generator=generator, log=log,
-            )  # fmt: skip
+                Xt,
+                Yt,
+                M0,
+                kernel,
+                n_rounds,
+                params=params,
+                budget=budget,
+                generator=generator,
+                log=log,
+            )
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
         self.M_ = to_numpy(M)
@@ -273,9 +297,15 @@ class _BaseRFM(BaseEstimator):
         budget = memory_budget_bytes(self.memory_budget, device)
         rows = block_rows(len(C), C.element_size(), budget, n_buffers=3)
         A = kernel_agop(
-            Xt, C, alpha, M, self._kernel(), self_index=self_index,
-            diag=bool(self.diag), block_size=rows,
-        )  # fmt: skip
+            Xt,
+            C,
+            alpha,
+            M,
+            self._kernel(),
+            self_index=self_index,
+            diag=bool(self.diag),
+            block_size=rows,
+        )
         return to_numpy(A, np.float64)
 
     def __sklearn_tags__(self):
@@ -739,9 +769,13 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
             The fitted regressor.
         """
         X, y = validate_data(
-            self, X, y, dtype=[np.float64, np.float32], multi_output=True,
+            self,
+            X,
+            y,
+            dtype=[np.float64, np.float32],
+            multi_output=True,
             y_numeric=True,
-        )  # fmt: skip
+        )
         self._y_ndim = np.ndim(y)
         return self._fit(X, y)
 

@@ -288,8 +288,9 @@ def rfm_rounds(
             scores.append(evaluate(predict))
             stop = stop or no_improvement(scores, n_iter_no_change, tol)
         if not stop:
-            step = _metric_and_root(XS, alpha, S, kernel, params=params,
-                                    budget=budget, generator=generator)  # fmt: skip
+            step = _metric_and_root(
+                XS, alpha, S, kernel, params=params, budget=budget, generator=generator
+            )
             if step is not None:
                 M, S = step
         del XS
@@ -336,7 +337,15 @@ def refit_rounds(
     else:
         start, updates = metrics[0], n_rounds
     M, alpha, _ = rfm_rounds(
-        X, Y, start[0], kernel, updates, params=params, budget=budget,
-        generator=generator, root=start[1], log=log,
-    )  # fmt: skip
+        X,
+        Y,
+        start[0],
+        kernel,
+        updates,
+        params=params,
+        budget=budget,
+        generator=generator,
+        root=start[1],
+        log=log,
+    )
     return M, alpha

@@ -224,8 +224,14 @@ def fit_kernel_regression(
             out = torch.empty_like(V)
             V = _column_major(V)
             for block in iter_row_blocks(n, rows):
-                Kb = sqdist(X[block], X, None, X_sqnorms=norms[block],
-                            Z_sqnorms=norms, XM=XM[block])  # fmt: skip
+                Kb = sqdist(
+                    X[block],
+                    X,
+                    None,
+                    X_sqnorms=norms[block],
+                    Z_sqnorms=norms,
+                    XM=XM[block],
+                )
                 out[block] = kernel.from_sqdist(zero_self_pairs(Kb, block.start)) @ V
             return out
 

@@ -144,8 +144,7 @@ def linear_agop_layer(X, y, *, reg=0.0, agop_power=0.5):
     return X @ sqrt_M, M
 
 
-def linearized_deep_rfm(X, y, L, lambda_k, lambda_phi, *, kappa="fixed_point",
-                        ord=2):  # fmt: skip
+def linearized_deep_rfm(X, y, L, lambda_k, lambda_phi, *, kappa="fixed_point", ord=2):
     """Theorem 4.3's linearised Deep RFM, on Gram matrices.
 
     The kernel of every layer is :math:`k_{\\mathrm{lin}}(X) = X^\\top X +

@@ -19,11 +19,28 @@ def one_thread():
 
 def test_main_writes_table_figures_and_json(tmp_path, capsys):
     out = tmp_path / "run"
-    status = main([
-        "--L", "3", "--n-samples", "300", "--width", "32", "--agop-samples", "100",
-        "--cv-folds", "2", "--gram-layers", "1", "3", "--output", str(out),
-        "--quiet", "--threads", "1",
-    ])  # fmt: skip
+    status = main(
+        [
+            "--L",
+            "3",
+            "--n-samples",
+            "300",
+            "--width",
+            "32",
+            "--agop-samples",
+            "100",
+            "--cv-folds",
+            "2",
+            "--gram-layers",
+            "1",
+            "3",
+            "--output",
+            str(out),
+            "--quiet",
+            "--threads",
+            "1",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "NC1 X" in printed and "NC2 Φ" in printed
@@ -55,8 +72,24 @@ def test_main_writes_table_figures_and_json(tmp_path, capsys):
 
 def test_main_cos_features_without_cv(tmp_path):
     out = tmp_path / "cos"
-    main(["--L", "2", "--n-samples", "150", "--feature-map", "cos", "--width", "64",
-          "--gamma", "0.1", "--no-cv", "--output", str(out), "--quiet"])  # fmt: skip
+    main(
+        [
+            "--L",
+            "2",
+            "--n-samples",
+            "150",
+            "--feature-map",
+            "cos",
+            "--width",
+            "64",
+            "--gamma",
+            "0.1",
+            "--no-cv",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert (out / "figure4_collapse_cos.png").exists()
     results = json.loads((out / "deep_rfm_results.json").read_text())
     assert results["cross_validation"] is None
@@ -66,7 +99,10 @@ def test_main_cos_features_without_cv(tmp_path):
 def test_parser_defaults_and_errors(tmp_path):
     args = build_parser().parse_args([])
     assert (args.dataset, args.L, args.feature_map, args.output) == (
-        "digits", 18, "relu", "skdnc_output"
+        "digits",
+        18,
+        "relu",
+        "skdnc_output",
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--feature-map", "tanh"])
@@ -117,8 +153,20 @@ def test_outputs_are_strict_json_and_replace_symlinks(tmp_path):
     target = tmp_path / "elsewhere.json"
     target.write_text("keep")
     (out / "deep_rfm_results.json").symlink_to(target)
-    main(["--L", "2", "--n-samples", "120", "--width", "16", "--no-cv",
-          "--output", str(out), "--quiet"])  # fmt: skip
+    main(
+        [
+            "--L",
+            "2",
+            "--n-samples",
+            "120",
+            "--width",
+            "16",
+            "--no-cv",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert target.read_text() == "keep"  # not written through the link
     written = out / "deep_rfm_results.json"
     assert not written.is_symlink()
@@ -132,18 +180,22 @@ def test_to_json_turns_non_finite_numbers_into_null():
 
     text = to_json({"a": float("nan"), "b": np.array([1.0, np.inf]), "c": 2})
     assert json.loads(text, parse_constant=_no_constants) == {
-        "a": None, "b": [1.0, None], "c": 2,
-    }  # fmt: skip
+        "a": None,
+        "b": [1.0, None],
+        "c": 2,
+    }
 
 
 def test_a_run_with_non_finite_results_exits_non_zero(tmp_path, capsys):
     """Five samples of five classes: NC1 is 0 at every layer, so its per-layer
     factor (a log-linear fit) is not finite; the outputs are still written."""
     out = tmp_path / "tiny"
-    status = main(["--n-samples", "5", "--L", "2", "--no-cv", "--quiet",
-                   "--output", str(out)])  # fmt: skip
+    status = main(
+        ["--n-samples", "5", "--L", "2", "--no-cv", "--quiet", "--output", str(out)]
+    )
     assert status == 1
     assert "results are not finite (per-layer NC1 factor)" in capsys.readouterr().err
-    results = json.loads((out / "deep_rfm_results.json").read_text(),
-                         parse_constant=_no_constants)  # fmt: skip
+    results = json.loads(
+        (out / "deep_rfm_results.json").read_text(), parse_constant=_no_constants
+    )
     assert results["nc1_per_layer_factor"] is None

@@ -58,9 +58,11 @@ def test_agop_projection_lowers_nc1_and_feature_map_does_not(deep):
 
 def test_without_agop_nc1_does_not_fall(digits):
     X, y = digits
-    h = DeepRFMTransformer(L=6, width=256, n_agop_steps=0, random_state=0).fit(
-        X, y
-    ).collapse_history_
+    h = (
+        DeepRFMTransformer(L=6, width=256, n_agop_steps=0, random_state=0)
+        .fit(X, y)
+        .collapse_history_
+    )
     assert np.allclose(h["nc1_projection"], h["nc1_input"])  # M = I
     assert h["nc1_input"][-1] > h["nc1_input"][0]  # observed 1.63 -> 3.2
 
@@ -107,9 +109,10 @@ def test_transform_layers_reproduces_fit_time_representations(deep, digits):
     )
     last = reps[-1]["output"]
     np.testing.assert_allclose(
-        deep.transform(X), last / np.linalg.norm(last, axis=1, keepdims=True),
+        deep.transform(X),
+        last / np.linalg.norm(last, axis=1, keepdims=True),
         atol=1e-12,
-    )  # fmt: skip
+    )
     only = deep.transform_layers(X[:20], layers=[3])
     assert len(only) == 1 and only[0]["layer"] == 3
     np.testing.assert_allclose(
@@ -206,11 +209,17 @@ def test_dtypes(digits):
 
 def test_pipeline_cross_validation_on_digits(digits):
     X, y = digits
-    pipe = Pipeline([
-        ("deep_rfm", DeepRFMTransformer(L=3, width=128, record_metrics=False,
-                                        random_state=0)),
-        ("rfm", RFMClassifier(max_iter=1, random_state=0)),
-    ])  # fmt: skip
+    pipe = Pipeline(
+        [
+            (
+                "deep_rfm",
+                DeepRFMTransformer(
+                    L=3, width=128, record_metrics=False, random_state=0
+                ),
+            ),
+            ("rfm", RFMClassifier(max_iter=1, random_state=0)),
+        ]
+    )
     scores = cross_val_score(pipe, X, y, cv=3)
     assert scores.mean() > 0.9  # observed 0.95
 
@@ -250,8 +259,9 @@ def test_invalid_targets_and_inputs(digits):
 
 def test_string_labels(digits):
     X, y = digits
-    labels = np.array(["zero", "one", "two", "three", "four", "five", "six",
-                       "seven", "eight", "nine"])[y]  # fmt: skip
+    labels = np.array(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )[y]
     a = DeepRFMTransformer(L=2, width=32, random_state=0).fit(X, labels)
     b = DeepRFMTransformer(L=2, width=32, random_state=0).fit(X, y)
     assert a.classes_.dtype.kind == "U"

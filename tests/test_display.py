@@ -83,12 +83,18 @@ def histories(balanced_digits):
     X = (X / 16).astype(np.float32)
     return [
         train_network(
-            make_mlp(64, 10, width=16, depth=2, random_state=seed), X, y,
-            epochs=4, lr=0.2, measure_every=2, device="cpu", progress=False,
+            make_mlp(64, 10, width=16, depth=2, random_state=seed),
+            X,
+            y,
+            epochs=4,
+            lr=0.2,
+            measure_every=2,
+            device="cpu",
+            progress=False,
             random_state=seed,
         )
         for seed in (0, 1)
-    ]  # fmt: skip
+    ]
 
 
 def test_training_history_display_bands_and_lines(histories):

@@ -62,9 +62,10 @@ def test_deep_rfm_on_cuda_matches_cpu(data):
     gpu, cpu = _pair(make, X, y)
     np.testing.assert_allclose(gpu.transform(X), cpu.transform(X), atol=5e-3)
     np.testing.assert_allclose(
-        gpu.collapse_history_["nc1_input"], cpu.collapse_history_["nc1_input"],
+        gpu.collapse_history_["nc1_input"],
+        cpu.collapse_history_["nc1_input"],
         rtol=1e-2,
-    )  # fmt: skip
+    )
 
 
 def test_scorer_on_gpu_features(data):

@@ -43,8 +43,9 @@ def test_probe_in_pipeline(digits):
     assert probe.transform(X.astype(np.float32)).dtype == np.float32
     reference = probe_network(net, X, y)
     np.testing.assert_allclose(probe.nc1_, reference.nc1, rtol=1e-6)
-    np.testing.assert_allclose(probe.nfa_correlation_, reference.nfa_correlation,
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        probe.nfa_correlation_, reference.nfa_correlation, rtol=1e-6
+    )
     assert probe.svd_share_ == pytest.approx(reference.right_share, rel=1e-6)
     # The stage-0 NC1 of the first layer is the data's own.
     assert probe.nc1_[0, 0] == pytest.approx(nc1_score(X, y), rel=1e-5)
@@ -84,9 +85,13 @@ def test_input_shape_for_conv_nets(digits):
     X, y = digits
     torch.manual_seed(0)
     conv = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 64, 16), nn.ReLU(), nn.Linear(16, 10),
-    ).double()  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 64, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).double()
     # Detection takes the MLP layer and says which weights it leaves out.
     with pytest.warns(UserWarning, match=r"not probed: \['0'\]"):
         probe = NFAProbe(conv, input_shape=(1, 8, 8)).fit(X, y)
@@ -204,8 +209,9 @@ def test_deep_rfm_stand_in(digits):
 
 def test_real_deep_rfm(digits):
     X, y = digits
-    est = DeepRFMTransformer(L=2, width=64, n_agop_steps=1, device="cpu",
-                             random_state=0).fit(X, y)  # fmt: skip
+    est = DeepRFMTransformer(
+        L=2, width=64, n_agop_steps=1, device="cpu", random_state=0
+    ).fit(X, y)
     probe = NFAProbe(est).fit(X, y)
     assert probe.nc1_.shape == (2, 3)
     assert np.all(np.abs(probe.nfa_correlation_) <= 1)

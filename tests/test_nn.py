@@ -51,12 +51,20 @@ def digits():
 def trained(digits):
     """One bias-free MLP trained on digits (reused by every claim test)."""
     X, y = digits
-    net = make_mlp(64, 10, width=DIGITS["width"], init_scale=DIGITS["init_scale"],
-                   random_state=0)  # fmt: skip
+    net = make_mlp(
+        64, 10, width=DIGITS["width"], init_scale=DIGITS["init_scale"], random_state=0
+    )
     history = train_network(
-        net, X, y, epochs=DIGITS["epochs"], lr=DIGITS["lr"], probe=False,
-        device="cpu", progress=False, random_state=0,
-    )  # fmt: skip
+        net,
+        X,
+        y,
+        epochs=DIGITS["epochs"],
+        lr=DIGITS["lr"],
+        probe=False,
+        device="cpu",
+        progress=False,
+        random_state=0,
+    )
     return net, history
 
 
@@ -67,8 +75,9 @@ def trained_probe(trained, digits):
 
 @pytest.fixture(scope="module")
 def untrained_probe(digits):
-    net = make_mlp(64, 10, width=DIGITS["width"], init_scale=DIGITS["init_scale"],
-                   random_state=0)  # fmt: skip
+    net = make_mlp(
+        64, 10, width=DIGITS["width"], init_scale=DIGITS["init_scale"], random_state=0
+    )
     return probe_network(net, digits[0], digits[1])
 
 
@@ -124,9 +133,14 @@ def test_inplace_activations_and_dropout():
     """A torchvision-style classifier: in-place ReLUs and Dropout between layers."""
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(8, 5), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(5, 3),
-    ).double()  # fmt: skip
+        nn.Linear(6, 8),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(8, 5),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(5, 3),
+    ).double()
     X = _randn(20, 6, seed=5)
     assert [l.name for l in find_layers(net)] == ["0", "3"]
     pre = layer_agops(net, X)
@@ -217,9 +231,12 @@ def test_probe_nfa_matches_dense_float64_reference():
         assert probe.nfa_correlation_agop[index] == pytest.approx(
             nfa_correlation(nfm, agop), abs=1e-10
         )
-        np.testing.assert_allclose(probe.agops[index], agop.detach().numpy(),
-                                   rtol=1e-10,
-                                   atol=1e-12 * float(agop.abs().max()))  # fmt: skip
+        np.testing.assert_allclose(
+            probe.agops[index],
+            agop.detach().numpy(),
+            rtol=1e-10,
+            atol=1e-12 * float(agop.abs().max()),
+        )
 
 
 # -- the paper's claims on digits ------------------------------------------------------
@@ -360,16 +377,29 @@ def test_conv_backbones_train_and_probe(arch):
     X = torch.randn(8, 3, 32, 32, generator=g)
     y = np.array([0, 1, 2, 3, 0, 1, 2, 3])
     before = net.head_layers[1][0].weight.detach().clone()
-    history = train_network(net, X, y, epochs=1, lr=0.01, batch_size=8, probe=False,
-                            device="cpu", progress=False, random_state=0)  # fmt: skip
+    history = train_network(
+        net,
+        X,
+        y,
+        epochs=1,
+        lr=0.01,
+        batch_size=8,
+        probe=False,
+        device="cpu",
+        progress=False,
+        random_state=0,
+    )
     assert not torch.equal(before, net.head_layers[1][0].weight)
     assert np.isfinite(history.epoch_loss).all()
     out = net(X[:2])
     assert out.shape == (2, 10)
     probe = probe_network(net, X, y)
     assert probe.nc1.shape == (5, 3) and np.isfinite(probe.nc1).all()
-    for corr in (probe.nfa_correlation, probe.nfa_correlation_uncentered,
-                 probe.nfa_correlation_agop):  # fmt: skip
+    for corr in (
+        probe.nfa_correlation,
+        probe.nfa_correlation_uncentered,
+        probe.nfa_correlation_agop,
+    ):
         assert corr.shape == (5,) and np.all(np.abs(corr) <= 1)
         assert np.isfinite(corr).all()
 
@@ -393,11 +423,21 @@ def test_pm1_targets():
 
 def test_training_history_schedule_json_and_determinism(digits, tmp_path):
     X, y = digits[0][:120], digits[1][:120]
-    build = lambda seed: make_mlp(64, 10, width=16, depth=2, init_scale=1.0,
-                                  random_state=seed)  # fmt: skip
+    build = lambda seed: make_mlp(
+        64, 10, width=16, depth=2, init_scale=1.0, random_state=seed
+    )
     state = torch.random.get_rng_state()
-    runs = train_seeds(build, X, y, seeds=[0, 1, 0], epochs=5, lr=0.1,
-                       measure_every=2, device="cpu", progress=False)  # fmt: skip
+    runs = train_seeds(
+        build,
+        X,
+        y,
+        seeds=[0, 1, 0],
+        epochs=5,
+        lr=0.1,
+        measure_every=2,
+        device="cpu",
+        progress=False,
+    )
     assert torch.equal(torch.random.get_rng_state(), state)
     h0, h1, h0b = runs
     assert h0.epochs == [0, 2, 4, 5] and len(h0.epoch_loss) == 5
@@ -406,8 +446,17 @@ def test_training_history_schedule_json_and_determinism(digits, tmp_path):
     assert h0.curve("nfa_correlation").shape == (4, 2)
     # The recorded loss is the MSE to +-1 targets over all points.
     net = build(0)
-    train_network(net, X, y, epochs=5, lr=0.1, probe=False, device="cpu",
-                  progress=False, random_state=0)  # fmt: skip
+    train_network(
+        net,
+        X,
+        y,
+        epochs=5,
+        lr=0.1,
+        probe=False,
+        device="cpu",
+        progress=False,
+        random_state=0,
+    )
     with torch.no_grad():
         mse = float(((net(torch.tensor(X)) - pm1_targets(y, 10)) ** 2).mean())
     assert h0.loss[-1] == pytest.approx(mse, rel=1e-5)
@@ -419,8 +468,9 @@ def test_training_history_schedule_json_and_determinism(digits, tmp_path):
     stack = np.stack([h0.curve("nc1"), h1.curve("nc1")])
     np.testing.assert_allclose(summary["nc1_mean"], stack.mean(0))
     np.testing.assert_allclose(summary["nc1_std"], stack.std(0, ddof=1))
-    final = np.concatenate([h0.curve("nfa_correlation")[-1],
-                            h1.curve("nfa_correlation")[-1]])  # fmt: skip
+    final = np.concatenate(
+        [h0.curve("nfa_correlation")[-1], h1.curve("nfa_correlation")[-1]]
+    )
     assert summary["final_nfa_mean"] == pytest.approx(final.mean())
     assert summary["final_nfa_std"] == pytest.approx(final.std(ddof=1))
     with pytest.raises(ValueError, match="same measured epochs"):
@@ -438,11 +488,20 @@ def test_within_between_shares(trained_probe):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_and_probe(digits):
     X, y = digits
-    net = make_mlp(64, 10, width=DIGITS["width"], init_scale=DIGITS["init_scale"],
-                   random_state=0)  # fmt: skip
-    history = train_network(net, X, y, epochs=DIGITS["epochs"], lr=DIGITS["lr"],
-                            measure_every=100, device="cuda", progress=False,
-                            random_state=0)  # fmt: skip
+    net = make_mlp(
+        64, 10, width=DIGITS["width"], init_scale=DIGITS["init_scale"], random_state=0
+    )
+    history = train_network(
+        net,
+        X,
+        y,
+        epochs=DIGITS["epochs"],
+        lr=DIGITS["lr"],
+        measure_every=100,
+        device="cuda",
+        progress=False,
+        random_state=0,
+    )
     assert next(net.parameters()).is_cuda
     assert history.accuracy[-1] >= 0.99
     probe = probe_network(net, X, y)

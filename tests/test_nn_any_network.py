@@ -68,10 +68,15 @@ def test_residual_block_total_and_through_layer_gradients():
     # Total gradient: autograd of the whole forward from the block input h.
     total_ref = _mean_jtj(lambda h: net.head(net.block(h[None]))[0], H)
     # Through the layer: the Linear's input as its own variable, the skip fixed.
-    layer_ref = torch.stack([
-        _mean_jtj(lambda u, h=h: net.head(h + torch.relu(net.block.fc(u)))[None][0],
-                  h[None]) for h in H
-    ]).mean(0)  # fmt: skip
+    layer_ref = torch.stack(
+        [
+            _mean_jtj(
+                lambda u, h=h: net.head(h + torch.relu(net.block.fc(u)))[None][0],
+                h[None],
+            )
+            for h in H
+        ]
+    ).mean(0)
     for method in ("preactivation", "jacobian"):
         (total,) = layer_agops(net, X, layers="block", gradient="total", method=method)
         (layer,) = layer_agops(net, X, layers="block", gradient="layer", method=method)
@@ -83,8 +88,9 @@ def test_residual_block_total_and_through_layer_gradients():
         )
     # The two are different quantities here (the skip path carries most of it).
     assert torch.linalg.norm(total - layer) > 0.3 * torch.linalg.norm(total)
-    probe = probe_network(net, X, np.arange(20) % 3, layers="block",
-                          gradient="total", return_agops=True)  # fmt: skip
+    probe = probe_network(
+        net, X, np.arange(20) % 3, layers="block", gradient="total", return_agops=True
+    )
     np.testing.assert_allclose(probe.agops[0], total_ref.numpy(), rtol=1e-9)
     assert probe.gradient == "total" and np.isfinite(probe.nfa_correlation).all()
 
@@ -104,15 +110,23 @@ def test_total_gradient_is_the_layer_gradient_for_a_plain_mlp_layer():
 def test_norm_and_dropout_between_linear_and_activation(recwarn):
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Linear(4, 6), nn.LayerNorm(6), nn.GELU(),
-        nn.Linear(6, 6), nn.BatchNorm1d(6), nn.ReLU(),
-        nn.Linear(6, 5), nn.Dropout(0.3), nn.ReLU(),
+        nn.Linear(4, 6),
+        nn.LayerNorm(6),
+        nn.GELU(),
+        nn.Linear(6, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 5),
+        nn.Dropout(0.3),
+        nn.ReLU(),
         nn.Linear(5, 2),
-    ).double()  # fmt: skip
+    ).double()
     found = find_layers(net)
     assert [(l.name, type(l.output).__name__) for l in found] == [
-        ("0", "GELU"), ("3", "ReLU"), ("6", "ReLU")
-    ]  # fmt: skip
+        ("0", "GELU"),
+        ("3", "ReLU"),
+        ("6", "ReLU"),
+    ]
     assert not recwarn.list  # the readout alone is left out, silently
     X = _randn(24, 4, seed=3)
     pre = layer_agops(net, X)
@@ -173,9 +187,14 @@ def test_linear_readout_is_flagged():
 def test_conv_only_model_and_resnet_detection():
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3),
-        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    ).double()  # fmt: skip
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).double()
     X, y = _randn(18, 1, 7, 7, seed=6), np.arange(18) % 3
     probe = probe_network(net, X, y, reduction="avgpool")
     assert probe.layer_names == ["0", "3"] and probe.layer_kinds == ["conv2d"] * 2
@@ -186,8 +205,9 @@ def test_conv_only_model_and_resnet_detection():
     assert found[0].name == "conv1" and found[1].name == "layer1.0.conv1"
     # A stage named by a single string: its first convolution holds W.
     Xr = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    stage = probe_network(resnet, Xr, np.arange(4) % 2, layers="layer4",
-                          reduction="avgpool")  # fmt: skip
+    stage = probe_network(
+        resnet, Xr, np.arange(4) % 2, layers="layer4", reduction="avgpool"
+    )
     assert stage.layer_names == ["layer4"] and np.isfinite(stage.nc1).all()
 
 
@@ -233,8 +253,9 @@ def test_tuple_module_outputs_need_a_selector():
     X, y = _randn(20, 5, 8, seed=8), np.arange(20) % 2
     with pytest.raises(ValueError, match="output_fn"):
         layer_collapse(net, X, y, layers="attn")
-    probe = layer_collapse(net, X, y, layers="attn", output_fn=0,
-                           reduction=lambda z: z.mean(1))  # fmt: skip
+    probe = layer_collapse(
+        net, X, y, layers="attn", output_fn=0, reduction=lambda z: z.mean(1)
+    )
     with torch.no_grad():
         ref = net.attn(X, X, X)[0].mean(1)
     assert probe.nc1[0] == pytest.approx(nc1_score(ref, y), rel=1e-10)
@@ -243,10 +264,12 @@ def test_tuple_module_outputs_need_a_selector():
 
 def test_single_string_names_and_dataloader_inputs():
     torch.manual_seed(0)
-    net = nn.Sequential(OrderedDict(
-        features=nn.Sequential(nn.Linear(4, 6), nn.ReLU()),
-        classifier=nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)),
-    )).double()  # fmt: skip
+    net = nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(nn.Linear(4, 6), nn.ReLU()),
+            classifier=nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)),
+        )
+    ).double()
     X, y = _randn(21, 4, seed=9), np.arange(21) % 2
     probe = probe_network(net, X, y, layers="classifier")
     assert probe.layer_names == ["classifier"]
@@ -264,9 +287,13 @@ def test_single_string_names_and_dataloader_inputs():
 def test_shape_errors_name_the_fix():
     torch.manual_seed(0)
     conv = nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(2 * 16, 8), nn.ReLU(), nn.Linear(8, 2),
-    ).double()  # fmt: skip
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 16, 8),
+        nn.ReLU(),
+        nn.Linear(8, 2),
+    ).double()
     X, y = np.random.default_rng(0).normal(size=(10, 16)), np.arange(10) % 2
     with pytest.warns(UserWarning, match=r"not probed: \['0'\]"):
         with pytest.raises(ValueError, match=r"input_shape=\(c, h, w\)") as info:

@@ -11,12 +11,32 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_command_writes_table_figures_and_json(tmp_path, capsys):
-    status = main([
-        "--dataset", "digits", "--n-samples", "100", "--epochs", "3",
-        "--seeds", "0", "1", "--measure-every", "2", "--width", "16",
-        "--depth", "3", "--lr", "0.1", "--device", "cpu", "--quiet",
-        "--output", str(tmp_path),
-    ])  # fmt: skip
+    status = main(
+        [
+            "--dataset",
+            "digits",
+            "--n-samples",
+            "100",
+            "--epochs",
+            "3",
+            "--seeds",
+            "0",
+            "1",
+            "--measure-every",
+            "2",
+            "--width",
+            "16",
+            "--depth",
+            "3",
+            "--lr",
+            "0.1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     for name in ("head_layers.0", "head_layers.2", "NC1 SV^T", "NFA sqrt-AGOP"):
@@ -37,11 +57,27 @@ def test_command_writes_table_figures_and_json(tmp_path, capsys):
 
 
 def test_command_conv_backbone_on_digit_images(tmp_path):
-    main([
-        "--arch", "resnet18", "--n-samples", "40", "--epochs", "1", "--seeds", "0",
-        "--width", "8", "--depth", "2", "--device", "cpu", "--quiet",
-        "--output", str(tmp_path),
-    ])  # fmt: skip
+    main(
+        [
+            "--arch",
+            "resnet18",
+            "--n-samples",
+            "40",
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert (tmp_path / "figure11_training_resnet18_digits.png").read_bytes()[:8] == PNG
     results = json.loads((tmp_path / "nn_results_resnet18_digits.json").read_text())
     assert results["config"]["input_shape"] == [1, 8, 8]
@@ -53,9 +89,12 @@ def test_defaults_and_bad_arguments(tmp_path, capsys):
     paper = settings(parse(["--dataset", "cifar10", *out]))
     assert paper == PAPER_DEFAULTS and paper["lr"] == 0.05
     assert settings(parse(["--dataset", "mnist", *out]))["init_scale"] == 0.2
-    assert settings(parse(["--dataset", "mnist", "--init-scale", "0.4", *out]))[
-        "init_scale"
-    ] == 0.4
+    assert (
+        settings(parse(["--dataset", "mnist", "--init-scale", "0.4", *out]))[
+            "init_scale"
+        ]
+        == 0.4
+    )
     with pytest.raises(SystemExit):
         main(["--epochs", "0", *out])
     assert "--epochs: '0' is not a positive integer" in capsys.readouterr().err
@@ -65,11 +104,29 @@ def test_defaults_and_bad_arguments(tmp_path, capsys):
 
 
 def test_diverging_training_exits_non_zero(tmp_path, capsys):
-    status = main([
-        "--lr", "1e6", "--epochs", "3", "--n-samples", "60", "--seeds", "0",
-        "--width", "8", "--depth", "2", "--measure-every", "1",
-        "--device", "cpu", "--quiet", "--output", str(tmp_path),
-    ])  # fmt: skip
+    status = main(
+        [
+            "--lr",
+            "1e6",
+            "--epochs",
+            "3",
+            "--n-samples",
+            "60",
+            "--seeds",
+            "0",
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--measure-every",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert "training loss is not finite at epoch" in err and "last finite" in err

@@ -42,9 +42,14 @@ def _unfold_agop(net, index, X):
     head, tail = net[:index], net[index + 1 :]
     with torch.no_grad():
         h = head(X)
-    P = F.unfold(h, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
-                 stride=conv.stride)  # fmt: skip
-    H_out = (h.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * 2 - 1)
+    P = F.unfold(
+        h,
+        conv.kernel_size,
+        dilation=conv.dilation,
+        padding=conv.padding,
+        stride=conv.stride,
+    )
+    H_out = h.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * 2 - 1
     H_out = H_out // conv.stride[0] + 1
     W_mat = conv.weight.reshape(conv.out_channels, -1)
 
@@ -61,8 +66,9 @@ def test_conv_patch_agop_equals_unfold_autograd_float64():
     net = _small_cnn()
     net.eval()
     net[1].running_mean.uniform_(-0.5, 0.5)  # a BatchNorm that is not the identity
-    X = torch.randn(11, 2, 6, 6, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    X = torch.randn(
+        11, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     layers = [("0", "2"), ("3", "4")]
     pre = layer_agops(net, X, layers=layers, batch_size=4)
     jac = layer_agops(net, X, layers=layers, method="jacobian", batch_size=5)
@@ -81,8 +87,9 @@ def test_conv_patch_agop_equals_unfold_autograd_float64():
 def test_conv_right_stage_is_the_pre_activation_collapse():
     """The 'right' stage of a convolution: the NC1 of S V' applied to every patch."""
     net = _small_cnn(1).eval()
-    X = torch.randn(30, 2, 6, 6, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(1))  # fmt: skip
+    X = torch.randn(
+        30, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
     y = np.arange(30) % 3
     probe = probe_network(net, X, y, layers=[("3", "4")], reduction="flatten")
     with torch.no_grad():
@@ -113,16 +120,28 @@ def test_conv_nfa_grows_with_training_on_digits(digit_images):
     X, y = digit_images
     torch.manual_seed(1)
     net = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
-        nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 64, 10),
+    )
     init = copy.deepcopy(net)
     before = probe_network(net, X, y, layers=["0", "2"])
     history = train_network(
-        net, X, y, epochs=20, batch_size=64, loss="cross_entropy", probe=False,
+        net,
+        X,
+        y,
+        epochs=20,
+        batch_size=64,
+        loss="cross_entropy",
+        probe=False,
         optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
-        device="cpu", progress=False, random_state=1,
-    )  # fmt: skip
+        device="cpu",
+        progress=False,
+        random_state=1,
+    )
     after = probe_network(net, X, y, layers=["0", "2"], init_model=init)
     assert history.accuracy[-1] == 1.0
     assert np.isfinite(before.nfa_correlation).all()
@@ -160,16 +179,19 @@ def test_resnet18_stage_collapse(images, reduction):
     torch.manual_seed(0)
     net = resnet18(weights=None, num_classes=10)
     stages = ["layer1", "layer2", "layer3", "layer4", "avgpool"]
-    probe = layer_collapse(net, X, y, layers=stages, reduction=reduction,
-                           batch_size=24)  # fmt: skip
-    reduce = (lambda z: z.flatten(1)) if reduction == "flatten" else (
-        lambda z: z.mean(dim=(2, 3))
-    )  # fmt: skip
+    probe = layer_collapse(net, X, y, layers=stages, reduction=reduction, batch_size=24)
+    reduce = (
+        (lambda z: z.flatten(1))
+        if reduction == "flatten"
+        else (lambda z: z.mean(dim=(2, 3)))
+    )
     ref = _reference_stages(net, X, y, stages, reduce)
     assert probe.layer_names == stages and probe.reduction == reduction
-    widths = [4096, 2048, 1024, 512, 512] if reduction == "flatten" else [
-        64, 128, 256, 512, 512
-    ]  # fmt: skip
+    widths = (
+        [4096, 2048, 1024, 512, 512]
+        if reduction == "flatten"
+        else [64, 128, 256, 512, 512]
+    )
     assert probe.n_features.tolist() == widths
     for k, name in enumerate(stages):
         nc1, nc1_pinv, nc2 = ref[name]
@@ -184,15 +206,22 @@ def test_vgg11_stage_collapse_and_conv_probe(images):
     torch.manual_seed(0)
     net = vgg11(weights=None, num_classes=10)
     stages = ["features.2", "features.5", "features.10", "features.20", "avgpool"]
-    probe = layer_collapse(net, X, y, layers=stages, reduction="avgpool",
-                           batch_size=32, pinv=False)  # fmt: skip
+    probe = layer_collapse(
+        net, X, y, layers=stages, reduction="avgpool", batch_size=32, pinv=False
+    )
     ref = _reference_stages(net, X, y, stages, lambda z: z.mean(dim=(2, 3)))
     for k, name in enumerate(stages):
         assert probe.nc1[k] == pytest.approx(ref[name][0], rel=1e-6)
         assert probe.nc2[k] == pytest.approx(ref[name][2], rel=1e-6)
     assert probe.nc1_pinv is None
     # A conv stage of VGG probed for AGOP and NFA (by its first convolution).
-    conv = probe_network(net, X[:8], y[:8], layers=[("features.3", "features.4")],
-                         reduction="avgpool", batch_size=8)  # fmt: skip
+    conv = probe_network(
+        net,
+        X[:8],
+        y[:8],
+        layers=[("features.3", "features.4")],
+        reduction="avgpool",
+        batch_size=8,
+    )
     assert conv.layer_kinds == ["conv2d"] and np.isfinite(conv.nc1).all()
     assert -1 <= conv.nfa_correlation[0] <= 1

@@ -22,9 +22,14 @@ from skdnc.nn import layer_agops, layer_collapse, probe_network
 def _net():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(3 * 25, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 3),
-    ).double()  # fmt: skip
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 25, 6),
+        nn.LayerNorm(6),
+        nn.GELU(),
+        nn.Linear(6, 3),
+    ).double()
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +45,22 @@ def test_streaming_equals_in_memory(data):
     loader = DataLoader(TensorDataset(X, y), batch_size=16)  # last batch: 2
     assert len(X) % 16 == 2
     layers = [("0", "1"), ("3", "5")]
-    streamed = probe_network(net, loader, layers=layers, nc1_pinv=True,
-                             return_agops=True)  # fmt: skip
-    whole = probe_network(net, X, y, layers=layers, nc1_pinv=True, return_agops=True,
-                          batch_size=len(X))  # fmt: skip
+    streamed = probe_network(
+        net, loader, layers=layers, nc1_pinv=True, return_agops=True
+    )
+    whole = probe_network(
+        net, X, y, layers=layers, nc1_pinv=True, return_agops=True, batch_size=len(X)
+    )
     # Independent in-memory truth: the metrics on explicitly computed features.
     with torch.no_grad():
         features = [
-            (X.flatten(1), net[0](X).flatten(1) - net[0].bias.repeat_interleave(25),
-             net[:2](X).flatten(1)),
+            (
+                X.flatten(1),
+                net[0](X).flatten(1) - net[0].bias.repeat_interleave(25),
+                net[:2](X).flatten(1),
+            ),
             (net[:3](X), net[:4](X) - net[3].bias, net[:6](X)),
-        ]  # fmt: skip
+        ]
     for index, stages in enumerate(features):
         for k, Z in enumerate(stages):
             for probe in (streamed, whole):
@@ -65,8 +75,9 @@ def test_streaming_equals_in_memory(data):
         assert np.linalg.norm(A - B) <= 1e-10 * np.linalg.norm(B)
     # The square root of the AGOP amplifies rounding in its null space (the
     # LayerNorm makes G singular): 1e-10 on the AGOP, 1e-7 on its square root.
-    np.testing.assert_allclose(streamed.nfa_correlation, whole.nfa_correlation,
-                               rtol=1e-7)  # fmt: skip
+    np.testing.assert_allclose(
+        streamed.nfa_correlation, whole.nfa_correlation, rtol=1e-7
+    )
     # layer_agops: a loader of inputs only, and arrays in one batch.
     inputs_only = DataLoader(X, batch_size=16)
     streamed = layer_agops(net, inputs_only, layers=layers)
@@ -84,8 +95,9 @@ def test_layer_collapse_streaming_any_iterable(data):
         refs = [net[:3](X), net[:6](X), net(X)]
     for k, Z in enumerate(refs):
         assert probe.nc1[k] == pytest.approx(nc1_score(Z, y), rel=1e-10)
-        assert probe.nc1_pinv[k] == pytest.approx(nc1_score(Z, y, kind="pinv"),
-                                                  rel=1e-10)  # fmt: skip
+        assert probe.nc1_pinv[k] == pytest.approx(
+            nc1_score(Z, y, kind="pinv"), rel=1e-10
+        )
         assert probe.nc2[k] == pytest.approx(nc2_score(Z, y), rel=1e-10)
     # A one-shot iterator cannot give the second pass of the pinv form.
     with pytest.raises(ValueError, match="one-shot"):
@@ -126,16 +138,21 @@ class _LargestTensor(TorchDispatchMode):
 def _streamed_probe_memory(n, trace=True):
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 64, 8), nn.ReLU(), nn.Linear(8, 4),
-    )  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 64, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
+    )
     loader = DataLoader(_Synthetic(n), batch_size=48)
     if trace:
         tracemalloc.start()
     try:
         with _LargestTensor() as mode:
-            probe = probe_network(net, loader, layers=[("0", "1"), ("3", "4")],
-                                  nc1_pinv=True)  # fmt: skip
+            probe = probe_network(
+                net, loader, layers=[("0", "1"), ("3", "4")], nc1_pinv=True
+            )
             collapse = layer_collapse(net, loader, layers=["1", "4"])
         _, peak = tracemalloc.get_traced_memory() if trace else (0, 0)
     finally:
@@ -171,8 +188,9 @@ def test_accumulator_matches_metrics_on_hard_cases():
         acc.partial_fit_within(X[a:b], y[a:b])
     kw = {"global_mean": "sample"}
     assert acc.nc1() == pytest.approx(nc1_score(X, y, **kw), rel=1e-8)
-    assert acc.nc1("pinv") == pytest.approx(nc1_score(X, y, kind="pinv", **kw),
-                                            rel=1e-8)  # fmt: skip
+    assert acc.nc1("pinv") == pytest.approx(
+        nc1_score(X, y, kind="pinv", **kw), rel=1e-8
+    )
     assert acc.nc2() == pytest.approx(nc2_score(X, y, **kw), rel=1e-10)
     assert acc.statistics().classes.tolist() == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="partial_fit_within"):

@@ -43,10 +43,12 @@ def test_probe_callback_in_a_user_loop(data):
     assert callback.curve("nc1", collapse=True).shape == (3, 2)
     # The last record is the probe of the model as it is now.
     now = probe_network(net, X, y)
-    np.testing.assert_allclose(callback.curve("nfa_correlation")[-1],
-                               now.nfa_correlation, rtol=1e-12)  # fmt: skip
-    np.testing.assert_allclose(callback.curve("nc1", collapse=True)[-1],
-                               now.nc1[:, 2], rtol=1e-10)  # fmt: skip
+    np.testing.assert_allclose(
+        callback.curve("nfa_correlation")[-1], now.nfa_correlation, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        callback.curve("nc1", collapse=True)[-1], now.nc1[:, 2], rtol=1e-10
+    )
     # Training with cross-entropy collapses the last hidden layer.
     nc1 = callback.curve("nc1")
     assert nc1[-1, -1, 2] < nc1[0, -1, 2]
@@ -59,10 +61,19 @@ def test_train_network_optimizer_factory_loss_and_callbacks(data):
     net = _net(1)
     callback = ProbeCallback(X, y, every=2)
     history = train_network(
-        net, X, y, epochs=4, batch_size=16, loss="cross_entropy", probe=False,
-        optimizer=functools.partial(torch.optim.Adam, lr=0.01), callbacks=[callback],
-        device="cpu", progress=False, random_state=0,
-    )  # fmt: skip
+        net,
+        X,
+        y,
+        epochs=4,
+        batch_size=16,
+        loss="cross_entropy",
+        probe=False,
+        optimizer=functools.partial(torch.optim.Adam, lr=0.01),
+        callbacks=[callback],
+        device="cpu",
+        progress=False,
+        random_state=0,
+    )
     assert history.config["optimizer"] == "Adam"
     assert history.config["loss"] == "cross_entropy"
     assert callback.epochs == [0, 2, 4]
@@ -76,11 +87,13 @@ def test_train_network_optimizer_factory_loss_and_callbacks(data):
         seen.append(y_index.dtype)
         return nn.functional.multi_margin_loss(out, y_index)
 
-    train_network(_net(2), X, y, epochs=1, loss=hinge, probe=False, device="cpu",
-                  progress=False)  # fmt: skip
+    train_network(
+        _net(2), X, y, epochs=1, loss=hinge, probe=False, device="cpu", progress=False
+    )
     assert seen and all(d == torch.long for d in seen)
     with pytest.raises(ValueError, match="loss"):
         train_network(_net(), X, y, epochs=1, loss="l1", device="cpu", progress=False)
     with pytest.raises(TypeError, match="optimizer"):
-        train_network(_net(), X, y, epochs=1, optimizer="adam", device="cpu",
-                      progress=False)  # fmt: skip
+        train_network(
+            _net(), X, y, epochs=1, optimizer="adam", device="cpu", progress=False
+        )

@@ -43,9 +43,7 @@ def test_skops_round_trip_trusts_only_skdnc_classes(data, index):
     with pytest.raises(sio.exceptions.UntrustedTypesFoundException):
         sio.loads(blob)  # nothing is trusted by default
     restored = sio.loads(blob, trusted=untrusted)
-    np.testing.assert_array_equal(
-        getattr(restored, method)(X), getattr(est, method)(X)
-    )
+    np.testing.assert_array_equal(getattr(restored, method)(X), getattr(est, method)(X))
 
 
 def test_skops_round_trip_of_nfa_probe_on_an_rfm(data):

@@ -64,8 +64,18 @@ def test_deep_rfm_paper_preset_is_appendix_c(
 
 
 def test_explicit_options_override_the_preset(monkeypatch, tmp_path):
-    argv = ["--dataset", "mnist", "--preset", "paper", "--kernel", "laplace",
-            "--reg", "0.01", "--width", "64"]  # fmt: skip
+    argv = [
+        "--dataset",
+        "mnist",
+        "--preset",
+        "paper",
+        "--kernel",
+        "laplace",
+        "--reg",
+        "0.01",
+        "--width",
+        "64",
+    ]
     seen = _deep_rfm_params(monkeypatch, tmp_path, argv)
     assert (seen["kernel"], seen["reg"], seen["width"]) == ("laplace", 0.01, 64)
     demo = _deep_rfm_params(monkeypatch, tmp_path, [])
@@ -115,8 +125,10 @@ def test_network_paper_preset_is_appendix_c(monkeypatch, tmp_path, arch, dataset
     c = APPENDIX_C[arch]
     assert seen["arch"] == arch
     assert (seen["epochs"], seen["momentum"], seen["lr"]) == (
-        c["epochs"], c["momentum"], c["lr"],
-    )  # fmt: skip
+        c["epochs"],
+        c["momentum"],
+        c["lr"],
+    )
     init = c.get(dataset, c["init"]) if dataset == "mnist" else c["init"]
     assert seen["init_scale"] == init
     assert (seen["width"], seen["depth"], seen["batch_size"]) == (512, 5, 128)

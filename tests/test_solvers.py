@@ -58,9 +58,16 @@ def test_cg_agrees_with_the_exact_solve(digits_problem, in_memory):
     )
     logs = []
     iterative = fit_kernel_regression(
-        X, Y, None, kernel, 1e-3, solver="cg", budget=budget, solver_params=params,
+        X,
+        Y,
+        None,
+        kernel,
+        1e-3,
+        solver="cg",
+        budget=budget,
+        solver_params=params,
         log=logs.append,
-    )  # fmt: skip
+    )
     assert ("in memory" if in_memory else "in blocks") in logs[0]
     assert "relative residual" in logs[0]
     K = kernel_matrix(X, X, None, kernel)
@@ -73,9 +80,15 @@ def test_cg_warns_when_it_stops_early(digits_problem):
     X, Y = digits_problem
     with pytest.warns(LinAlgWarning, match="Conjugate gradients stopped"):
         fit_kernel_regression(
-            X, Y, None, Kernel("laplace", 10.0), 1e-6, solver="cg", budget=2**30,
+            X,
+            Y,
+            None,
+            Kernel("laplace", 10.0),
+            1e-6,
+            solver="cg",
+            budget=2**30,
             solver_params={"rank": 10, "max_iter": 3},
-        )  # fmt: skip
+        )
 
 
 def test_auto_takes_the_exact_solve_while_the_kernel_fits():

@@ -28,8 +28,9 @@ def _paper_formula(r):
 
 def test_closed_form_matches_the_paper_and_special_values():
     r = np.linspace(-0.99, 0.99, 41)
-    np.testing.assert_allclose(relu_kernel_closed_form(r), _paper_formula(r),
-                               rtol=1e-12, atol=1e-15)  # fmt: skip
+    np.testing.assert_allclose(
+        relu_kernel_closed_form(r), _paper_formula(r), rtol=1e-12, atol=1e-15
+    )
     assert relu_kernel_closed_form(1.0) == pytest.approx(1.0, abs=1e-15)
     assert relu_kernel_closed_form(0.0) == pytest.approx(1 / np.pi)
     assert relu_kernel_closed_form(-1.0) == pytest.approx(0.0, abs=1e-15)
@@ -46,8 +47,7 @@ def test_closed_form_against_monte_carlo(r):
     x[0] = 1.0
     y = np.zeros(d)
     y[:2] = r, np.sqrt(1 - r**2)
-    mean, sem = relu_kernel_monte_carlo(x, y, width=1024, n_draws=200,
-                                        random_state=0)  # fmt: skip
+    mean, sem = relu_kernel_monte_carlo(x, y, width=1024, n_draws=200, random_state=0)
     assert abs(mean - relu_kernel_closed_form(r)) < 5 * sem
     assert sem < 0.01
     # E ||Phi(x)||^2 = ||x||^2 with N(0, 2/D) weights.
@@ -73,8 +73,11 @@ def test_cos_feature_map_approximates_the_l1_laplace_kernel():
     estimates = []
     for _ in range(draws):
         W, b = draw_feature_map("cos", d, D, gamma=gamma, generator=generator)
-        estimates.append((apply_feature_map(X, W, b, "cos")
-                          * apply_feature_map(Z, W, b, "cos")).sum(dim=1).numpy())
+        estimates.append(
+            (apply_feature_map(X, W, b, "cos") * apply_feature_map(Z, W, b, "cos"))
+            .sum(dim=1)
+            .numpy()
+        )
     estimates = np.array(estimates)  # (draws, pairs)
     target = np.exp(-gamma * l1)
     rms = np.sqrt(np.mean((estimates - target) ** 2))
@@ -120,8 +123,9 @@ def test_linear_kernel_ridgeless_collapses_in_one_layer_when_n_le_d():
 
 def test_linear_kernel_ridge_delays_collapse():
     X, y = _mixture()
-    nc1 = [nc1_score(linear_agop_layer(X, y, reg=reg)[0], y)
-           for reg in (1e-3, 1e-1, 10.0)]  # fmt: skip
+    nc1 = [
+        nc1_score(linear_agop_layer(X, y, reg=reg)[0], y) for reg in (1e-3, 1e-1, 10.0)
+    ]
     assert nc1[0] < nc1[1] < nc1[2] < 1e-2  # observed 2e-12, 2e-8, 2e-4
 
 
@@ -145,8 +149,9 @@ def test_linearized_deep_rfm_one_step_equals_feature_level_computation():
     sqrt_M = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
     Xt = X @ sqrt_M / np.sqrt(out["kappa"])
     np.testing.assert_allclose(out["gram"], Xt @ Xt.T, rtol=1e-8, atol=1e-8)
-    np.testing.assert_allclose(out["distances"][1],
-                               np.linalg.norm(Xt @ Xt.T - Y @ Y.T, 2), rtol=1e-8)
+    np.testing.assert_allclose(
+        out["distances"][1], np.linalg.norm(Xt @ Xt.T - Y @ Y.T, 2), rtol=1e-8
+    )
 
 
 def test_linearized_deep_rfm_contracts_geometrically():
@@ -184,8 +189,9 @@ def test_linearized_deep_rfm_errors():
         linearized_deep_rfm(X[1:], y[1:], L=1, lambda_k=0.1, lambda_phi=1.0)
     with pytest.raises(ValueError, match="kappa"):
         linearized_deep_rfm(X, y, L=1, lambda_k=0.1, lambda_phi=1.0, kappa="x")
-    out = linearized_deep_rfm(X[1:], y[1:], L=1, lambda_k=0.1, lambda_phi=1.0,
-                              kappa=1.0)  # fmt: skip
+    out = linearized_deep_rfm(
+        X[1:], y[1:], L=1, lambda_k=0.1, lambda_phi=1.0, kappa=1.0
+    )
     assert out["kappa"] == 1.0
 
 

@@ -41,19 +41,27 @@ from skdnc.nn import ProbeCallback
 digits = load_dataset("digits", n_samples=1000, balanced=True, standardize=True)
 X = torch.tensor(digits.data, dtype=torch.float32).reshape(-1, 1, 8, 8)
 y = torch.as_tensor(digits.target)
-train = DataLoader(TensorDataset(X, y), batch_size=64, shuffle=True,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+train = DataLoader(
+    TensorDataset(X, y),
+    batch_size=64,
+    shuffle=True,
+    generator=torch.Generator().manual_seed(0),
+)
 probe_data = DataLoader(TensorDataset(X[:500], y[:500]), batch_size=250)
 
 torch.manual_seed(0)
 net = nn.Sequential(
-    nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),  # stage "1"
-    nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),  # stage "3"
+    nn.Conv2d(1, 16, 3, padding=1),
+    nn.ReLU(),  # stage "1"
+    nn.Conv2d(16, 32, 3, padding=1),
+    nn.ReLU(),  # stage "3"
     nn.MaxPool2d(2),  # stage "4": 32 x 4 x 4
-    nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),  # stage "6"
-    nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # stage "8": 32 features
+    nn.Conv2d(32, 32, 3, padding=1),
+    nn.ReLU(),  # stage "6"
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),  # stage "8": 32 features
     nn.Linear(32, 10),
-)  # fmt: skip
+)
 initial = copy.deepcopy(net)
 stages = ["1", "3", "4", "6", "8"]
 convs = [("0", "1"), ("2", "3"), ("5", "6")]  # (convolution, its activation)
@@ -64,8 +72,14 @@ convs = [("0", "1"), ("2", "3"), ("5", "6")]  # (convolution, its activation)
 # The callback probes 500 of the images at epochs 0, 3, 6, ...: the NFA at the
 # three convolutions, with the initial network as the baseline, and NC1/NC2 at
 # the five stages with global average pooling.
-callback = ProbeCallback(probe_data, every=3, layers=convs, collapse_layers=stages,
-                         reduction="avgpool", init_model=initial)  # fmt: skip
+callback = ProbeCallback(
+    probe_data,
+    every=3,
+    layers=convs,
+    collapse_layers=stages,
+    reduction="avgpool",
+    init_model=initial,
+)
 optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
 for epoch in range(13):
     if epoch:
@@ -105,15 +119,22 @@ nfa = callback.curve("nfa_correlation")
 baseline = callback.curve("nfa_correlation_init")
 fig, ax = plt.subplots(figsize=(5.5, 3.6))
 for k, (conv, _) in enumerate(convs):
-    line, = ax.plot(epochs, nfa[:, k], marker="o", label=f"conv {conv}: NFA")
-    ax.plot(epochs, baseline[:, k], ls="--", color=line.get_color(),
-            label=f"conv {conv}: vs init")  # fmt: skip
+    (line,) = ax.plot(epochs, nfa[:, k], marker="o", label=f"conv {conv}: NFA")
+    ax.plot(
+        epochs,
+        baseline[:, k],
+        ls="--",
+        color=line.get_color(),
+        label=f"conv {conv}: vs init",
+    )
 ax.set(xlabel="epoch", ylabel="correlation", title="Convolutional NFA")
 ax.legend(fontsize=8)
 fig.tight_layout()
 for k, (conv, _) in enumerate(convs):
-    print(f"conv {conv}: NFA {nfa[0, k]:.3f} at init -> {nfa[-1, k]:.3f} trained; "
-          f"vs init CNFM {baseline[-1, k]:.3f}")  # fmt: skip
+    print(
+        f"conv {conv}: NFA {nfa[0, k]:.3f} at init -> {nfa[-1, k]:.3f} trained; "
+        f"vs init CNFM {baseline[-1, k]:.3f}"
+    )
 
 # %%
 # The SVD split at a convolution
@@ -123,8 +144,7 @@ for k, (conv, _) in enumerate(convs):
 last = np.asarray(callback.probes[-1]["nc1"])
 fig, ax = plt.subplots(figsize=(5.5, 3.6))
 for j, stage in enumerate(("input", "right", "output")):
-    ax.bar(np.arange(len(convs)) + 0.25 * (j - 1), last[:, j], width=0.25,
-           label=stage)  # fmt: skip
+    ax.bar(np.arange(len(convs)) + 0.25 * (j - 1), last[:, j], width=0.25, label=stage)
 ax.set_xticks(range(len(convs)), [f"conv {c}" for c, _ in convs])
 ax.set(ylabel="NC1 (avgpool)", yscale="log", title="NC1 by SVD stage, trained")
 ax.legend()

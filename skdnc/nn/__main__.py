@@ -47,9 +47,17 @@ from skdnc.nn import aggregate_histories, make_model, train_seeds
 
 #: The keys of a run's settings that the presets control.
 SETTINGS = (
-    "n_samples", "width", "init_scale", "lr", "momentum", "epochs", "seeds",
-    "depth", "batch_size", "measure_every",
-)  # fmt: skip
+    "n_samples",
+    "width",
+    "init_scale",
+    "lr",
+    "momentum",
+    "epochs",
+    "seeds",
+    "depth",
+    "batch_size",
+    "measure_every",
+)
 #: The MLP's demo settings on digits and its paper settings (Appendix C).
 DIGITS_DEFAULTS = network_settings("demo", "digits", "mlp")
 PAPER_DEFAULTS = network_settings("paper", "cifar10", "mlp")
@@ -72,24 +80,41 @@ def build_parser():
     )
     add = parser.add_argument
     add("--arch", default="mlp", choices=ARCHITECTURES, help="network")
-    add("--n-samples", type=positive_int,
-        help="training points, the first ones " + _preset_help("n_samples"))
+    add(
+        "--n-samples",
+        type=positive_int,
+        help="training points, the first ones " + _preset_help("n_samples"),
+    )
     add("--epochs", type=positive_int, help="training epochs " + _preset_help("epochs"))
-    add("--seeds", type=int, nargs="+",
-        help="random seeds, one run each " + _preset_help("seeds"))
-    add("--lr", type=positive_float,
-        help="SGD learning rate " + _preset_help("lr"))  # fmt: skip
-    add("--momentum", type=nonnegative_float,
-        help="SGD momentum " + _preset_help("momentum"))  # fmt: skip
-    add("--batch-size", type=positive_int,
-        help="SGD batch size " + _preset_help("batch_size"))  # fmt: skip
-    add("--init-scale", type=positive_float,
-        help="xavier gain of the hidden layers " + _preset_help("init_scale"))
+    add(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="random seeds, one run each " + _preset_help("seeds"),
+    )
+    add("--lr", type=positive_float, help="SGD learning rate " + _preset_help("lr"))
+    add(
+        "--momentum",
+        type=nonnegative_float,
+        help="SGD momentum " + _preset_help("momentum"),
+    )
+    add(
+        "--batch-size",
+        type=positive_int,
+        help="SGD batch size " + _preset_help("batch_size"),
+    )
+    add(
+        "--init-scale",
+        type=positive_float,
+        help="xavier gain of the hidden layers " + _preset_help("init_scale"),
+    )
     add("--width", type=positive_int, help="MLP width " + _preset_help("width"))
-    add("--depth", type=positive_int,
-        help="hidden MLP layers " + _preset_help("depth"))  # fmt: skip
-    add("--measure-every", type=positive_int,
-        help="epochs between measurements " + _preset_help("measure_every"))
+    add("--depth", type=positive_int, help="hidden MLP layers " + _preset_help("depth"))
+    add(
+        "--measure-every",
+        type=positive_int,
+        help="epochs between measurements " + _preset_help("measure_every"),
+    )
     return parser
 
 
@@ -142,10 +167,15 @@ def settings(args):
 def load(args):
     """Standardised training data: flat rows for the MLP, images otherwise."""
     X, y = load_dataset(
-        args.dataset, root=args.data_root, n_samples=args.n_samples,
-        balanced=args.dataset == "digits", flatten=args.arch == "mlp",
-        standardize=True, download=args.download, return_X_y=True,
-    )  # fmt: skip
+        args.dataset,
+        root=args.data_root,
+        n_samples=args.n_samples,
+        balanced=args.dataset == "digits",
+        flatten=args.arch == "mlp",
+        standardize=True,
+        download=args.download,
+        return_X_y=True,
+    )
     return np.asarray(X, dtype=np.float32), np.asarray(y)
 
 
@@ -157,27 +187,44 @@ def run(args):
     n_classes = int(len(np.unique(y)))
     input_shape = X.shape[1:]
     config = settings(args)
-    print(f"{args.arch} on {args.dataset}: {X.shape[0]} samples of shape "
-          f"{tuple(input_shape)}, {n_classes} classes; device {device}; "
-          + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)  # fmt: skip
+    print(
+        f"{args.arch} on {args.dataset}: {X.shape[0]} samples of shape "
+        f"{tuple(input_shape)}, {n_classes} classes; device {device}; "
+        + ", ".join(f"{k}={v}" for k, v in config.items()),
+        flush=True,
+    )
 
     def build(seed):
         return make_model(
-            args.arch, input_shape, n_classes, width=args.width, depth=args.depth,
-            init_scale=args.init_scale, random_state=seed,
-        )  # fmt: skip
+            args.arch,
+            input_shape,
+            n_classes,
+            width=args.width,
+            depth=args.depth,
+            init_scale=args.init_scale,
+            random_state=seed,
+        )
 
     histories = train_seeds(
-        build, X, y, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
-        momentum=args.momentum, batch_size=args.batch_size,
-        measure_every=args.measure_every, device=device, progress=not args.quiet,
-    )  # fmt: skip
+        build,
+        X,
+        y,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        lr=args.lr,
+        momentum=args.momentum,
+        batch_size=args.batch_size,
+        measure_every=args.measure_every,
+        device=device,
+        progress=not args.quiet,
+    )
     summary = aggregate_histories(histories)
     layer_names = histories[0].probes[-1]["layer_names"]
     acc = np.array([h.accuracy[-1] for h in histories])
     share = np.array([h.probes[-1]["right_share"] for h in histories])
-    ratio = np.array([h.probes[-1]["nc1"][-1][2] / h.probes[-1]["nc1"][0][0]
-                      for h in histories])  # fmt: skip
+    ratio = np.array(
+        [h.probes[-1]["nc1"][-1][2] / h.probes[-1]["nc1"][0][0] for h in histories]
+    )
     lines = [
         f"train accuracy {acc.mean():.4f} ± {acc.std():.4f}; "
         f"loss {summary['loss_mean'][-1]:.3e}",
@@ -206,8 +253,13 @@ def run(args):
         f"figure{figure}_training_{tag}.png": training_figure,
     }
     data = {
-        "config": {**vars(args), **config, "device": str(device),
-                   "input_shape": list(input_shape), "n_classes": n_classes},
+        "config": {
+            **vars(args),
+            **config,
+            "device": str(device),
+            "input_shape": list(input_shape),
+            "n_classes": n_classes,
+        },
         "layer_names": layer_names,
         "summary": summary,
         "final": {
@@ -218,7 +270,7 @@ def run(args):
         "histories": [h.to_dict() for h in histories],
         "total_seconds": time.perf_counter() - started,
         "platform": platform_info(),
-    }  # fmt: skip
+    }
     return CommandResult(
         data=data,
         table=format_table(summary, layer_names) + "\n" + "\n".join(lines),

@@ -229,9 +229,7 @@ def make_vgg11(
                 )
                 nn.init.zeros_(module.bias)
         features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1, bias=False)
-        backbone = nn.Sequential(
-            *features, nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten()
-        )
+        backbone = nn.Sequential(*features, nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten())
         layers, readout = _head(512 * 16, n_classes, width, depth, init_scale, False)
     return HeadedNetwork(backbone, layers, readout)
 

@@ -579,16 +579,27 @@ def _warn_readout(cap, out):
             )
 
 
-def _sweep(model, batches, found, *, device, gradient, stages, output_fn,
-           model_output, on_batch):  # fmt: skip
+def _sweep(
+    model,
+    batches,
+    found,
+    *,
+    device,
+    gradient,
+    stages,
+    output_fn,
+    model_output,
+    on_batch,
+):
     """Run ``model`` over the batches in eval mode with the capture hooks; call
     ``on_batch(cap, out, y)`` for each. Hooks are removed and the model's mode
     restored whatever happens."""
     dtype = model_dtype(model)
     first = True
-    with eval_mode(model), _Capture(
-        found, gradient=gradient, stages=stages, output_fn=output_fn
-    ) as cap:
+    with (
+        eval_mode(model),
+        _Capture(found, gradient=gradient, stages=stages, output_fn=output_fn) as cap,
+    ):
         for xb, yb in batches():
             cap.reset()
             xb = as_input(xb, device, dtype)
@@ -623,8 +634,18 @@ def _accumulate_gradients(cap, out, G, gradient):
             G[index] = gg if G[index] is None else G[index] + gg
 
 
-def _gradient_sweep(model, batches, found, *, device, gradient, model_output,
-                    stages=False, output_fn=None, on_batch=None):  # fmt: skip
+def _gradient_sweep(
+    model,
+    batches,
+    found,
+    *,
+    device,
+    gradient,
+    model_output,
+    stages=False,
+    output_fn=None,
+    on_batch=None,
+):
     """``G_l`` summed over outputs and positions, averaged over samples."""
     G = [None] * len(found)
     count = [0]
@@ -635,8 +656,17 @@ def _gradient_sweep(model, batches, found, *, device, gradient, model_output,
         if on_batch is not None:
             on_batch(cap, out, yb)
 
-    _sweep(model, batches, found, device=device, gradient=gradient, stages=stages,
-           output_fn=output_fn, model_output=model_output, on_batch=step)  # fmt: skip
+    _sweep(
+        model,
+        batches,
+        found,
+        device=device,
+        gradient=gradient,
+        stages=stages,
+        output_fn=output_fn,
+        model_output=model_output,
+        on_batch=step,
+    )
     if count[0] == 0:
         raise ValueError("X holds no samples.")
     return [g.cpu() / count[0] for g in G]
@@ -648,9 +678,9 @@ def _resolve_device(model, device):
 
 def _unlabelled(X, y):
     """``(X, y)`` for :func:`as_batches` where labels are not needed."""
-    if y is None and (isinstance(X, (torch.Tensor, np.ndarray)) or hasattr(
-        X, "__array__"
-    )):
+    if y is None and (
+        isinstance(X, (torch.Tensor, np.ndarray)) or hasattr(X, "__array__")
+    ):
         return X, np.zeros(len(X))
     if y is None:
         return _InputsOnly(X), None
@@ -741,8 +771,14 @@ def layer_agops(
     device = _resolve_device(model, device)
     batches, _ = as_batches(*_unlabelled(X, y), batch_size)
     if method == "preactivation":
-        G = _gradient_sweep(model, batches, found, device=device, gradient=gradient,
-                            model_output=model_output)  # fmt: skip
+        G = _gradient_sweep(
+            model,
+            batches,
+            found,
+            device=device,
+            gradient=gradient,
+            model_output=model_output,
+        )
         if gradient == "total":
             return G
         agops = []
@@ -754,8 +790,14 @@ def layer_agops(
         raise ValueError(
             f"method must be 'preactivation' or 'jacobian'; got {method!r}."
         )
-    return _jacobian_agops(model, batches, found, device=device, gradient=gradient,
-                           model_output=model_output)  # fmt: skip
+    return _jacobian_agops(
+        model,
+        batches,
+        found,
+        device=device,
+        gradient=gradient,
+        model_output=model_output,
+    )
 
 
 def _patches(conv, h):
@@ -773,8 +815,9 @@ def _patches(conv, h):
             "method='jacobian' supports zero padding only; got padding_mode="
             f"{conv.padding_mode!r}."
         )
-    return F.unfold(h, conv.kernel_size, dilation=conv.dilation, padding=padding,
-                    stride=conv.stride)  # fmt: skip
+    return F.unfold(
+        h, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride
+    )
 
 
 def _jacobian_agops(model, batches, found, *, device, gradient, model_output):
@@ -994,8 +1037,9 @@ class NetworkProbe:
         return out
 
 
-def _collapse_pass(model, batches, found, accs, *, device, output_fn, model_output,
-                   reduction):  # fmt: skip
+def _collapse_pass(
+    model, batches, found, accs, *, device, output_fn, model_output, reduction
+):
     """Second pass: the within-class scatter in the class-mean span (pinv NC1)."""
 
     def step(cap, out, yb):
@@ -1004,8 +1048,17 @@ def _collapse_pass(model, batches, found, accs, *, device, output_fn, model_outp
             for k, Z in enumerate(cap.stage_features(index)):
                 accs[index][k].partial_fit_within(_reduce(Z, reduction), labels)
 
-    _sweep(model, batches, found, device=device, gradient=None, stages=True,
-           output_fn=output_fn, model_output=model_output, on_batch=step)  # fmt: skip
+    _sweep(
+        model,
+        batches,
+        found,
+        device=device,
+        gradient=None,
+        stages=True,
+        output_fn=output_fn,
+        model_output=model_output,
+        on_batch=step,
+    )
 
 
 def probe_network(
@@ -1114,13 +1167,28 @@ def probe_network(
             for k, Z in enumerate(cap.stage_features(index)):
                 accs[index][k].partial_fit(_reduce(Z, reduction), labels)
 
-    G = _gradient_sweep(model, batches, found, device=device, gradient=gradient,
-                        model_output=model_output, stages=True, output_fn=output_fn,
-                        on_batch=collect)  # fmt: skip
+    G = _gradient_sweep(
+        model,
+        batches,
+        found,
+        device=device,
+        gradient=gradient,
+        model_output=model_output,
+        stages=True,
+        output_fn=output_fn,
+        on_batch=collect,
+    )
     if nc1_pinv:
-        _collapse_pass(model, batches, found, accs, device=device,
-                       output_fn=output_fn, model_output=model_output,
-                       reduction=reduction)  # fmt: skip
+        _collapse_pass(
+            model,
+            batches,
+            found,
+            accs,
+            device=device,
+            output_fn=output_fn,
+            model_output=model_output,
+            reduction=reduction,
+        )
     nc1 = np.array([[a.nc1() for a in row] for row in accs])
     nc2 = np.array([[a.nc2() for a in row] for row in accs])
     pinv = None
@@ -1354,8 +1422,9 @@ def layer_collapse(
         def hook_for(index, name):
             def hook(module, args, out):
                 if captured[index] is None:
-                    out = select_output(out, selector(name), f"module {name!r}",
-                                        "output_fn")  # fmt: skip
+                    out = select_output(
+                        out, selector(name), f"module {name!r}", "output_fn"
+                    )
                     captured[index] = _reduce(out.detach(), reduction).clone()
 
             return hook

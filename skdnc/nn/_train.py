@@ -340,8 +340,12 @@ def train_network(
         measure(0)
         for callback in callbacks:
             callback(model, 0)
-        bar = tqdm(range(1, int(epochs) + 1), desc="training", unit="epoch",
-                   disable=not progress)  # fmt: skip
+        bar = tqdm(
+            range(1, int(epochs) + 1),
+            desc="training",
+            unit="epoch",
+            disable=not progress,
+        )
         for epoch in bar:
             model.train()
             order = torch.randperm(n, generator=generator).to(device)
@@ -421,8 +425,9 @@ class ProbeCallback:
     ([0, 2, 4], (3, 1))
     """
 
-    def __init__(self, X, y=None, *, every=1, layers=None, collapse_layers=None,
-                 **kwargs):  # fmt: skip
+    def __init__(
+        self, X, y=None, *, every=1, layers=None, collapse_layers=None, **kwargs
+    ):
         if int(every) < 1:
             raise ValueError(f"every must be a positive integer; got {every!r}.")
         self.X, self.y, self.every = X, y, int(every)
@@ -435,15 +440,19 @@ class ProbeCallback:
         self.epochs.append(int(epoch))
         probe_kwargs = {k: v for k, v in self.kwargs.items() if k != "pinv"}
         if self.layers is not False:
-            result = probe_network(model, self.X, self.y, layers=self.layers,
-                                   **probe_kwargs)  # fmt: skip
+            result = probe_network(
+                model, self.X, self.y, layers=self.layers, **probe_kwargs
+            )
             self.probes.append(result.to_dict())
         if self.collapse_layers is not None:
             keep = ("reduction", "output_fn", "pinv", "batch_size", "device")
             result = layer_collapse(
-                model, self.X, self.y, layers=self.collapse_layers,
+                model,
+                self.X,
+                self.y,
+                layers=self.collapse_layers,
                 **{k: v for k, v in self.kwargs.items() if k in keep},
-            )  # fmt: skip
+            )
             self.collapse.append(result.to_dict())
 
     def curve(self, key, *, collapse=False):
