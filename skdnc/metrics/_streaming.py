@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from skdnc._backend import to_numpy
-from skdnc._base import NonFiniteError
+from skdnc._base import NonFiniteError, check_class_labels
 from skdnc.metrics._collapse import (
     ClassStatistics,
     _nc1_pinv_value,
@@ -198,12 +198,8 @@ class CollapseAccumulator:
         """
         if self._means is None:
             raise ValueError("No samples yet: call partial_fit first.")
-        if len(self._labels) < 2:
-            raise ValueError(
-                "Neural-collapse metrics need samples from at least 2 classes; got "
-                f"{len(self._labels)} class."
-            )
         labels = list(self._labels)
+        check_class_labels(np.asarray(labels), owner="Neural-collapse metrics")
         order = np.argsort(np.asarray(labels), kind="stable")
         perm = [self._labels[labels[i]] for i in order]
         counts = to_numpy(self._counts[perm]).astype(np.int64)
