@@ -8,7 +8,7 @@ ones) and keeps the artists (``lines_``, ``image_``, ...) next to ``figure_`` an
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import LogLocator, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from sklearn.utils.validation import check_is_fitted
 
 from skdnc._backend import normalize_rows
@@ -38,9 +38,20 @@ def _axes(ax, n):
 
 
 def _log_scale_if_positive(ax, values):
+    """A log y axis where the values allow one, with readable labels: decades
+    for wide ranges, 1-1.5-2-3-5-7 steps written plainly within a decade or two."""
     values = np.asarray(values, dtype=np.float64)
-    if np.any(np.isfinite(values) & (values > 0)):
-        ax.set_yscale("log")
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return
+    ax.set_yscale("log")
+    if positive.max() / positive.min() < 30:
+        ax.yaxis.set_major_locator(
+            LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
+        )
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
         ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
 
 
