@@ -5,6 +5,8 @@ One wording of each error, so that an estimator, a metric and a probe given the
 same bad input say the same thing.
 """
 
+import functools
+
 import numpy as np
 import torch
 from sklearn.utils.multiclass import check_classification_targets
@@ -63,6 +65,29 @@ def uses_cuda(device):
         return torch.device(device).type == "cuda"
     except (RuntimeError, TypeError):
         return False
+
+
+def atomic_fit(fit):
+    """Decorate ``fit`` so that a fit that raises leaves the estimator as it was.
+
+    ``fit`` replaces fitted attributes as it goes (``n_features_in_`` in
+    ``validate_data``, ``classes_``, ...); when it raises, every attribute is put
+    back, so a previously fitted estimator still predicts exactly as before and
+    an unfitted one stays unfitted. Fitted attributes are replaced, never
+    changed in place, so restoring the attribute dictionary is enough.
+    """
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        state = dict(self.__dict__)
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
+
+    return wrapper
 
 
 class PassthroughMixin:

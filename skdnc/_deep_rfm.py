@@ -35,7 +35,7 @@ from skdnc._backend import (
     to_numpy,
     to_tensor,
 )
-from skdnc._base import check_class_labels, uses_cuda
+from skdnc._base import atomic_fit, check_class_labels, uses_cuda
 from skdnc._feature_maps import (
     DEFAULT_WIDTH,
     FEATURE_MAPS,
@@ -325,6 +325,7 @@ class DeepRFMTransformer(
         return M
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @atomic_fit
     def fit(self, X, y):
         """Fit the L layers of Deep RFM.
 

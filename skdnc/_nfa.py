@@ -24,7 +24,12 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skdnc._backend import resolve_device
-from skdnc._base import DEVICE_CONSTRAINT, PassthroughMixin, check_class_labels
+from skdnc._base import (
+    DEVICE_CONSTRAINT,
+    PassthroughMixin,
+    atomic_fit,
+    check_class_labels,
+)
 from skdnc._linalg import psd_power
 from skdnc.metrics import nc1_score, nc2_score
 from skdnc.metrics._collapse import STAGES
@@ -173,6 +178,7 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         self.device = device
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @atomic_fit
     def fit(self, X, y):
         """Measure NFA and collapse of ``estimator`` on ``X``.
 

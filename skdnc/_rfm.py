@@ -23,7 +23,7 @@ from skdnc._backend import (
     to_numpy,
     to_tensor,
 )
-from skdnc._base import check_class_labels, uses_cuda
+from skdnc._base import atomic_fit, check_class_labels, uses_cuda
 from skdnc._kernels import Kernel
 from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
@@ -570,6 +570,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         self.target_coding = target_coding
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @atomic_fit
     def fit(self, X, y):
         """Fit the RFM classifier.
 
@@ -753,6 +754,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     """
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @atomic_fit
     def fit(self, X, y):
         """Fit the RFM regressor.
 

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import validate_data
 
-from skdnc._base import PassthroughMixin
+from skdnc._base import PassthroughMixin, atomic_fit
 from skdnc.metrics._collapse import (
     CDNV_CONSTRAINTS,
     GLOBAL_MEAN_CONSTRAINT,
@@ -160,6 +160,7 @@ class NeuralCollapseScorer(
         self.gram_correlation = gram_correlation
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @atomic_fit
     def fit(self, X, y=None):
         """Measure neural collapse of ``X`` with labels ``y``.
 
