@@ -369,10 +369,12 @@ class DeepRFMTransformer(
             range(int(self.L)), desc="Deep RFM", unit="layer", disable=not self.verbose
         )
         layer_times = []
-        for _ in bar:
+        for layer in bar:
             tic = time.perf_counter()
             if self.normalize == "rows":
                 normalize_rows(Xl)
+            if layer == 0 and self.n_agop_steps > 0:
+                kernel.check_scale(to_numpy(Xl), to_numpy(Xl[:0]).dtype)
             d = Xl.shape[1]
             M = self._layer_agop(Xl, Y, kernel, budget=budget, generator=generator)
             if M is None:

@@ -13,11 +13,20 @@ weights of their gradients are defined; the AGOP (:mod:`skdnc._agop`) and the
 solvers (:mod:`skdnc._solvers`) call it.
 """
 
+import math
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 KERNELS = ("laplace", "gaussian", "exponential")
+
+
+def overflow_limit(n_features, dtype):
+    """Largest ``|x|`` whose squared distances (at most ``4 d^2 max|x|^2`` with a
+    metric normalised to a largest entry of 1) stay finite in ``dtype``."""
+    return math.sqrt(float(np.finfo(dtype).max)) / (2 * max(int(n_features), 1))
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,92 @@ class Kernel:
     name: str = "laplace"
     bandwidth: float = 10.0
     exponent: float = 1.0
+
+    def profile(self, distance):
+        """Kernel value :math:`\\phi` at a Euclidean distance (a float)."""
+        r = float(distance) / float(self.bandwidth)
+        if self.name == "laplace":
+            return math.exp(-r)
+        if self.name == "gaussian":
+            return math.exp(-0.5 * r * r)
+        return math.exp(-(r ** float(self.exponent)))
+
+    def check_scale(self, X, dtype, *, seed=0, n_pairs=2000):
+        """Stop inputs whose distances overflow, and warn about a bandwidth far
+        off the data's scale, before any kernel matrix is built.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, d)
+            The (centred) training data.
+        dtype : numpy dtype
+            Precision of the computation.
+        seed : int, default=0
+            Seed of the random pairs whose median distance is taken.
+        n_pairs : int, default=2000
+
+        Raises
+        ------
+        ValueError
+            When squared distances (up to :math:`4 d^2 \\max|x|^2` with a metric
+            normalised to a largest entry of 1) overflow ``dtype``.
+
+        Warns
+        -----
+        UserWarning
+            When the kernel at the median distance between training points is
+            below the precision's epsilon (the kernel matrix is numerically the
+            identity: predictions away from the training points fall to zero) or
+            within it of 1 (numerically all ones: the points cannot be told apart).
+        """
+        finfo = np.finfo(dtype)
+        n, d = X.shape
+        largest = float(np.max(np.abs(X))) if X.size else 0.0
+        limit = overflow_limit(d, dtype)
+        if largest > limit:
+            raise ValueError(
+                f"X holds values up to {largest:.3g} (after centring): squared "
+                f"distances overflow {np.dtype(dtype).name} beyond {limit:.3g} with "
+                f"{d} features. Standardise X (e.g. with StandardScaler)"
+                + (
+                    " or compute in float64 (dtype='float64')."
+                    if finfo.bits < 64
+                    else "."
+                )
+            )
+        if n < 2:
+            return
+        rng = np.random.default_rng(seed)
+        i, j = rng.integers(0, n, size=(2, n_pairs))
+        keep = i != j
+        diffs = X[i[keep]].astype(np.float64) - X[j[keep]].astype(np.float64)
+        distances = np.sqrt(np.einsum("ij,ij->i", diffs, diffs))
+        distances = distances[distances > 0]
+        if distances.size == 0:
+            return
+        median = float(np.median(distances))
+        value = self.profile(median)
+        advice = (
+            f"the median distance between training points is {median:.3g} and "
+            f"bandwidth={self.bandwidth:g}. Standardise X, or choose a bandwidth "
+            "near the data's distances."
+        )
+        if value < finfo.eps:
+            warnings.warn(
+                "The kernel matrix is numerically the identity (the kernel at "
+                f"typical distances is {value:.3g}): predictions away from the "
+                f"training points fall to 0; {advice}",
+                UserWarning,
+                stacklevel=4,
+            )
+        elif 1.0 - value < finfo.eps:
+            warnings.warn(
+                "The kernel matrix is numerically all ones (the kernel at typical "
+                f"distances is 1 - {1.0 - value:.3g}): the training points cannot "
+                f"be told apart; {advice}",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def from_sqdist(self, D2):
         """Kernel values from squared distances, in place (``D2`` is overwritten)."""

@@ -24,7 +24,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
-from skdnc._kernels import Kernel
+from skdnc._kernels import Kernel, overflow_limit
 from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
     REFIT_POLICIES,
@@ -156,6 +156,7 @@ class _BaseRFM(BaseEstimator):
         # quadratic-form distances far more accurate in float32.
         self.X_offset_ = X.mean(axis=0, dtype=np.float64).astype(np_dtype)
         X = (X - self.X_offset_).astype(X.dtype, copy=False)
+        kernel.check_scale(X, np_dtype)
 
         M0 = None
         if self.warm_start and hasattr(self, "M_"):
@@ -264,10 +265,29 @@ class _BaseRFM(BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         Xt, C, M, device = self._fitted_tensors(X)
+        limit = overflow_limit(X.shape[1], self.centers_.dtype)
+        if Xt.numel() and float(Xt.abs().max()) > limit:
+            row = int(torch.nonzero(Xt.abs().amax(dim=1) > limit)[0])
+            raise ValueError(
+                f"X holds values up to {float(Xt.abs().max()):.3g} (first in row "
+                f"{row}, after centring): their distances to the training points "
+                f"overflow {self.centers_.dtype} beyond {limit:.3g}. Scale X as "
+                "the training data were scaled."
+            )
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
-        F = kernel_predict(Xt, C, alpha, M, self._kernel(), budget=budget)
-        return to_numpy(F, np.float64), X.dtype
+        F = to_numpy(
+            kernel_predict(Xt, C, alpha, M, self._kernel(), budget=budget), np.float64
+        )
+        if not np.isfinite(F).all():
+            rows = np.flatnonzero(~np.isfinite(F).all(axis=1))
+            raise ValueError(
+                f"The predictions of {len(rows)} sample(s) (first: row {rows[0]}) "
+                "are not finite: their distances to the training points overflow "
+                f"{C.dtype} (largest |x| = {np.abs(X).max():.3g}). Scale X as the "
+                "training data were scaled."
+            )
+        return F, X.dtype
 
     def agop(self, X=None):
         """AGOP of the fitted predictor.

@@ -267,3 +267,25 @@ def test_string_labels(digits):
     assert a.classes_.dtype.kind == "U"
     # The label order changes the target columns, not the kernel machines' AGOP.
     np.testing.assert_allclose(a.transform(X), b.transform(X), atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e200), (np.float32, 1e20)])
+def test_huge_inputs_are_normalised_not_zeroed(digits, dtype, scale):
+    """The issue's reproducer: rows of 1e200 (1e20 in float32) used to become
+    zeros, with a NaN NC1 history. Row normalisation makes the scale irrelevant."""
+    X, y = digits
+    X, y = X[::3].astype(dtype), y[::3]
+    a = DeepRFMTransformer(L=2, width=32, random_state=0).fit(X, y)
+    b = DeepRFMTransformer(L=2, width=32, random_state=0).fit(X * dtype(scale), y)
+    np.testing.assert_allclose(
+        b.transform(X * dtype(scale)),
+        a.transform(X),
+        atol=1e-5 if dtype is np.float32 else 1e-10,
+    )
+    assert np.isfinite(b.collapse_history_["nc1_input"]).all()
+
+
+def test_bandwidth_far_off_the_unit_rows_warns(digits):
+    X, y = digits
+    with pytest.warns(UserWarning, match="numerically the identity"):
+        DeepRFMTransformer(L=1, width=16, bandwidth=1e-12).fit(X[::3], y[::3])

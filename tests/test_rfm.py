@@ -269,3 +269,43 @@ def test_kernel_parameter_reaches_the_kernel():
         clf = RFMClassifier(kernel=name, exponent=1.5, max_iter=1, random_state=0)
         assert clf.fit(X, y).score(X, y) > 0.95
         assert clf._kernel() == Kernel(name, 10.0, 1.5)
+
+
+def test_overflowing_inputs_are_stopped_with_the_fix():
+    """The issue's reproducer: 1e155 squared overflows float64 and the fit used to
+    return NaN probabilities without a word."""
+    with pytest.raises(ValueError, match="squared distances overflow float64"):
+        RFMClassifier(max_iter=1).fit([[1e155, 0.0], [0.0, 0.0]], [0, 1])
+    X32 = np.array([[1e19, 0.0], [0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
+    with pytest.raises(ValueError, match="dtype='float64'"):
+        RFMRegressor(max_iter=0).fit(X32, [0.0, 1.0, 2.0])
+    # The same data, rescaled, fits and predicts finite probabilities.
+    X = np.array([[1e155, 0.0], [0.0, 0.0], [1e154, 1.0]]) / 1e154
+    proba = RFMClassifier(max_iter=0).fit(X, [0, 1, 0]).predict_proba(X)
+    assert np.isfinite(proba).all()
+
+
+@pytest.mark.parametrize(
+    "scale, bandwidth, match",
+    [
+        (1e30, 10.0, "numerically the identity"),
+        (1.0, 1e-12, "numerically the identity"),
+        (1.0, 1e18, "numerically all ones"),
+    ],
+)
+def test_bandwidth_far_off_the_data_scale_warns(scale, bandwidth, match):
+    X, y = load_digits(n_class=3, return_X_y=True)
+    with pytest.warns(UserWarning, match=match):
+        RFMClassifier(bandwidth=bandwidth, max_iter=0).fit(X * scale, y)
+    # A bandwidth near the data's distances is silent (pytest errors on warnings).
+    RFMClassifier(bandwidth=30.0, max_iter=0).fit(X * 1.0, y)
+
+
+def test_predictions_that_overflow_raise_instead_of_nan():
+    X, y = load_digits(n_class=3, return_X_y=True)
+    clf = RFMClassifier(max_iter=0).fit(X, y)
+    bad = X[:5].copy()
+    bad[2, 0] = 1e200
+    with pytest.raises(ValueError, match=r"first in row 2, after centring"):
+        clf.predict_proba(bad)
+    assert np.isfinite(clf.predict_proba(X[:5])).all()
