@@ -48,7 +48,11 @@ def check_class_labels(y, *, owner):
     check_classification_targets(y)
     classes, y_index = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        found = f": {classes[0]!r}" if len(classes) else ""
+        found = ""
+        if len(classes):
+            label = classes[0]
+            label = label.item() if isinstance(label, np.generic) else label
+            found = f": {label!r}"
         raise ValueError(
             f"{owner} needs samples of at least 2 classes; got {len(classes)} "
             f"class{found}."

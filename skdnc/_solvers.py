@@ -39,7 +39,11 @@ SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
 
 
 def _gib(n_bytes):
-    return f"{n_bytes / 2**30:.2f} GiB"
+    """A memory size in the unit that shows it: GiB, MiB, KiB or bytes."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.2f} {unit}"
+    return f"{int(n_bytes)} bytes"
 
 
 def choose_solver(solver, n, itemsize, budget, rank=SOLVER_PARAMS["rank"]):

@@ -205,9 +205,24 @@ def test_sklearn_tooling(digits_split):
     scores = cross_val_score(pipe, X_small, y_small, cv=3)
     assert scores.mean() > 0.9
     grid = GridSearchCV(
-        RFMClassifier(max_iter=1, random_state=0), {"bandwidth": [5.0, 20.0]}, cv=2
+        RFMClassifier(max_iter=1, random_state=0), {"bandwidth": [2.0, 20.0]}, cv=2
     ).fit(X_small, y_small)
-    assert grid.best_params_["bandwidth"] in (5.0, 20.0)
+    # Each grid point scored on its own: the search must find the same scores and
+    # pick the better one.
+    separate = {
+        bw: cross_val_score(
+            RFMClassifier(max_iter=1, bandwidth=bw, random_state=0),
+            X_small,
+            y_small,
+            cv=2,
+        ).mean()
+        for bw in (2.0, 20.0)
+    }
+    assert separate[2.0] != separate[20.0]
+    assert grid.best_params_["bandwidth"] == max(separate, key=separate.get)
+    np.testing.assert_allclose(
+        grid.cv_results_["mean_test_score"], [separate[2.0], separate[20.0]]
+    )
 
 
 def test_feature_names_and_set_output():
@@ -246,7 +261,7 @@ def test_parameter_and_shape_errors():
     clf = RFMClassifier(max_iter=0).fit(X, y)
     with pytest.raises(ValueError, match="64 features"):
         clf.predict(X[:, :10])
-    with pytest.raises(ValueError, match="memory budget of 0.00 GiB"):
+    with pytest.raises(ValueError, match="memory budget of 104.86 KiB"):
         RFMClassifier(memory_budget=1e-4).fit(X, y)
     with pytest.raises(ValueError, match="warm_start"):
         clf.set_params(warm_start=True).fit(X[:, :10], y)

@@ -122,9 +122,9 @@ _MEMORY_SCRIPT = textwrap.dedent(
                 if line.startswith(key):
                     return int(line.split()[1]) * 1024
 
-    solver, budget_gib = sys.argv[1], float(sys.argv[2])
+    solver, budget_gib, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(3000, 20))
+    X = rng.normal(size=(n, 20))
     y = np.sin(X[:, 0]) + X[:, 1]
     # warm up torch's kernels on a small problem first, so their one-off
     # allocations are part of the baseline
@@ -143,9 +143,9 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
-def _extra_memory(solver, budget_gib):
+def _extra_memory(solver, budget_gib, n):
     out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, solver, str(budget_gib)],
+        [sys.executable, "-c", _MEMORY_SCRIPT, solver, str(budget_gib), str(n)],
         capture_output=True,
         text=True,
         check=True,
@@ -158,12 +158,15 @@ def _extra_memory(solver, budget_gib):
 
 @pytest.mark.slow
 def test_blocked_path_stays_within_the_memory_budget():
-    """Peak RSS of a fit and predict with a 24 MiB budget, where the 3000 x 3000
-    float64 kernel matrix alone is 69 MiB. Stated overhead: 48 MiB (torch's
-    allocator, LAPACK workspaces, the data and its copies)."""
-    budget = 24 * MiB
-    extra = _extra_memory("cg", budget / 2**30)
-    assert extra < budget + 48 * MiB, extra / MiB
-    # the negative control: the exact solve holds the whole kernel matrix (once:
-    # it is factored in place)
-    assert _extra_memory("cholesky", 1.0) > 60 * MiB
+    """Peak RSS of a fit and predict with a 24 MiB budget. Stated overhead: 48 MiB
+    (torch's allocator, LAPACK workspaces, the data and its copies). The guarded
+    object, the 6000 x 6000 float64 kernel matrix, is 275 MiB: about 4x the bound,
+    so holding it (or any sizeable part of it) fails the test."""
+    n = 6000
+    budget, overhead = 24 * MiB, 48 * MiB
+    assert n * n * 8 >= 3.8 * (budget + overhead)
+    extra = _extra_memory("cg", budget / 2**30, n)
+    assert extra < budget + overhead, extra / MiB
+    # the negative control fails the same bound: the exact solve holds the whole
+    # kernel matrix (once: it is factored in place)
+    assert _extra_memory("cholesky", 1.0, n) > budget + overhead

@@ -69,7 +69,7 @@ STAGES = ("input", "projection", "output")
 
 def _encode_labels(y):
     """Class index of every sample and the sorted classes, for 2 classes or more."""
-    classes, y_index = check_class_labels(y, owner="Neural-collapse metrics")
+    classes, y_index = check_class_labels(y, owner="A neural-collapse metric")
     return y_index, classes
 
 

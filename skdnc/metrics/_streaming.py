@@ -199,7 +199,7 @@ class CollapseAccumulator:
         if self._means is None:
             raise ValueError("No samples yet: call partial_fit first.")
         labels = list(self._labels)
-        check_class_labels(np.asarray(labels), owner="Neural-collapse metrics")
+        check_class_labels(np.asarray(labels), owner="A neural-collapse metric")
         order = np.argsort(np.asarray(labels), kind="stable")
         perm = [self._labels[labels[i]] for i in order]
         counts = to_numpy(self._counts[perm]).astype(np.int64)

@@ -8,6 +8,7 @@ import torch
 from sklearn.utils.validation import check_consistent_length
 
 from skdnc._backend import iter_row_blocks, to_tensor
+from skdnc._base import NonFiniteError
 
 __all__ = [
     "InputShapeError",
@@ -133,10 +134,34 @@ def _is_number(v):
 
 
 def as_input(x, device, dtype):
-    """A batch of inputs as a tensor on ``device`` with ``dtype``."""
+    """A batch of inputs as a tensor on ``device`` with ``dtype``, finite.
+
+    Raises
+    ------
+    NonFiniteError
+        When the batch holds NaN or infinity, or values beyond the range of the
+        model's ``dtype`` (the message says which).
+    """
     if isinstance(x, torch.Tensor):
-        return x.detach().to(device=device, dtype=dtype)
-    return to_tensor(x, device, dtype)
+        t = x.detach().to(device=device, dtype=dtype)
+        source = x
+    else:
+        t = to_tensor(x, device, dtype)
+        source = np.asarray(x)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        finite = (
+            bool(torch.isfinite(source).all())
+            if isinstance(source, torch.Tensor)
+            else bool(np.isfinite(source).all())
+        )
+        if finite:
+            raise NonFiniteError(
+                f"X holds values beyond the range of the model's {dtype} "
+                f"(largest {torch.finfo(dtype).max:.3g}): scale the inputs, or "
+                "use a model of a wider dtype."
+            )
+        raise NonFiniteError("Input X contains NaN or infinity.")
+    return t
 
 
 def select_output(out, selector, what, param):

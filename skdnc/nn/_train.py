@@ -10,10 +10,14 @@ standard deviations.
 
 import json
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.utils import assert_all_finite
+from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length
 from tqdm.auto import tqdm
 
@@ -163,6 +167,20 @@ def _evaluate(model, X, targets, y_index, loss_fn, batch_size):
     return loss / len(X), correct / len(X)
 
 
+@validate_params(
+    {
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "momentum": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "measure_every": [Interval(Integral, 1, None, closed="left"), None],
+        "probe": ["boolean"],
+        "probe_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "progress": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def train_network(
     model,
     X,
@@ -266,6 +284,9 @@ def train_network(
         )
     y = np.asarray(y)
     check_consistent_length(X, y)
+    if y.dtype.kind in "fc":
+        assert_all_finite(y, input_name="y")
+    check_classification_targets(y)
     model.to(device)
     dtype = model_dtype(model)
     Xt = as_input(X, device, dtype)
