@@ -57,3 +57,28 @@ def balanced_digits(digits_data):
         return X[idx], y[idx]
 
     return make
+
+
+@pytest.fixture
+def generated_mnist(tmp_path):
+    """A tiny MNIST folder in torchvision's layout (random 28 x 28 images, 80
+    training and 20 test images, 8 and 2 of each digit), for the commands."""
+    import struct
+
+    import numpy as np
+
+    def write_idx(path, array):
+        header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+        header += struct.pack(f">{array.ndim}I", *array.shape)
+        path.write_bytes(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 80), ("t10k", 20)):
+        y = np.arange(n) % 10
+        X = rng.integers(0, 64, size=(n, 28, 28), dtype=np.uint8)
+        X[np.arange(n), 2 * y + 3, 5:23] = 255  # a class-dependent stroke
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", X)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y.astype(np.uint8))
+    return tmp_path

@@ -199,3 +199,30 @@ def test_a_run_with_non_finite_results_exits_non_zero(tmp_path, capsys):
         (out / "deep_rfm_results.json").read_text(), parse_constant=_no_constants
     )
     assert results["nc1_per_layer_factor"] is None
+
+
+def test_main_on_a_generated_mnist_folder(generated_mnist, tmp_path):
+    out = tmp_path / "mnist_run"
+    status = main(
+        [
+            "--dataset",
+            "mnist",
+            "--data-root",
+            str(generated_mnist),
+            "--n-samples",
+            "60",
+            "--L",
+            "2",
+            "--width",
+            "32",
+            "--no-cv",
+            "--quiet",
+            "--output",
+            str(out),
+        ]
+    )
+    assert status == 0
+    results = json.loads((out / "deep_rfm_results.json").read_text())
+    assert results["config"]["n_samples"] == 60
+    assert results["config"]["n_features"] == 784
+    assert results["history"]["layer"] == [1, 2]

@@ -289,3 +289,30 @@ def test_bandwidth_far_off_the_unit_rows_warns(digits):
     X, y = digits
     with pytest.warns(UserWarning, match="numerically the identity"):
         DeepRFMTransformer(L=1, width=16, bandwidth=1e-12).fit(X[::3], y[::3])
+
+
+def test_conjugate_gradient_layers_match_the_exact_solve(digits):
+    X, y = digits
+    X, y = X[::2], y[::2]
+    kw = {"L": 2, "width": 32, "random_state": 0}
+    exact = DeepRFMTransformer(solver="cholesky", **kw).fit(X, y)
+    cg = DeepRFMTransformer(
+        solver="cg", solver_params={"rank": 250, "tol": 1e-10}, **kw
+    ).fit(X, y)
+    # The first layer's AGOP is the same; after it the random draws differ (the
+    # Nystrom sketch of CG takes its own draws from the same generator).
+    np.testing.assert_allclose(cg.agop_powers_[0], exact.agop_powers_[0], atol=1e-6)
+    np.testing.assert_allclose(
+        cg.collapse_history_["nc1_projection"][0],
+        exact.collapse_history_["nc1_projection"][0],
+        rtol=1e-6,
+    )
+
+
+def test_verbose_shows_progress(digits, capsys):
+    X, y = digits
+    DeepRFMTransformer(L=2, width=16, verbose=1, random_state=0).fit(X, y)
+    err = capsys.readouterr().err
+    assert "Deep RFM" in err and "2/2" in err and "nc1=" in err
+    DeepRFMTransformer(L=2, width=16, random_state=0).fit(X, y)
+    assert capsys.readouterr().err == ""

@@ -131,3 +131,36 @@ def test_diverging_training_exits_non_zero(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training loss is not finite at epoch" in err and "last finite" in err
     assert not list(tmp_path.glob("nn_results_*"))  # nothing half-written
+
+
+def test_command_on_a_generated_mnist_folder(generated_mnist, tmp_path):
+    status = main(
+        [
+            "--dataset",
+            "mnist",
+            "--data-root",
+            str(generated_mnist),
+            "--preset",
+            "demo",
+            "--n-samples",
+            "40",
+            "--epochs",
+            "2",
+            "--seeds",
+            "0",
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--measure-every",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    assert status == 0
+    results = json.loads((tmp_path / "nn_results_mlp_mnist.json").read_text())
+    assert results["config"]["input_shape"] == [784]

@@ -161,3 +161,24 @@ def test_deep_rfm_transforms_into_unit_rows(data):
     norms = np.linalg.norm(Z, axis=1)
     # Unit rows, or zero rows where every random feature of a sample is off.
     assert np.all((np.abs(norms - 1) < 1e-4) | (norms == 0))
+
+
+@VERY_FEW
+@given(data=labelled(min_rows=6, max_rows=30, max_features=6, bound=10.0))
+def test_probe_network_measures_or_explains(data):
+    from skdnc.nn import make_mlp, probe_network
+
+    X, y = data
+    net = make_mlp(X.shape[1], 4, width=8, depth=2, random_state=0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            probe = probe_network(net, X.astype(np.float32), y)
+    except ValueError as exc:
+        assert "at least 2 classes" in str(exc)
+        assert len(np.unique(y)) < 2
+        return
+    assert probe.nc1.shape == (2, 3) and probe.nfa_correlation.shape == (2,)
+    finite = np.isfinite(probe.nfa_correlation)
+    assert np.all(np.abs(probe.nfa_correlation[finite]) <= 1 + 1e-9)
+    assert np.all((probe.nc1 >= 0) | np.isnan(probe.nc1))

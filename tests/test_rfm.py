@@ -324,3 +324,55 @@ def test_predictions_that_overflow_raise_instead_of_nan():
     with pytest.raises(ValueError, match=r"first in row 2, after centring"):
         clf.predict_proba(bad)
     assert np.isfinite(clf.predict_proba(X[:5])).all()
+
+
+def test_verbose_prints_a_line_per_round(capsys):
+    X, y = load_digits(n_class=3, return_X_y=True)
+    RFMClassifier(max_iter=2, verbose=1, random_state=0).fit(X, y)
+    out = capsys.readouterr().out
+    assert "[RFMClassifier] choosing the number of AGOP updates" in out
+    assert "round 0" in out and "round 1" in out and "validation score" in out
+    RFMClassifier(max_iter=2, random_state=0).fit(X, y)
+    assert capsys.readouterr().out == ""
+
+
+_FOLDS_SCRIPT = """
+import json
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import cross_validate
+from skdnc import DeepRFMTransformer, RFMClassifier
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) * 1024
+
+X, y = load_digits(return_X_y=True)
+sizes = []
+for _ in range(5):
+    cross_validate(RFMClassifier(max_iter=1, random_state=0), X, y, cv=2)
+    DeepRFMTransformer(L=1, width=64, random_state=0).fit(X, y)
+    sizes.append(rss())
+print(json.dumps(sizes))
+"""
+
+
+def test_memory_does_not_grow_across_cv_folds():
+    """Resident memory after repeated cross-validation on digits: a fold that kept
+    its 900 x 900 or 1797 x 1797 kernel matrix (6 to 25 MiB) would add it each
+    time, four times over; the bound is 12 MiB in all."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FOLDS_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "", "MALLOC_MMAP_THRESHOLD_": "65536"},
+    )
+    sizes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sizes[-1] - sizes[0] < 12 * 2**20, np.diff(sizes) / 2**20
