@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import skdnc.nn as nn_api
 from skdnc import (
     DeepRFMTransformer,
     NeuralCollapseScorer,
@@ -133,3 +134,34 @@ def test_memory_messages_use_a_readable_unit():
     """A tiny budget used to be reported as 'needs 0.00 GiB, more than ... 0.00 GiB'."""
     with pytest.raises(ValueError, match=r"needs 7\.03 KiB, more than the memory "):
         RFMClassifier(max_iter=0, solver="cholesky", memory_budget=1e-9).fit(X, Y)
+
+
+@pytest.mark.parametrize(
+    "call, param",
+    [
+        (lambda X, y, net: nn_api.make_mlp(4, 2, width=0), "width"),
+        (lambda X, y, net: nn_api.make_mlp(4, 2, depth=-1), "depth"),
+        (
+            lambda X, y, net: nn_api.probe_network(net, X, y, batch_size=0),
+            "batch_size",
+        ),
+        (
+            lambda X, y, net: nn_api.layer_agops(net, X, batch_size=-1),
+            "batch_size",
+        ),
+        (
+            lambda X, y, net: nn_api.layer_collapse("not a module", X, y),
+            "model",
+        ),
+    ],
+)
+def test_nn_functions_validate_their_parameters(call, param):
+    """make_mlp, probe_network, layer_agops and layer_collapse refuse bad
+    settings in scikit-learn's words."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from skdnc.nn import make_mlp
+
+    net = make_mlp(4, 3, width=4, depth=2, random_state=0)
+    with pytest.raises(InvalidParameterError, match=f"'{param}' parameter"):
+        call(X.astype(np.float32), Y, net)

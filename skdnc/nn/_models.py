@@ -14,8 +14,10 @@ layer, the first included, gets the scaled init, as in the paper's code.
 """
 
 from contextlib import contextmanager
+from numbers import Integral, Real
 
 import torch
+from sklearn.utils._param_validation import Interval, validate_params
 from torch import nn
 
 from skdnc._backend import make_generator
@@ -94,6 +96,17 @@ def _seeded(random_state):
         yield
 
 
+@validate_params(
+    {
+        "in_features": [Interval(Integral, 1, None, closed="left")],
+        "n_classes": [Interval(Integral, 1, None, closed="left")],
+        "width": [Interval(Integral, 1, None, closed="left")],
+        "depth": [Interval(Integral, 1, None, closed="left")],
+        "init_scale": [Interval(Real, 0, None, closed="neither")],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_mlp(
     in_features,
     n_classes=10,

@@ -45,10 +45,12 @@ named in a warning.
 
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.utils._param_validation import Interval, validate_params
 from torch import nn
 from torch.func import jacrev, vmap
 
@@ -702,6 +704,13 @@ class _InputsOnly:
 
 
 # -- AGOP ------------------------------------------------------------------------------
+@validate_params(
+    {
+        "model": [nn.Module],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def layer_agops(
     model,
     X,
@@ -1061,6 +1070,13 @@ def _collapse_pass(
     )
 
 
+@validate_params(
+    {
+        "model": [nn.Module],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def probe_network(
     model,
     X,
@@ -1335,6 +1351,13 @@ def _named_modules(model, layers):
     return out
 
 
+@validate_params(
+    {
+        "model": [nn.Module],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def layer_collapse(
     model,
     X,
