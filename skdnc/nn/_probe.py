@@ -79,6 +79,15 @@ __all__ = [
     "probe_network",
 ]
 
+#: What every probe validates of its arguments (scikit-learn style errors).
+_validate_probe_params = validate_params(
+    {
+        "model": [nn.Module],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
+
 #: Feature-map reductions of :func:`layer_collapse` and :func:`probe_network`.
 REDUCTIONS = ("flatten", "avgpool")
 
@@ -704,13 +713,7 @@ class _InputsOnly:
 
 
 # -- AGOP ------------------------------------------------------------------------------
-@validate_params(
-    {
-        "model": [nn.Module],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-    },
-    prefer_skip_nested_validation=True,
-)
+@_validate_probe_params
 def layer_agops(
     model,
     X,
@@ -1070,13 +1073,7 @@ def _collapse_pass(
     )
 
 
-@validate_params(
-    {
-        "model": [nn.Module],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-    },
-    prefer_skip_nested_validation=True,
-)
+@_validate_probe_params
 def probe_network(
     model,
     X,
@@ -1351,13 +1348,7 @@ def _named_modules(model, layers):
     return out
 
 
-@validate_params(
-    {
-        "model": [nn.Module],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-    },
-    prefer_skip_nested_validation=True,
-)
+@_validate_probe_params
 def layer_collapse(
     model,
     X,
