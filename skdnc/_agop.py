@@ -168,24 +168,25 @@ def normalize_agop(A, normalization="max"):
 
 #: ``agop_samples=None`` takes ``AGOP_POINTS_PER_FEATURE / d`` points, clipped to
 #: ``AGOP_POINTS_RANGE`` (and to ``n``).
-AGOP_POINTS_PER_FEATURE = 1_000_000
-AGOP_POINTS_RANGE = (1_000, 20_000)
+AGOP_POINTS_PER_FEATURE = 500_000
+AGOP_POINTS_RANGE = (500, 20_000)
 
 
 def default_agop_points(n_features):
     """Number of AGOP points of ``agop_samples=None`` for ``d = n_features``.
 
-    The gradients cost ``2 m n K d`` flops for ``m`` points, so ``m = 10^6 / d``
-    (at least 1,000, at most 20,000) keeps the AGOP's cost linear in ``n`` at
-    about ``2 * 10^6 n K``: all the points of a small or low-dimensional problem,
-    and 1,000 to 1,300 points of 784-pixel images, where more points did not
-    change the accuracy of an RFM (``benchmarks/bench_rfm.py``, part 2).
+    The gradients cost ``2 m n K d`` flops for ``m`` points, so
+    ``m = 5 * 10^5 / d`` (at least 500, at most 20,000) keeps the AGOP's cost
+    linear in ``n`` at about ``10^6 n K``: all the points of a small or
+    low-dimensional problem, and 500 to 640 points of 784-pixel images or of
+    Deep RFM's 1024 random features, where more points changed neither an RFM's
+    accuracy nor Deep RFM's collapse (``benchmarks/``, and the user guide).
 
     Examples
     --------
     >>> from skdnc._agop import default_agop_points
     >>> default_agop_points(64), default_agop_points(784), default_agop_points(4096)
-    (15625, 1275, 1000)
+    (7812, 637, 500)
     """
     low, high = AGOP_POINTS_RANGE
     return int(min(high, max(low, AGOP_POINTS_PER_FEATURE // max(1, int(n_features)))))

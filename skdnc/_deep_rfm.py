@@ -96,7 +96,7 @@ class DeepRFMTransformer(
         :math:`M^{1/2}`; ``1.0`` applies the AGOP itself).
     agop_samples : int, float or None, default=None
         Training points at which each AGOP is taken: a number, a fraction, or
-        ``None`` for :math:`10^6 / d` of them (at least 1,000, at most 20,000,
+        ``None`` for :math:`5 \\cdot 10^5 / d` of them (at least 500, at most 20,000,
         all when there are fewer), as :class:`RFMClassifier`. Drawn with
         ``random_state``.
     agop_normalization : {"max", "trace"} or None, default="max"

@@ -357,9 +357,9 @@ _RFM_DOC_PARAMETERS = """
         reweighting.
     agop_samples : int, float or None, default=None
         Points at which the AGOP is taken: a number, a fraction of the training
-        set, or ``None`` for :math:`10^6 / d` of them (at least 1,000, at most
+        set, or ``None`` for :math:`5 \\cdot 10^5 / d` of them (at least 500, at most
         20,000, all when there are fewer): the gradients then cost about
-        :math:`2 \\cdot 10^6 n K` flops whatever the dimension :math:`d`, and more
+        :math:`10^6 n K` flops whatever the dimension :math:`d`, and more
         points did not change the accuracy on the benchmarks. The subset is
         random, drawn with ``random_state``.
     agop_normalization : {"max", "trace"} or None, default="max"
