@@ -295,8 +295,9 @@ class DeepRFMTransformer(
         self.verbose = verbose
 
     # -- fitting ----------------------------------------------------------------------
-    def _layer_agop(self, X, Y, kernel, *, budget, generator):
-        """The layer's AGOP ``M_l`` (``None`` for the identity)."""
+    def _layer_agop(self, X, Y, kernel, *, budget, generator, state):
+        """The layer's AGOP ``M_l`` (``None`` for the identity); ``state`` carries
+        the exact solve's jitter from layer to layer."""
         params = {
             "agop_samples": self.agop_samples,
             "agop_normalization": self.agop_normalization,
@@ -317,6 +318,7 @@ class DeepRFMTransformer(
                 budget=budget,
                 solver_params=self.solver_params,
                 generator=generator,
+                state=state,
             )
             M = agop_step(
                 X, alpha, M, kernel, params=params, budget=budget, generator=generator
@@ -365,6 +367,7 @@ class DeepRFMTransformer(
 
         Xl = to_tensor(X, device, dtype)
         powers, weights, offsets = [], [], []
+        solver_state = {}  # the jitter one layer needed, tried first in the next
         bar = tqdm(
             range(int(self.L)), desc="Deep RFM", unit="layer", disable=not self.verbose
         )
@@ -376,7 +379,9 @@ class DeepRFMTransformer(
             if layer == 0 and self.n_agop_steps > 0:
                 kernel.check_scale(to_numpy(Xl), to_numpy(Xl[:0]).dtype)
             d = Xl.shape[1]
-            M = self._layer_agop(Xl, Y, kernel, budget=budget, generator=generator)
+            M = self._layer_agop(
+                Xl, Y, kernel, budget=budget, generator=generator, state=solver_state
+            )
             if M is None:
                 P = torch.eye(d, device=device, dtype=dtype)
             else:

@@ -76,7 +76,7 @@ def choose_solver(solver, n, itemsize, budget, rank=SOLVER_PARAMS["rank"]):
     return "cg", kernel_bytes + nystrom_bytes <= budget
 
 
-def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
+def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6, state=None):
     """Solve ``(K + reg I) alpha = Y`` by Cholesky, escalating a jitter on failure.
 
     Parameters
@@ -88,6 +88,11 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
     reg : float
         Ridge; ``0`` asks for the interpolating (ridgeless) solve.
     max_tries : int, default=6
+    state : dict, optional
+        Carries the jitter between related solves: the first try adds
+        ``state["jitter"]`` (when present), and the jitter that succeeded is
+        stored there. Deep RFM passes one dict through its layers, whose kernel
+        matrices only grow more singular as the classes collapse.
 
     Returns
     -------
@@ -101,13 +106,15 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6):
         condition number close to the limit of the working precision.
     """
     eps = torch.finfo(Y.dtype).eps
-    jitter = 0.0
+    jitter = 0.0 if state is None else float(state.get("jitter", 0.0))
     for _ in range(max_tries):
         K = build_kernel()
         scale = float(K.diagonal().mean())
         K.diagonal().add_(reg + jitter)
         if _factor_in_place(K):
             _warn_conditioning(K.diagonal(), reg, jitter, eps)  # diag of U
+            if state is not None:
+                state["jitter"] = jitter
             return _solve_factored(K, Y)
         del K
         jitter = max(100 * jitter, 1e3 * eps * scale)
@@ -171,6 +178,7 @@ def fit_kernel_regression(
     solver_params=None,
     generator=None,
     log=None,
+    state=None,
 ):
     """Dual coefficients of kernel ridge regression with the kernel ``k_M``.
 
@@ -194,6 +202,9 @@ def fit_kernel_regression(
         Draws the Nystrom landmarks.
     log : callable, optional
         ``log(message)``: one line per solve, with the residual for ``"cg"``.
+    state : dict, optional
+        Jitter carried between related exact solves (see
+        :func:`cholesky_solve_kernel`).
 
     Returns
     -------
@@ -208,7 +219,10 @@ def fit_kernel_regression(
     )
     if method == "cholesky":
         return cholesky_solve_kernel(
-            lambda: training_kernel_matrix(X, M, kernel, triangle="lower"), Y, reg
+            lambda: training_kernel_matrix(X, M, kernel, triangle="lower"),
+            Y,
+            reg,
+            state=state,
         )
     tic = time.perf_counter()
     if in_memory:

@@ -170,3 +170,27 @@ def test_blocked_path_stays_within_the_memory_budget():
     # the negative control fails the same bound: the exact solve holds the whole
     # kernel matrix (once: it is factored in place)
     assert _extra_memory("cholesky", 1.0, n) > budget + overhead
+
+
+def test_jitter_carried_between_solves_spares_the_failed_factorizations():
+    from skdnc._solvers import cholesky_solve_kernel
+
+    rng = np.random.default_rng(0)
+    B = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
+    builds = []
+
+    def build():  # rank 3 with rounding: not positive definite in float32
+        builds.append(1)
+        return B @ B.T
+
+    Y = torch.ones(200, 1)
+    state = {}
+    with pytest.warns(LinAlgWarning, match="jitter"):
+        first = cholesky_solve_kernel(build, Y, 0.0, state=state)
+    tries_first = len(builds)
+    assert tries_first >= 2 and state["jitter"] > 0
+    builds.clear()
+    with pytest.warns(LinAlgWarning, match="jitter"):
+        second = cholesky_solve_kernel(build, Y, 0.0, state=state)
+    assert len(builds) == 1  # the carried jitter works at the first try
+    torch.testing.assert_close(first, second)
