@@ -7,7 +7,6 @@ number of CPU threads, is set for the duration of a block only
 """
 
 import contextlib
-import math
 import os
 import warnings
 
@@ -219,20 +218,23 @@ def normalize_rows(X, *, inplace=True):
 
     Notes
     -----
-    Rows whose squared norm would overflow (entries beyond the square root of the
-    dtype's largest value) are first divided by their largest entry, which the
+    Rows whose squared norm overflows (entries beyond the square root of the
+    dtype's largest value) are divided by their largest entry first, which the
     normalisation cancels, so that huge rows come out as unit rows, not zeros.
     """
     if isinstance(X, torch.Tensor):
         if not inplace:
             X = X.clone()
-        if X.numel() and X.abs().amax() > math.sqrt(torch.finfo(X.dtype).max) / 4:
-            X.div_(X.abs().amax(dim=1, keepdim=True).clamp_(min=1.0))
         norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
+        if not bool(torch.isfinite(norms).all()):
+            X.div_(X.abs().amax(dim=1, keepdim=True).clamp_(min=1.0))
+            norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
         norms.clamp_(min=torch.finfo(X.dtype).tiny)
         return X.div_(norms)
     out = X if inplace else X.copy()
-    if out.size and np.abs(out).max() > math.sqrt(np.finfo(out.dtype).max) / 4:
+    with np.errstate(over="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
+    if not np.isfinite(norms).all():
         np.divide(out, np.maximum(np.abs(out).max(axis=1, keepdims=True), 1.0), out=out)
-    norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
     return np.divide(out, norms, out=out, where=norms > 0)
