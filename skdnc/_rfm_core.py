@@ -83,6 +83,27 @@ def class_targets(y_index, n_classes, coding="pm1", *, binary_column=False):
     return Y
 
 
+def _sampled_agop(X, alpha, M, kernel, *, params, budget, generator):
+    """The AGOP of ``f(x) = k_M(x, X) @ alpha`` at a random subset of the training
+    points (``params["agop_samples"]``, each point's own centre dropped), not yet
+    normalised."""
+    n = X.shape[0]
+    idx = sample_points(n, params["agop_samples"], generator, X.shape[1])
+    idx = idx.to(X.device)
+    return kernel_agop(
+        X[idx],
+        X,
+        alpha,
+        M,
+        kernel,
+        self_index=idx,
+        centering=params["centering"],
+        diag=params["diag"],
+        block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
+        allow_tf32=params.get("allow_tf32", False),
+    )
+
+
 def agop_step(X, alpha, M, kernel, *, params, budget, generator):
     """One feature-learning step: the next metric from a fitted kernel machine.
 
@@ -95,20 +116,8 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator):
     -------
     M : torch.Tensor of shape (d, d), or (d,) when ``params["diag"]``
     """
-    n = X.shape[0]
-    idx = sample_points(n, params["agop_samples"], generator, X.shape[1])
-    idx = idx.to(X.device)
-    A = kernel_agop(
-        X[idx],
-        X,
-        alpha,
-        M,
-        kernel,
-        self_index=idx,
-        centering=params["centering"],
-        diag=params["diag"],
-        block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
-        allow_tf32=params.get("allow_tf32", False),
+    A = _sampled_agop(
+        X, alpha, M, kernel, params=params, budget=budget, generator=generator
     )
     A = normalize_agop(A, params["agop_normalization"])
     if torch.count_nonzero(A) == 0:
@@ -136,20 +145,8 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator):
     square root, both from one eigendecomposition, or ``None`` when the AGOP is
     zero (a constant predictor: the metric stays).
     """
-    n = XS.shape[0]
-    idx = sample_points(n, params["agop_samples"], generator, XS.shape[1])
-    idx = idx.to(XS.device)
-    G = kernel_agop(
-        XS[idx],
-        XS,
-        alpha,
-        None,
-        kernel,
-        self_index=idx,
-        centering=params["centering"],
-        diag=params["diag"],
-        block_size=block_rows(n, XS.element_size(), budget, n_buffers=3),
-        allow_tf32=params.get("allow_tf32", False),
+    G = _sampled_agop(
+        XS, alpha, None, kernel, params=params, budget=budget, generator=generator
     )
     if S is not None:
         G = G * S * S if S.ndim == 1 else S @ G @ S
