@@ -33,7 +33,7 @@ from skdnc._deep_rfm import DeepRFMTransformer
 from skdnc._display import CollapseDisplay, GramDisplay
 from skdnc._feature_maps import FEATURE_MAPS
 from skdnc._kernels import KERNELS
-from skdnc._presets import deep_rfm_settings, default_preset
+from skdnc._presets import deep_rfm_settings, default_preset, describe
 from skdnc._rfm import RFMClassifier
 from skdnc.datasets import load_dataset, standardize
 from skdnc.metrics._collapse import STAGES
@@ -137,22 +137,7 @@ def _preset_help(key):
             return "all" if key == "n_samples" else "the estimator's default"
         return "all" if isinstance(value, float) and value == 1.0 else str(value)
 
-    demo = show(deep_rfm_settings("demo", "digits", "relu")[key])
-    paper = {
-        (m, d): show(deep_rfm_settings("paper", d, m)[key])
-        for m in FEATURE_MAPS
-        for d in ("mnist", "cifar10", "svhn")
-    }
-    by_map = {m: {v for (m2, _), v in paper.items() if m2 == m} for m in FEATURE_MAPS}
-    if len(set(paper.values())) == 1:
-        shown = next(iter(paper.values()))
-    elif all(len(v) == 1 for v in by_map.values()):
-        shown = ", ".join(f"{m} {next(iter(v))}" for m, v in by_map.items())
-    else:
-        common = max(set(paper.values()), key=list(paper.values()).count)
-        rare = [f"{v} for {m} on {d}" for (m, d), v in paper.items() if v != common]
-        shown = f"{common} ({', '.join(rare)})"
-    return f"(demo on digits: {demo}; paper: {shown})"
+    return describe(deep_rfm_settings, key, FEATURE_MAPS, show)
 
 
 def preset_defaults(args):

@@ -119,6 +119,46 @@ def network_settings(preset, dataset, arch):
     }
 
 
+def describe(settings, key, models, show=str):
+    """What the presets set an option to, for the option's help text.
+
+    Parameters
+    ----------
+    settings : callable
+        :func:`deep_rfm_settings` or :func:`network_settings`.
+    key : str
+        The setting.
+    models : sequence of str
+        Feature maps or architectures; the first is the demo's.
+    show : callable, default=str
+        Writes a value.
+
+    Returns
+    -------
+    text : str
+        ``"(demo <model> on digits: <value>; paper: <values>)"``; the paper's
+        values are given once when they agree, else per model, with the data sets
+        that differ from the model's most common value.
+    """
+    demo = show(settings("demo", "digits", models[0])[key])
+    paper = {
+        model: {d: show(settings("paper", d, model)[key]) for d in DATASETS[1:]}
+        for model in models
+    }
+    values = [v for by_dataset in paper.values() for v in by_dataset.values()]
+    if len(set(values)) == 1:
+        shown = values[0]
+    else:
+        parts = []
+        for model, by_dataset in paper.items():
+            values = list(by_dataset.values())
+            common = max(values, key=values.count)  # the first on ties
+            odd = [f"{v} on {d}" for d, v in by_dataset.items() if v != common]
+            parts.append(f"{model} {common}" + (f" ({', '.join(odd)})" if odd else ""))
+        shown = ", ".join(parts)
+    return f"(demo {models[0]} on digits: {demo}; paper: {shown})"
+
+
 def _table(header, rows):
     lines = [".. list-table::", "   :header-rows: 1", ""]
     for row in [header, *rows]:

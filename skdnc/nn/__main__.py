@@ -41,7 +41,7 @@ from skdnc._cli import (
 )
 from skdnc._cli import main as run_command
 from skdnc._display import SVDSplitDisplay, TrainingHistoryDisplay
-from skdnc._presets import default_preset, network_settings
+from skdnc._presets import default_preset, describe, network_settings
 from skdnc.datasets import load_dataset
 from skdnc.nn import aggregate_histories, make_model, train_seeds
 
@@ -124,27 +124,7 @@ def _preset_help(key):
     def show(value):
         return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
-    demo = show(network_settings("demo", "digits", "mlp")[key])
-    paper = {
-        (a, d): show(network_settings("paper", d, a)[key])
-        for a in ARCHITECTURES
-        for d in ("mnist", "cifar10", "svhn")
-    }
-    by_arch = {a: {v for (a2, _), v in paper.items() if a2 == a} for a in ARCHITECTURES}
-    if len(set(paper.values())) == 1:
-        shown = next(iter(paper.values()))
-    else:
-        parts = []
-        for arch, values in by_arch.items():
-            rare = {
-                d: v for (a, d), v in paper.items() if a == arch and len(values) > 1
-            }
-            common = max(values, key=list(rare.values()).count) if rare else None
-            text = f"{arch} {common or next(iter(values))}"
-            odd = [f"{v} on {d}" for d, v in rare.items() if v != common]
-            parts.append(text + (f" ({', '.join(odd)})" if odd else ""))
-        shown = ", ".join(parts)
-    return f"(demo mlp on digits: {demo}; paper: {shown})"
+    return describe(network_settings, key, ARCHITECTURES, show)
 
 
 def preset_defaults(args):
