@@ -377,7 +377,8 @@ class DeepRFMTransformer(
             if self.normalize == "rows":
                 normalize_rows(Xl)
             if layer == 0 and self.n_agop_steps > 0:
-                kernel.check_scale(to_numpy(Xl), to_numpy(Xl[:0]).dtype)
+                np_dtype = np.float32 if dtype == torch.float32 else np.float64
+                kernel.check_scale(Xl, np_dtype)
             d = Xl.shape[1]
             M = self._layer_agop(
                 Xl, Y, kernel, budget=budget, generator=generator, state=solver_state

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from skdnc._backend import to_numpy
+
 KERNELS = ("laplace", "gaussian", "exponential")
 
 
@@ -65,8 +67,9 @@ class Kernel:
 
         Parameters
         ----------
-        X : ndarray of shape (n, d)
-            The (centred) training data.
+        X : ndarray or torch.Tensor of shape (n, d)
+            The (centred) training data; only its largest entry and the sampled
+            pairs are read.
         dtype : numpy dtype
             Precision of the computation.
         seed : int, default=0
@@ -89,7 +92,10 @@ class Kernel:
         """
         finfo = np.finfo(dtype)
         n, d = X.shape
-        largest = float(np.max(np.abs(X))) if X.size else 0.0
+        if isinstance(X, torch.Tensor):
+            largest = float(X.abs().max()) if X.numel() else 0.0
+        else:
+            largest = float(np.max(np.abs(X))) if X.size else 0.0
         limit = overflow_limit(d, dtype)
         if largest > limit:
             raise ValueError(
@@ -107,7 +113,7 @@ class Kernel:
         rng = np.random.default_rng(seed)
         i, j = rng.integers(0, n, size=(2, n_pairs))
         keep = i != j
-        diffs = X[i[keep]].astype(np.float64) - X[j[keep]].astype(np.float64)
+        diffs = to_numpy(X[i[keep]], np.float64) - to_numpy(X[j[keep]], np.float64)
         distances = np.sqrt(np.einsum("ij,ij->i", diffs, diffs))
         distances = distances[distances > 0]
         if distances.size == 0:
