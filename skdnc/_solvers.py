@@ -76,23 +76,34 @@ def choose_solver(solver, n, itemsize, budget, rank=SOLVER_PARAMS["rank"]):
     return "cg", kernel_bytes + nystrom_bytes <= budget
 
 
-def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6, state=None):
+def cholesky_solve_kernel(
+    build_kernel, Y, reg, *, max_tries=6, state=None, spare_bytes=0
+):
     """Solve ``(K + reg I) alpha = Y`` by Cholesky, escalating a jitter on failure.
 
     Parameters
     ----------
     build_kernel : callable
-        ``build_kernel() -> K``, a new ``(n, n)`` kernel matrix (it is factored in
-        place, so a retry builds it again).
+        ``build_kernel() -> K``, a new ``(n, n)`` kernel matrix. It is factored in
+        place, so a retry builds it again, unless a copy is kept (see ``state``).
     Y : torch.Tensor of shape (n, K)
     reg : float
         Ridge; ``0`` asks for the interpolating (ridgeless) solve.
     max_tries : int, default=6
     state : dict, optional
-        Carries the jitter between related solves: the first try adds
-        ``state["jitter"]`` (when present), and the jitter that succeeded is
-        stored there. Deep RFM passes one dict through its layers, whose kernel
-        matrices only grow more singular as the classes collapse.
+        Carries what one solve learnt to the next related one. Deep RFM passes
+        one dict through its layers, whose kernel matrices only grow more singular
+        as the classes collapse. ``state["jitter"]``: the first try adds it, and
+        the jitter that succeeded is stored. ``state["at_risk"]``: set when the
+        smallest pivot of the factor came within a small factor of the diagonal
+        shift (``reg`` plus jitter), the sign that rounding errors have grown to
+        the size of the ridge and that the next, more singular, matrix may fail
+        to factor.
+    spare_bytes : int, default=0
+        Memory the solve may use beyond the kernel matrix. When ``state`` is at
+        risk and this holds a second ``n x n`` buffer, the kernel matrix is kept
+        and each try factors a copy, so a failed try costs one factorization
+        instead of a new kernel matrix as well.
 
     Returns
     -------
@@ -106,17 +117,23 @@ def cholesky_solve_kernel(build_kernel, Y, reg, *, max_tries=6, state=None):
         condition number close to the limit of the working precision.
     """
     eps = torch.finfo(Y.dtype).eps
-    jitter = 0.0 if state is None else float(state.get("jitter", 0.0))
+    state = {} if state is None else state
+    jitter = float(state.get("jitter", 0.0))
+    n = Y.shape[0]
+    keep = state.get("at_risk", False) and n * n * Y.element_size() <= spare_bytes
+    K = build_kernel() if keep else None
     for _ in range(max_tries):
-        K = build_kernel()
-        scale = float(K.diagonal().mean())
-        K.diagonal().add_(reg + jitter)
-        if _factor_in_place(K):
-            _warn_conditioning(K.diagonal(), reg, jitter, eps)  # diag of U
-            if state is not None:
-                state["jitter"] = jitter
-            return _solve_factored(K, Y)
-        del K
+        F = K.clone() if keep else build_kernel()
+        scale = float(F.diagonal().mean())
+        F.diagonal().add_(reg + jitter)
+        if _factor_in_place(F):
+            pivots = F.diagonal().square()  # U's diagonal, squared
+            shift = reg + jitter
+            state["jitter"] = jitter
+            state["at_risk"] = float(pivots.min()) < 2 * shift + 1e3 * eps * scale
+            _warn_conditioning(F.diagonal(), reg, jitter, eps)
+            return _solve_factored(F, Y)
+        del F
         jitter = max(100 * jitter, 1e3 * eps * scale)
     raise ValueError(
         f"The kernel matrix is not positive definite even with a jitter of "
@@ -223,6 +240,7 @@ def fit_kernel_regression(
             Y,
             reg,
             state=state,
+            spare_bytes=budget - n * n * X.element_size(),
         )
     tic = time.perf_counter()
     if in_memory:

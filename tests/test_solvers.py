@@ -194,3 +194,50 @@ def test_jitter_carried_between_solves_spares_the_failed_factorizations():
         second = cholesky_solve_kernel(build, Y, 0.0, state=state)
     assert len(builds) == 1  # the carried jitter works at the first try
     torch.testing.assert_close(first, second)
+
+
+@pytest.mark.parametrize("spare", [0, 2**30])
+def test_at_risk_solve_keeps_the_kernel_matrix_when_the_budget_allows(spare):
+    """A factor whose smallest pivot sits at the diagonal shift marks the next solve
+    at risk; that solve keeps its kernel matrix (when a second copy fits the spare
+    memory) and retries on copies instead of rebuilding it. The answer is the solve
+    with the jitter it reports (its float64 residual is small)."""
+    from skdnc._solvers import cholesky_solve_kernel
+
+    rng = np.random.default_rng(1)
+    B = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
+    builds = []
+
+    def build():
+        builds.append(1)
+        return B @ B.T
+
+    Y = torch.tensor(rng.normal(size=(200, 2)), dtype=torch.float32)
+    state = {}
+    cholesky_solve_kernel(build, Y, 1e-2, state=state)  # rank 3 + ridge: succeeds
+    assert state["at_risk"] and state["jitter"] == 0.0
+    builds.clear()
+    with pytest.warns(LinAlgWarning, match="jitter"):
+        alpha = cholesky_solve_kernel(build, Y, 0.0, state=state, spare_bytes=spare)
+    assert state["jitter"] > 0
+    # without the spare copy, every failed try rebuilt the matrix
+    assert len(builds) == 1 if spare else len(builds) >= 2
+    # the float64 residual of the system it reports solving
+    K = (B @ B.T).double().numpy() + state["jitter"] * np.eye(200)
+    residual = K @ alpha.double().numpy() - Y.double().numpy()
+    assert np.linalg.norm(residual) < 5e-2 * np.linalg.norm(Y.numpy())
+
+
+def test_well_conditioned_solve_is_not_at_risk():
+    from skdnc._solvers import cholesky_solve_kernel
+
+    rng = np.random.default_rng(2)
+    A = torch.tensor(rng.normal(size=(50, 50)), dtype=torch.float64)
+    state = {}
+    cholesky_solve_kernel(
+        lambda: A @ A.T + 50 * torch.eye(50, dtype=A.dtype),
+        torch.ones(50, 1, dtype=A.dtype),
+        1e-3,
+        state=state,
+    )
+    assert state == {"jitter": 0.0, "at_risk": False}
