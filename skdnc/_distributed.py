@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 
 DISTRIBUTED_OPTIONS = ("auto", False)
+#: How often a rank waiting in a collective asks the store for other ranks' errors.
+STORE_POLL_SECONDS = 0.02
 
 #: Fits started in this process: the key of a fit's error in the group's store.
 #: Every rank starts the same fits in the same order (SPMD), so the keys agree.
@@ -140,12 +142,17 @@ class Comm:
         """Wait for a collective, raising :class:`DistributedFitError` as soon as
         another rank has reported an error. The process group's own timeout ends
         the wait for a rank that neither finishes nor reports."""
-        tic = time.perf_counter()
+        tic = checked = time.perf_counter()
         pause = 1e-5
         while not work.is_completed():
-            self.raise_reported()
+            # Completion is polled locally; the store (a server on one rank, which
+            # every rank asks) at most every STORE_POLL_SECONDS.
+            now = time.perf_counter()
+            if now - checked >= STORE_POLL_SECONDS:
+                self.raise_reported()
+                checked = now
             time.sleep(pause)
-            pause = min(2 * pause, 2e-3)
+            pause = min(2 * pause, 1e-3)
         try:
             work.wait()
         except RuntimeError as exc:

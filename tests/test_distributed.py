@@ -18,6 +18,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
 
@@ -124,6 +126,10 @@ def _worker(rank, ports, out_dir):
         for name, est, X, y, X_test in _estimators():
             results[name] = _outputs(name, est.fit(X, y), X_test)
         X, y = _digits(100)
+        auto = RFMClassifier(
+            max_iter=1, solver_params=CG["solver_params"], random_state=0
+        )
+        results["solver_auto"] = auto.fit(X, y).dual_coef_
         _record_error(
             results,
             "cholesky",
@@ -199,11 +205,14 @@ def _assert_close(actual, expected, rtol=1e-6):
     assert np.abs(actual - expected).max() <= rtol * scale
 
 
-def test_row_shards_cover_the_rows_once():
-    for n in (0, 1, 7, 10, 11):
-        for size in (1, 2, 3, 4):
-            rows = [range(n)[row_shard(n, r, size)] for r in range(size)]
-            assert [i for part in rows for i in part] == list(range(n))
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(st.integers(0, 1000), st.integers(1, 70))
+def test_row_shards_cover_the_rows_once(n, size):
+    """The ranks' rows, in rank order, are range(n): each row once, in order, in
+    chunks that differ by at most one chunk's worth."""
+    rows = [range(n)[row_shard(n, r, size)] for r in range(size)]
+    assert [i for part in rows for i in part] == list(range(n))
+    assert max(map(len, rows)) == -(-n // size)
 
 
 def test_single_process_has_no_comm():
@@ -232,6 +241,11 @@ def test_two_ranks_fit_the_single_process_model(ranks, name):
 
 
 def test_cholesky_is_refused_on_a_group(ranks):
+    """solver="auto" takes conjugate gradients on 2 ranks; "cholesky" raises."""
+    X, y = _digits(100)
+    single = RFMClassifier(max_iter=1, random_state=0, **CG).fit(X, y)
+    for rank in ranks:
+        _assert_close(rank["solver_auto"], single.dual_coef_)
     for rank in ranks:
         kind, message, _ = rank["cholesky"]
         assert kind == "ValueError" and "solver='cholesky'" in message
