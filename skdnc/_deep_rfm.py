@@ -36,7 +36,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
-from skdnc._distributed import fail_together, world
+from skdnc._distributed import collective, fail_together, world
 from skdnc._feature_maps import (
     DEFAULT_WIDTH,
     FEATURE_MAPS,
@@ -442,22 +442,17 @@ class DeepRFMTransformer(
         """Number of output features (the last layer's width)."""
         return self.weights_[-1].shape[0]
 
-    def _forward(self, X, keep):
+    @collective
+    def _forward(self, X, keep, *, comm=None):
         """Run the fitted layers on ``X``; ``keep(l)`` says which layers to return."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        out_dtype = X.dtype
         device = resolve_device(self.device, fallback=True)
         dtype = (
             torch.float64 if self.weights_[0].dtype == np.float64 else (torch.float32)
         )
         budget = memory_budget_bytes(self.memory_budget, device)
-        comm = world(self.distributed)
-        with fail_together(comm):
-            return self._forward_layers(X, keep, device, dtype, budget, comm)
-
-    def _forward_layers(self, X, keep, device, dtype, budget, comm):
-        """The layers of :meth:`_forward` on validated input."""
-        out_dtype = X.dtype
         Xl = to_tensor(X, device, dtype)
         kept = []
         layers = zip(self.agop_powers_, self.weights_, self.offsets_)

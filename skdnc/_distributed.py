@@ -17,6 +17,7 @@ group's timeout (which stays the backstop for a rank that hangs or dies).
 """
 
 import contextlib
+import functools
 import itertools
 import time
 
@@ -212,3 +213,17 @@ def fail_together(comm):
             comm.report(exc)
         raise
     comm.barrier()
+
+
+def collective(method):
+    """Decorate an estimator's method ``method(self, ..., comm)``: ``comm`` is the
+    estimator's ``distributed`` parameter resolved by :func:`world`, and the
+    whole call, input validation included, runs in :func:`fail_together`."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        comm = world(self.distributed)
+        with fail_together(comm):
+            return method(self, *args, comm=comm, **kwargs)
+
+    return wrapper

@@ -24,7 +24,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
-from skdnc._distributed import fail_together, world
+from skdnc._distributed import collective, fail_together, world
 from skdnc._kernels import Kernel, overflow_limit
 from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
@@ -262,7 +262,8 @@ class _BaseRFM(BaseEstimator):
         offset = torch.tensor(self.X_offset_, device=device, dtype=dtype)
         return to_tensor(X, device, dtype).sub_(offset), C, M, device
 
-    def _decision(self, X):
+    @collective
+    def _decision(self, X, *, comm=None):
         """Raw kernel predictor outputs, shape (n, K), as NumPy float64 (computed in
         the fitted precision), and the float dtype of the validated input."""
         check_is_fitted(self)
@@ -279,12 +280,10 @@ class _BaseRFM(BaseEstimator):
             )
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
-        comm = world(self.distributed)
-        with fail_together(comm):
-            F = kernel_predict(
-                Xt, C, alpha, M, self._kernel(), budget=budget, comm=comm
-            )
-        F = to_numpy(F, np.float64)
+        F = to_numpy(
+            kernel_predict(Xt, C, alpha, M, self._kernel(), budget=budget, comm=comm),
+            np.float64,
+        )
         if not np.isfinite(F).all():
             rows = np.flatnonzero(~np.isfinite(F).all(axis=1))
             raise ValueError(
@@ -311,6 +310,10 @@ class _BaseRFM(BaseEstimator):
             :math:`\\frac{1}{m}\\sum_i \\sum_c \\nabla f_c(x_i) \\nabla f_c(x_i)^\\top`,
             not normalised (the diagonal only when ``diag=True``).
         """
+        return self._agop(X)
+
+    @collective
+    def _agop(self, X, *, comm=None):
         check_is_fitted(self)
         if X is None:
             Xt, C, M, device = self._fitted_tensors(self.centers_ + self.X_offset_)
@@ -322,19 +325,17 @@ class _BaseRFM(BaseEstimator):
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
         rows = block_rows(len(C), C.element_size(), budget, n_buffers=3)
-        comm = world(self.distributed)
-        with fail_together(comm):
-            A = kernel_agop(
-                Xt,
-                C,
-                alpha,
-                M,
-                self._kernel(),
-                self_index=self_index,
-                diag=bool(self.diag),
-                block_size=rows,
-                comm=comm,
-            )
+        A = kernel_agop(
+            Xt,
+            C,
+            alpha,
+            M,
+            self._kernel(),
+            self_index=self_index,
+            diag=bool(self.diag),
+            block_size=rows,
+            comm=comm,
+        )
         return to_numpy(A, np.float64)
 
     def __sklearn_tags__(self):
