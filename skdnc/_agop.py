@@ -28,6 +28,12 @@ from skdnc._kernels import apply_metric, sqdist
 
 AGOP_NORMALIZATIONS = ("max", "trace", None)
 
+#: Largest ``n K d`` for which :func:`kernel_agop` builds every output's weighted
+#: centres at once (one GEMM per block); beyond it, one output at a time, so that
+#: the buffer stays ``n x d`` (at a million centres, 10 outputs and d = 784 the
+#: whole buffer would take 31 GB in float32).
+FUSED_CENTRES_MAX_ENTRIES = 2**28
+
 
 def kernel_agop(
     X,
@@ -93,7 +99,9 @@ def kernel_agop(
     # alpha (x) C: row j holds alpha_jc * c_j for every output c, shape (n, K * d),
     # so that one GEMM gives every output's weighted sum of centres.
     alpha = alpha.contiguous()
-    alpha_centers = torch.mul(alpha[:, :, None], centers[:, None, :]).view(n, -1)
+    fused = n * n_outputs * d <= FUSED_CENTRES_MAX_ENTRIES
+    if fused:
+        alpha_centers = torch.mul(alpha[:, :, None], centers[:, None, :]).view(n, -1)
     CM = apply_metric(centers, M)
     c_sqnorms = (CM * centers).sum(dim=1)
     # When every point is a centre, its row norms and X M are the centres' own.
@@ -122,7 +130,12 @@ def kernel_agop(
         W = kernel.gradient_weights(D2)
         del D2
         with matmul_precision(X.device, allow_tf32):
-            H = (W @ alpha_centers).view(-1, n_outputs, d)
+            if fused:
+                H = (W @ alpha_centers).view(-1, n_outputs, d)
+            else:
+                H = Xb.new_empty(Xb.shape[0], n_outputs, d)
+                for c in range(n_outputs):
+                    H[:, c] = W @ (alpha[:, c, None] * centers)
             H.addcmul_((W @ alpha)[:, :, None], Xb[:, None, :], value=-1.0)
             del W
             hsum += H.sum(dim=0)
