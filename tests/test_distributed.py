@@ -26,6 +26,8 @@ from sklearn.model_selection import cross_val_score
 import skdnc._rfm_core
 from skdnc import DeepRFMTransformer, RFMClassifier, RFMRegressor
 from skdnc._distributed import DistributedFitError, row_shard, world
+from skdnc._kernels import Kernel
+from skdnc._solvers import fit_kernel_regression
 
 #: Seconds a collective may wait for a rank before the process group gives up
 #: (the backstop; a reported error ends the wait at once).
@@ -72,6 +74,31 @@ def _estimators():
             Xd[250:],
         ),
     ]
+
+
+#: A budget (bytes) in which the rank-100 preconditioner of 300 points fits but a
+#: rank's 150 rows of the kernel matrix do not beside it: CG recomputes its rows
+#: in blocks of about 37.
+BLOCKED_BUDGET = 900_000
+
+
+def _blocked_solve(comm=None, budget=BLOCKED_BUDGET):
+    """Dual coefficients of a CG solve on 300 digits (kernel in blocks by
+    default)."""
+    X, y = _digits(300)
+    X = torch.tensor(X)
+    Y = torch.nn.functional.one_hot(torch.tensor(y)).to(X.dtype)
+    return fit_kernel_regression(
+        X,
+        Y,
+        None,
+        Kernel("laplace", 10.0),
+        1e-3,
+        solver="cg",
+        budget=budget,
+        solver_params=CG["solver_params"],
+        comm=comm,
+    ).numpy()
 
 
 def _outputs(name, est, X_test):
@@ -125,6 +152,7 @@ def _worker(rank, ports, out_dir):
         results["world"] = (comm.rank, comm.size, world(False))
         for name, est, X, y, X_test in _estimators():
             results[name] = _outputs(name, est.fit(X, y), X_test)
+        results["blocked"] = _blocked_solve(comm)
         X, y = _digits(100)
         auto = RFMClassifier(
             max_iter=1, solver_params=CG["solver_params"], random_state=0
@@ -238,6 +266,14 @@ def test_two_ranks_fit_the_single_process_model(ranks, name):
         for key, value in expected.items():
             _assert_close(rank[name][key], value)
             np.testing.assert_array_equal(rank[name][key], ranks[0][name][key])
+
+
+def test_two_ranks_solve_with_the_kernel_in_blocks(ranks):
+    """Each rank recomputing its rows of the kernel in blocks gives the solve of
+    one process holding the whole kernel."""
+    expected = _blocked_solve(budget=2**30)
+    for rank in ranks:
+        _assert_close(rank["blocked"], expected)
 
 
 def test_cholesky_is_refused_on_a_group(ranks):
