@@ -382,6 +382,8 @@ class DeepRFMTransformer(
             class_targets(y_index, n_classes, self.target_coding), device, dtype
         )
         record = _MetricsRecorder(y_index) if self.record_metrics else None
+        if comm is not None:
+            comm.check_same("X and y", X, y_index)
 
         Xl = to_tensor(X, device, dtype)
         powers, weights, offsets = [], [], []

@@ -21,6 +21,7 @@ import functools
 import itertools
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -127,6 +128,29 @@ class Comm:
         self.bytes += local.numel() * local.element_size()
         self._wait(dist.all_gather(parts, local, group=self.group, async_op=True))
         return torch.cat(parts)[:n]
+
+    def check_same(self, what, *arrays):
+        """Raise ``ValueError`` on every rank unless every rank passed the same
+        arrays (NumPy, compared by shape, sum, sum of squares and a sum weighted by
+        row number: one all-gather of a few numbers)."""
+        fingerprint = []
+        for A in arrays:
+            A = np.asarray(A, dtype=np.float64).reshape(len(A), -1)
+            rows = A.sum(axis=1)
+            order = rows @ np.arange(1, len(A) + 1, dtype=np.float64)
+            fingerprint += [*A.shape, rows.sum(), np.einsum("ij,ij->", A, A), order]
+        mine = torch.tensor(fingerprint, dtype=torch.float64, device=self._device())
+        every = self.gather_rows(mine[None], self.size).cpu()
+        differ = [r for r in range(self.size) if not torch.equal(every[r], every[0])]
+        if differ:
+            shapes = [tuple(int(v) for v in every[r][:2]) for r in (0, differ[0])]
+            raise ValueError(
+                f"Every rank of a distributed fit must pass the same {what}; rank "
+                f"{differ[0]}'s differ from rank 0's (first array of shape "
+                f"{shapes[1]} against {shapes[0]}). Passing each rank its own "
+                "shard of the rows is not supported: give every rank all the data, "
+                "or fit with distributed=False."
+            )
 
     def barrier(self):
         """Wait for every rank (a one-number all-reduce, which watches the store

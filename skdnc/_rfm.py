@@ -154,6 +154,8 @@ class _BaseRFM(BaseEstimator):
         kernel = self._kernel()
         params = {**self._round_params(), "comm": comm}
         Y_np = self._encode_targets(y)
+        if comm is not None:
+            comm.check_same("X and y", X, Y_np)
         n, d = X.shape
         # Kernels and AGOPs are translation invariant; centring the data makes the
         # quadratic-form distances far more accurate in float32.

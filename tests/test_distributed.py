@@ -163,6 +163,13 @@ def _worker(rank, ports, out_dir):
             "cholesky",
             lambda: RFMClassifier(solver="cholesky").fit(X, y),
         )
+        # Rank 1 passes its own half of the rows: refused on both ranks.
+        shard = slice(None) if rank == 0 else slice(50, None)
+        _record_error(
+            results,
+            "shard",
+            lambda: RFMClassifier(max_iter=1, **CG).fit(X[shard], y[shard]),
+        )
         # Rank 1's data fail validation before any collective.
         X_bad = X.copy()
         if rank == 1:
@@ -285,6 +292,14 @@ def test_cholesky_is_refused_on_a_group(ranks):
     for rank in ranks:
         kind, message, _ = rank["cholesky"]
         assert kind == "ValueError" and "solver='cholesky'" in message
+
+
+def test_every_rank_must_pass_the_same_data(ranks):
+    for rank in ranks:
+        kind, message, _ = rank["shard"]
+        assert kind == "ValueError"
+        assert "rank 1's differ from rank 0's" in message
+        assert "(50, 64) against (100, 64)" in message
 
 
 def test_a_failing_rank_fails_the_others(ranks):
