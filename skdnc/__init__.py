@@ -14,6 +14,7 @@ from skdnc._display import (
     SVDSplitDisplay,
     TrainingHistoryDisplay,
 )
+from skdnc._distributed import DistributedFitError
 from skdnc._nfa import NFAProbe
 from skdnc._rfm import RFMClassifier, RFMRegressor
 from skdnc.metrics import NeuralCollapseScorer, make_collapse_scorer
@@ -23,6 +24,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CollapseDisplay",
     "DeepRFMTransformer",
+    "DistributedFitError",
     "GramDisplay",
     "NFAProbe",
     "NeuralCollapseScorer",

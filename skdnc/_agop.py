@@ -28,6 +28,12 @@ from skdnc._kernels import apply_metric, sqdist
 
 AGOP_NORMALIZATIONS = ("max", "trace", None)
 
+#: Largest ``n K d`` for which :func:`kernel_agop` builds every output's weighted
+#: centres at once (one GEMM per block); beyond it, one output at a time, so that
+#: the buffer stays ``n x d`` (at a million centres, 10 outputs and d = 784 the
+#: whole buffer would take 31 GB in float32).
+FUSED_CENTRES_MAX_ENTRIES = 2**28
+
 
 def kernel_agop(
     X,
@@ -41,6 +47,7 @@ def kernel_agop(
     diag=False,
     block_size=None,
     allow_tf32=False,
+    comm=None,
 ):
     """AGOP of ``f(x) = k_M(x, centers) @ alpha`` over the rows of ``X``.
 
@@ -72,6 +79,11 @@ def kernel_agop(
         tensor cores. The distance products stay in full float32 either way: the
         rounding of :math:`\\|x\\|^2 - 2 x^\\top z + \\|z\\|^2` would swamp
         small distances.
+    comm : skdnc._distributed.Comm, optional
+        Split the points over a process group: each rank takes the gradients at
+        its rows of ``X`` and one all-reduce sums the outer products (and, for
+        ``centering``, the gradients). Every rank passes all of ``X`` and returns
+        the whole AGOP. ``None``: this process alone.
 
     Returns
     -------
@@ -80,17 +92,23 @@ def kernel_agop(
     """
     m, d = X.shape
     n, n_outputs = alpha.shape
+    if comm is not None:
+        shard = comm.row_shard(m)
+        X = X[shard]
+        self_index = None if self_index is None else self_index[shard]
     # alpha (x) C: row j holds alpha_jc * c_j for every output c, shape (n, K * d),
     # so that one GEMM gives every output's weighted sum of centres.
     alpha = alpha.contiguous()
-    alpha_centers = torch.mul(alpha[:, :, None], centers[:, None, :]).view(n, -1)
+    fused = n * n_outputs * d <= FUSED_CENTRES_MAX_ENTRIES
+    if fused:
+        alpha_centers = torch.mul(alpha[:, :, None], centers[:, None, :]).view(n, -1)
     CM = apply_metric(centers, M)
     c_sqnorms = (CM * centers).sum(dim=1)
     # When every point is a centre, its row norms and X M are the centres' own.
     all_centres = self_index is not None and bool((self_index >= 0).all())
     acc = X.new_zeros(d if diag else (d, d))
     hsum = X.new_zeros(n_outputs, d)
-    for rows in iter_row_blocks(m, block_size or m):
+    for rows in iter_row_blocks(X.shape[0], block_size or m):
         Xb = X[rows]
         if all_centres:
             idx = self_index[rows]
@@ -112,12 +130,20 @@ def kernel_agop(
         W = kernel.gradient_weights(D2)
         del D2
         with matmul_precision(X.device, allow_tf32):
-            H = (W @ alpha_centers).view(-1, n_outputs, d)
+            if fused:
+                H = (W @ alpha_centers).view(-1, n_outputs, d)
+            else:
+                H = Xb.new_empty(Xb.shape[0], n_outputs, d)
+                for c in range(n_outputs):
+                    H[:, c] = W @ (alpha[:, c, None] * centers)
             H.addcmul_((W @ alpha)[:, :, None], Xb[:, None, :], value=-1.0)
             del W
             hsum += H.sum(dim=0)
             H = H.view(-1, d)
             acc += (H * H).sum(dim=0) if diag else H.T @ H
+    if comm is not None:  # one all-reduce of both sums
+        sums = comm.all_reduce_sum(torch.cat([acc.reshape(-1), hsum.reshape(-1)]))
+        acc, hsum = sums[: acc.numel()].view_as(acc), sums[acc.numel() :].view_as(hsum)
     acc /= m
     if centering:
         hbar = hsum / m

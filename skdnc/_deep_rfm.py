@@ -36,6 +36,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
+from skdnc._distributed import collective, fail_together, world
 from skdnc._feature_maps import (
     DEFAULT_WIDTH,
     FEATURE_MAPS,
@@ -143,7 +144,17 @@ class DeepRFMTransformer(
         distance products always run in full float32. No effect on the CPU.
     memory_budget : float, default=None
         Memory, in GiB, one computation may use; ``None``: 80% of a GPU's free
-        memory or half of the available RAM.
+        memory or half of the available RAM. In a distributed fit, the budget of
+        each rank.
+    distributed : {"auto", False}, default="auto"
+        ``"auto"``: when :mod:`torch.distributed` is initialised with more than
+        one rank, split :meth:`fit` and :meth:`transform` over the ranks of the
+        default process group: each rank computes its rows of the kernel
+        products, of the AGOP points and of the random feature maps. Every rank
+        must call them with the same data and parameters, and every rank ends
+        with the same model. The solver is conjugate gradients
+        (``solver="cholesky"`` raises); an error on one rank raises on all.
+        ``False``: compute in this process alone. See :ref:`scaling`.
     random_state : int, RandomState instance or None, default=None
         Seeds the random feature maps and the AGOP points. All draws are made on
         the CPU, so a seed gives the same maps on every device.
@@ -267,6 +278,7 @@ class DeepRFMTransformer(
         dtype=None,
         allow_tf32=True,
         memory_budget=None,
+        distributed="auto",
         random_state=None,
         verbose=0,
     ):
@@ -291,14 +303,16 @@ class DeepRFMTransformer(
         self.dtype = dtype
         self.allow_tf32 = allow_tf32
         self.memory_budget = memory_budget
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
     # -- fitting ----------------------------------------------------------------------
-    def _layer_agop(self, X, Y, kernel, *, budget, generator, state):
+    def _layer_agop(self, X, Y, kernel, *, budget, generator, state, comm=None):
         """The layer's AGOP ``M_l`` (``None`` for the identity); ``state`` carries
         the exact solve's jitter from layer to layer."""
         params = {
+            "comm": comm,
             "agop_samples": self.agop_samples,
             "agop_normalization": self.agop_normalization,
             "agop_power": 1.0,
@@ -319,6 +333,7 @@ class DeepRFMTransformer(
                 solver_params=self.solver_params,
                 generator=generator,
                 state=state,
+                comm=comm,
             )
             M = agop_step(
                 X, alpha, M, kernel, params=params, budget=budget, generator=generator
@@ -343,16 +358,19 @@ class DeepRFMTransformer(
         self : DeepRFMTransformer
             The fitted transformer.
         """
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
-        device = resolve_device(self.device)
-        # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
-        with matmul_precision(device, False):
-            self._fit_layers(X, y_index, classes, device)
+        comm = world(self.distributed)
+        with fail_together(comm):  # also when one rank's data fail validation
+            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+            classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
+            device = resolve_device(self.device)
+            # Full float32 matrix products but where allow_tf32 lets the AGOP use
+            # TF32.
+            with matmul_precision(device, False):
+                self._fit_layers(X, y_index, classes, device, comm)
         release_memory(device)
         return self
 
-    def _fit_layers(self, X, y_index, classes, device):
+    def _fit_layers(self, X, y_index, classes, device, comm=None):
         """The L layers of :meth:`fit` on validated input."""
         n_classes = len(classes)
         dtype = resolve_dtype(self.dtype, like=X)
@@ -364,6 +382,8 @@ class DeepRFMTransformer(
             class_targets(y_index, n_classes, self.target_coding), device, dtype
         )
         record = _MetricsRecorder(y_index) if self.record_metrics else None
+        if comm is not None:
+            comm.check_same("X and y", X, y_index)
 
         Xl = to_tensor(X, device, dtype)
         powers, weights, offsets = [], [], []
@@ -381,7 +401,13 @@ class DeepRFMTransformer(
                 kernel.check_scale(Xl, np_dtype)
             d = Xl.shape[1]
             M = self._layer_agop(
-                Xl, Y, kernel, budget=budget, generator=generator, state=solver_state
+                Xl,
+                Y,
+                kernel,
+                budget=budget,
+                generator=generator,
+                state=solver_state,
+                comm=comm,
             )
             if M is None:
                 P = torch.eye(d, device=device, dtype=dtype)
@@ -393,13 +419,8 @@ class DeepRFMTransformer(
             )
             W = W.to(device=device, dtype=dtype)
             b = None if b is None else b.to(device=device, dtype=dtype)
-            MX = Xl @ P
-            Phi = apply_feature_map(
-                MX,
-                W,
-                b,
-                self.feature_map,
-                block_rows=_feature_block_rows(MX, width, budget),
+            MX, Phi = _project_and_map(
+                Xl, P, W, b, self.feature_map, budget, comm, record is not None
             )
             if record is not None:
                 record(Xl, MX, Phi)
@@ -423,7 +444,8 @@ class DeepRFMTransformer(
         """Number of output features (the last layer's width)."""
         return self.weights_[-1].shape[0]
 
-    def _forward(self, X, keep):
+    @collective
+    def _forward(self, X, keep, *, comm=None):
         """Run the fitted layers on ``X``; ``keep(l)`` says which layers to return."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
@@ -442,13 +464,8 @@ class DeepRFMTransformer(
             P = to_tensor(P, device, dtype)
             W = to_tensor(W, device, dtype)
             b = None if b is None else to_tensor(b, device, dtype)
-            MX = Xl @ P
-            Phi = apply_feature_map(
-                MX,
-                W,
-                b,
-                self.feature_map,
-                block_rows=_feature_block_rows(MX, len(W), budget),
+            MX, Phi = _project_and_map(
+                Xl, P, W, b, self.feature_map, budget, comm, keep(index)
             )
             if keep(index):
                 # Copies: the next layer normalises Phi in place.
@@ -521,6 +538,23 @@ class DeepRFMTransformer(
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         tags.non_deterministic = uses_cuda(self.device)
         return tags
+
+
+def _project_and_map(X, P, W, b, kind, budget, comm, projection):
+    """``X P`` (when ``projection``, else ``None``) and the features
+    ``Phi(X P)``; with a process group ``comm`` each rank maps its rows and every
+    rank returns all of them."""
+    n = X.shape[0]
+    if comm is not None:
+        X = X[comm.row_shard(n)]
+    MX = X @ P
+    Phi = apply_feature_map(
+        MX, W, b, kind, block_rows=_feature_block_rows(MX, len(W), budget)
+    )
+    if comm is not None:
+        Phi = comm.gather_rows(Phi, n)
+        MX = comm.gather_rows(MX, n) if projection else None
+    return (MX if projection else None), Phi
 
 
 def _feature_block_rows(X, width, budget):

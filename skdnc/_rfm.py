@@ -24,6 +24,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
+from skdnc._distributed import collective, fail_together, world
 from skdnc._kernels import Kernel, overflow_limit
 from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
@@ -73,6 +74,7 @@ class _BaseRFM(BaseEstimator):
         dtype=None,
         allow_tf32=True,
         memory_budget=None,
+        distributed="auto",
         warm_start=False,
         random_state=None,
         verbose=0,
@@ -97,6 +99,7 @@ class _BaseRFM(BaseEstimator):
         self.dtype = dtype
         self.allow_tf32 = allow_tf32
         self.memory_budget = memory_budget
+        self.distributed = distributed
         self.warm_start = warm_start
         self.random_state = random_state
         self.verbose = verbose
@@ -135,22 +138,24 @@ class _BaseRFM(BaseEstimator):
         if self.verbose:
             print(f"[{type(self).__name__}] {message}", flush=True)
 
-    def _fit(self, X, y):
+    def _fit(self, X, y, comm=None):
         device = resolve_device(self.device)
         # Full float32 matrix products but where allow_tf32 lets the AGOP use TF32.
         with matmul_precision(device, False):
-            self._fit_rounds(X, y, device)
+            self._fit_rounds(X, y, device, comm)
         release_memory(device)
         return self
 
-    def _fit_rounds(self, X, y, device):
+    def _fit_rounds(self, X, y, device, comm=None):
         dtype = resolve_dtype(self.dtype, like=X)
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         budget = memory_budget_bytes(self.memory_budget, device)
         generator = make_generator(self.random_state)
         kernel = self._kernel()
-        params = self._round_params()
+        params = {**self._round_params(), "comm": comm}
         Y_np = self._encode_targets(y)
+        if comm is not None:
+            comm.check_same("X and y", X, Y_np)
         n, d = X.shape
         # Kernels and AGOPs are translation invariant; centring the data makes the
         # quadratic-form distances far more accurate in float32.
@@ -259,7 +264,8 @@ class _BaseRFM(BaseEstimator):
         offset = torch.tensor(self.X_offset_, device=device, dtype=dtype)
         return to_tensor(X, device, dtype).sub_(offset), C, M, device
 
-    def _decision(self, X):
+    @collective
+    def _decision(self, X, *, comm=None):
         """Raw kernel predictor outputs, shape (n, K), as NumPy float64 (computed in
         the fitted precision), and the float dtype of the validated input."""
         check_is_fitted(self)
@@ -277,7 +283,8 @@ class _BaseRFM(BaseEstimator):
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
         F = to_numpy(
-            kernel_predict(Xt, C, alpha, M, self._kernel(), budget=budget), np.float64
+            kernel_predict(Xt, C, alpha, M, self._kernel(), budget=budget, comm=comm),
+            np.float64,
         )
         if not np.isfinite(F).all():
             rows = np.flatnonzero(~np.isfinite(F).all(axis=1))
@@ -305,6 +312,10 @@ class _BaseRFM(BaseEstimator):
             :math:`\\frac{1}{m}\\sum_i \\sum_c \\nabla f_c(x_i) \\nabla f_c(x_i)^\\top`,
             not normalised (the diagonal only when ``diag=True``).
         """
+        return self._agop(X)
+
+    @collective
+    def _agop(self, X, *, comm=None):
         check_is_fitted(self)
         if X is None:
             Xt, C, M, device = self._fitted_tensors(self.centers_ + self.X_offset_)
@@ -325,6 +336,7 @@ class _BaseRFM(BaseEstimator):
             self_index=self_index,
             diag=bool(self.diag),
             block_size=rows,
+            comm=comm,
         )
         return to_numpy(A, np.float64)
 
@@ -429,6 +441,15 @@ _RFM_DOC_PARAMETERS = """
     memory_budget : float, default=None
         Memory, in GiB, that one computation may use; blocks are sized from it.
         ``None``: 80% of a GPU's free memory, or half of the available RAM.
+        In a distributed fit, the budget of each rank.
+    distributed : {"auto", False}, default="auto"
+        ``"auto"``: when :mod:`torch.distributed` is initialised with more than
+        one rank (``torchrun``, ``init_process_group``), split :meth:`fit`,
+        prediction and :meth:`agop` over the ranks of the default process group.
+        Every rank must then call them, with the same data and parameters, and
+        every rank ends with the same model. The solver is conjugate gradients
+        (``solver="cholesky"`` raises); an error on one rank raises on all.
+        ``False``: compute in this process alone. See :ref:`scaling`.
     warm_start : bool, default=False
         Start the AGOP iterations from the previous fit's ``M_``.
     random_state : int, RandomState instance or None, default=None
@@ -558,6 +579,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         dtype=None,
         allow_tf32=True,
         memory_budget=None,
+        distributed="auto",
         warm_start=False,
         random_state=None,
         verbose=0,
@@ -583,6 +605,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             dtype=dtype,
             allow_tf32=allow_tf32,
             memory_budget=memory_budget,
+            distributed=distributed,
             warm_start=warm_start,
             random_state=random_state,
             verbose=verbose,
@@ -606,9 +629,11 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         self : RFMClassifier
             The fitted classifier.
         """
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        self.classes_, y_index = check_class_labels(y, owner="RFMClassifier")
-        return self._fit(X, y_index)
+        comm = world(self.distributed)
+        with fail_together(comm):  # also when one rank's data fail validation
+            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+            self.classes_, y_index = check_class_labels(y, owner="RFMClassifier")
+            return self._fit(X, y_index, comm)
 
     def _encode_targets(self, y_index):
         return class_targets(
@@ -790,16 +815,18 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         self : RFMRegressor
             The fitted regressor.
         """
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            dtype=[np.float64, np.float32],
-            multi_output=True,
-            y_numeric=True,
-        )
-        self._y_ndim = np.ndim(y)
-        return self._fit(X, y)
+        comm = world(self.distributed)
+        with fail_together(comm):  # also when one rank's data fail validation
+            X, y = validate_data(
+                self,
+                X,
+                y,
+                dtype=[np.float64, np.float32],
+                multi_output=True,
+                y_numeric=True,
+            )
+            self._y_ndim = np.ndim(y)
+            return self._fit(X, y, comm)
 
     def _encode_targets(self, y):
         Y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)

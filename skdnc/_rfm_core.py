@@ -13,7 +13,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from skdnc._agop import kernel_agop, normalize_agop, sample_points
 from skdnc._backend import block_rows
@@ -42,6 +42,7 @@ KERNEL_MACHINE_CONSTRAINTS = {
     "dtype": [StrOptions({"float32", "float64"}), None],
     "allow_tf32": ["boolean"],
     "memory_budget": [Interval(Real, 0, None, closed="neither"), None],
+    "distributed": [StrOptions({"auto"}), Options(bool, {False})],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
 }
@@ -101,6 +102,7 @@ def _sampled_agop(X, alpha, M, kernel, *, params, budget, generator):
         diag=params["diag"],
         block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
         allow_tf32=params.get("allow_tf32", False),
+        comm=params.get("comm"),
     )
 
 
@@ -225,7 +227,9 @@ def rfm_rounds(
     params : dict
         ``reg``, ``diag``, ``agop_samples``, ``agop_normalization``,
         ``agop_power``, ``centering``, ``solver``, ``solver_params`` and
-        optionally ``allow_tf32`` (TF32 for the AGOP's gradient products on CUDA).
+        optionally ``allow_tf32`` (TF32 for the AGOP's gradient products on CUDA)
+        and ``comm`` (a :class:`skdnc._distributed.Comm` that splits the solves,
+        AGOPs and predictions over a process group).
     budget : int
         Memory budget in bytes.
     generator : torch.Generator
@@ -273,13 +277,20 @@ def rfm_rounds(
             solver_params=params["solver_params"],
             generator=generator,
             log=log,
+            comm=params.get("comm"),
         )
         stop = t == n_rounds
         if evaluate is not None:
 
             def predict(Z, S=S, XS=XS, alpha=alpha):
                 return kernel_predict(
-                    apply_root(Z, S), XS, alpha, None, kernel, budget=budget
+                    apply_root(Z, S),
+                    XS,
+                    alpha,
+                    None,
+                    kernel,
+                    budget=budget,
+                    comm=params.get("comm"),
                 )
 
             scores.append(evaluate(predict))

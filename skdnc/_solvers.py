@@ -46,16 +46,29 @@ def _gib(n_bytes):
     return f"{int(n_bytes)} bytes"
 
 
-def choose_solver(solver, n, itemsize, budget, rank=SOLVER_PARAMS["rank"]):
+def choose_solver(
+    solver, n, itemsize, budget, rank=SOLVER_PARAMS["rank"], *, n_ranks=1
+):
     """Resolve ``solver`` into ``("cholesky" | "cg", kernel_in_memory)``.
 
     The exact solve needs the ``n x n`` kernel matrix (factored in place); conjugate
     gradients need the ``n x q`` Nystrom factor and either the kernel matrix or, when
-    that does not fit, a few row blocks of it.
+    that does not fit, a few row blocks of it. With ``n_ranks > 1`` (a distributed
+    fit) the exact solve is not available and each rank holds only its
+    ``ceil(n / n_ranks)`` rows of the kernel matrix.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
-    kernel_bytes = n * n * itemsize
+    if n_ranks > 1:
+        if solver == "cholesky":
+            raise ValueError(
+                f"solver='cholesky' is not distributed, and this fit runs on "
+                f"{n_ranks} ranks of a torch.distributed process group. Use "
+                "solver='cg' or 'auto', or distributed=False to fit on each rank "
+                "alone."
+            )
+        solver = "cg"
+    kernel_bytes = -(-n // n_ranks) * n * itemsize
     nystrom_bytes = 3 * n * min(n, rank) * itemsize
     if solver == "auto":
         solver = "cholesky" if kernel_bytes <= budget else "cg"
@@ -196,6 +209,7 @@ def fit_kernel_regression(
     generator=None,
     log=None,
     state=None,
+    comm=None,
 ):
     """Dual coefficients of kernel ridge regression with the kernel ``k_M``.
 
@@ -222,6 +236,10 @@ def fit_kernel_regression(
     state : dict, optional
         Jitter carried between related exact solves (see
         :func:`cholesky_solve_kernel`).
+    comm : skdnc._distributed.Comm, optional
+        Split the solve over a process group: conjugate gradients in which each
+        rank computes its rows of every kernel product, with the preconditioner
+        built on rank 0 and broadcast. ``None``: this process alone.
 
     Returns
     -------
@@ -232,7 +250,12 @@ def fit_kernel_regression(
         options["tol"] = 1e-6 if X.dtype == torch.float64 else 1e-4
     n = X.shape[0]
     method, in_memory = choose_solver(
-        solver, n, X.element_size(), budget, options["rank"]
+        solver,
+        n,
+        X.element_size(),
+        budget,
+        options["rank"],
+        n_ranks=1 if comm is None else comm.size,
     )
     if method == "cholesky":
         return cholesky_solve_kernel(
@@ -243,7 +266,9 @@ def fit_kernel_regression(
             spare_bytes=budget - n * n * X.element_size(),
         )
     tic = time.perf_counter()
-    if in_memory:
+    if comm is not None:
+        matvec = _sharded_matvec(X, M, kernel, comm, in_memory, budget, options)
+    elif in_memory:
         K = training_kernel_matrix(X, M, kernel)
 
         def matvec(V):
@@ -272,7 +297,7 @@ def fit_kernel_regression(
             return out
 
     precondition = nystrom_preconditioner(
-        X, M, kernel, reg, rank=options["rank"], generator=generator
+        X, M, kernel, reg, rank=options["rank"], generator=generator, comm=comm
     )
     alpha, n_iter, residual = conjugate_gradient(
         matvec, Y, reg, precondition, tol=options["tol"], max_iter=options["max_iter"]
@@ -294,13 +319,44 @@ def fit_kernel_regression(
     return alpha
 
 
+def _sharded_matvec(X, M, kernel, comm, in_memory, budget, options):
+    """``V -> K V`` on a process group: this rank's rows of the kernel matrix
+    (held, or recomputed in blocks), the other rows gathered from the others."""
+    n = X.shape[0]
+    shard = comm.row_shard(n)
+    XM = apply_metric(X, M)
+    norms = (XM * X).sum(dim=1)
+
+    def rows_of_kernel(block):
+        D2 = sqdist(
+            X[block], X, None, X_sqnorms=norms[block], Z_sqnorms=norms, XM=XM[block]
+        )
+        return kernel.from_sqdist(zero_self_pairs(D2, block.start))
+
+    if in_memory:
+        K = rows_of_kernel(shard)
+        return lambda V: comm.gather_rows(K @ _column_major(V), n)
+    nystrom = 3 * n * options["rank"] * X.element_size()
+    rows = block_rows(n, X.element_size(), budget - nystrom, n_buffers=2)
+
+    def matvec(V):
+        local = V.new_empty(shard.stop - shard.start, V.shape[1])
+        V = _column_major(V)
+        for block in iter_row_blocks(shard.stop - shard.start, rows):
+            part = slice(shard.start + block.start, shard.start + block.stop)
+            local[block] = rows_of_kernel(part) @ V
+        return comm.gather_rows(local, n)
+
+    return matvec
+
+
 def _column_major(V):
     """``V`` with columns contiguous: the layout in which the memory-bound,
     tall-by-few product ``K @ V`` streams ``K`` fastest."""
     return V.mT.contiguous().mT
 
 
-def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
+def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None, comm=None):
     r"""Randomized Nystrom preconditioner of ``K + reg I``, applied by Woodbury.
 
     With ``q`` landmark rows ``S`` drawn uniformly, ``K ~ K_nS K_SS^{-1} K_Sn =
@@ -312,6 +368,10 @@ def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
     leaves the directions outside ``U`` alone and maps the top ``q`` eigenvalues of
     ``K + mu I`` to about ``lambda_q + mu``.
 
+    With a process group ``comm``, rank 0 builds it and broadcasts ``U`` and
+    ``lam`` (every rank still draws the landmarks, to keep the generators in
+    step).
+
     Returns
     -------
     apply : callable
@@ -322,6 +382,31 @@ def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     landmarks = torch.randperm(n, generator=generator)[:q].to(X.device)
+    if comm is not None:
+        return _broadcast_preconditioner(X, M, kernel, reg, landmarks, comm)
+    U, lam = _nystrom_factor(X, M, kernel, landmarks)
+    return _woodbury(U, lam, reg)
+
+
+def _broadcast_preconditioner(X, M, kernel, reg, landmarks, comm):
+    """The Nystrom factor of rank 0 on every rank of ``comm``."""
+    size = torch.zeros(1, dtype=torch.long, device=X.device)
+    if comm.rank == 0:
+        U, lam = _nystrom_factor(X, M, kernel, landmarks)
+        size[0] = lam.shape[0]
+    comm.broadcast(size)
+    if comm.rank != 0:
+        U = X.new_empty(X.shape[0], int(size))
+        lam = X.new_empty(int(size))
+    comm.broadcast(U)
+    comm.broadcast(lam)
+    return _woodbury(U, lam, reg)
+
+
+def _nystrom_factor(X, M, kernel, landmarks):
+    """``U, lam`` with ``U diag(lam) U^T`` the Nystrom approximation of the kernel
+    matrix from the ``landmarks`` (see :func:`nystrom_preconditioner`)."""
+    q = landmarks.shape[0]
     K_nq = kernel_matrix(X, X[landmarks], M, kernel)
     K_qq = K_nq[landmarks]
     shift = torch.finfo(X.dtype).eps * q * float(K_qq.diagonal().mean())
@@ -342,6 +427,11 @@ def nystrom_preconditioner(X, M, kernel, reg, *, rank, generator=None):
     lam, V = lam[keep].to(F.dtype), V[:, keep].to(F.dtype)
     U = F @ (V / lam.sqrt())
     del F
+    return U.contiguous(), lam.contiguous()
+
+
+def _woodbury(U, lam, reg):
+    """``R -> P^{-1} R``, the preconditioner of the factor ``U diag(lam) U^T``."""
     lam_q = float(lam[0])
 
     def apply(R):
@@ -387,12 +477,18 @@ def conjugate_gradient(matvec, Y, reg, precondition, *, tol, max_iter):
     return A, n_iter, float(residual.max())
 
 
-def kernel_predict(X, centers, alpha, M, kernel, *, budget):
-    """``k_M(X, centers) @ alpha`` in row blocks that fit ``budget`` bytes."""
+def kernel_predict(X, centers, alpha, M, kernel, *, budget, comm=None):
+    """``k_M(X, centers) @ alpha`` in row blocks that fit ``budget`` bytes.
+
+    With a process group ``comm``, each rank computes its rows of ``X`` and every
+    rank returns all of them."""
     n = centers.shape[0]
     rows = block_rows(n, X.element_size(), budget, n_buffers=2)
+    n_points = X.shape[0]
+    if comm is not None:
+        X = X[comm.row_shard(n_points)]
     out = X.new_empty(X.shape[0], alpha.shape[1])
     alpha = _column_major(alpha)
     for block in iter_row_blocks(X.shape[0], rows):
         out[block] = kernel_matrix(X[block], centers, M, kernel) @ alpha
-    return out
+    return out if comm is None else comm.gather_rows(out, n_points)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import skdnc._agop
 from skdnc._agop import kernel_agop, normalize_agop, sample_points
 from skdnc._kernels import Kernel, kernel_matrix
 from skdnc._linalg import psd_power
@@ -92,6 +93,38 @@ def test_agop_matches_autograd_at_centres_without_self_pairs(kernel, metric):
     index = torch.tensor([0, 4, 9, 17, 29])
     expected = _autograd_agop(C[index], C, alpha, M, kernel, self_index=index)
     got = kernel_agop(C[index], C, alpha, M, kernel, self_index=index, block_size=2)
+    assert _rel(got, expected) < 1e-10
+
+
+@pytest.mark.parametrize("centering", [False, True])
+def test_agop_one_output_at_a_time_matches_autograd(monkeypatch, centering):
+    """Beyond FUSED_CENTRES_MAX_ENTRIES the weighted centres are built one output
+    at a time (an n x d buffer instead of n x K d): the same AGOP."""
+    monkeypatch.setattr(skdnc._agop, "FUSED_CENTRES_MAX_ENTRIES", 0)
+    _, C, alpha, M = _random_problem(4)
+    index = torch.tensor([1, 5, 8, 20])
+    # Each point's gradient without its own centre, by autograd.
+    J = torch.stack(
+        [
+            torch.func.jacrev(_reference_predictor(C, alpha, M, KERNELS[0], int(i)))(
+                C[i]
+            )
+            for i in index
+        ]
+    )
+    if centering:
+        J = J - J.mean(dim=0)
+    expected = torch.einsum("mkd,mke->de", J, J) / len(index)
+    got = kernel_agop(
+        C[index],
+        C,
+        alpha,
+        M,
+        KERNELS[0],
+        self_index=index,
+        centering=centering,
+        block_size=3,
+    )
     assert _rel(got, expected) < 1e-10
 
 

@@ -17,7 +17,7 @@ import skdnc
 #: Rows from the bottom up.
 LAYERS = (
     ("skdnc._backend",),
-    ("skdnc._linalg", "skdnc._base"),
+    ("skdnc._linalg", "skdnc._base", "skdnc._distributed"),
     ("skdnc.metrics",),
     ("skdnc.datasets", "skdnc._kernels"),
     ("skdnc._agop",),
