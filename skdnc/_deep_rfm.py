@@ -53,6 +53,7 @@ from skdnc.metrics._collapse import (
     _nc2_from_stats,
     _statistics,
 )
+from skdnc.metrics._readout import READOUT_RIDGE, _readout_scores, _ridge_readout
 
 
 # -- the estimator --------------------------------------------------------------------
@@ -124,8 +125,11 @@ class DeepRFMTransformer(
         and at the end, as Algorithm 1 does. ``None`` skips it (the variant of the
         paper's Section 4.2 analysis).
     record_metrics : bool, default=True
-        Measure NC1 and NC2 of every layer's three representations during
-        :meth:`fit` and store them in ``collapse_history_``.
+        Measure NC1 to NC4 and the Gram / label-kernel correlation of every
+        layer's three representations during :meth:`fit` and store them in
+        ``collapse_history_``. The Gram correlation and the ridge readout of
+        NC3/NC4 cost ``O(n d min(n, d))`` each per representation, less than the
+        layer's kernel matrix.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         Linear solver of the kernel machines (see :class:`RFMClassifier`).
     solver_params : dict, default=None
@@ -169,10 +173,19 @@ class DeepRFMTransformer(
         the centred, normalised class-mean Gram matrix from the simplex ETF's),
         ``"nc2_mse_s"`` (its mean squared entry, the paper code's NC2) and
         ``"gram_label_correlation_s"`` (correlation of the centred, normalised
-        Gram matrix with the label kernel, the statistic of Figure 1), each of
-        shape (L,), from
-        :func:`skdnc.metrics.neural_collapse_report`. ``None`` without
-        ``record_metrics``.
+        Gram matrix with the label kernel, the statistic of Figure 1), and
+        ``"nc3_s"`` and ``"nc4_s"``: NC3 (Frobenius form of
+        :func:`skdnc.metrics.nc3_score`) and NC4 (:func:`skdnc.metrics.nc4_score`)
+        of a *ridge readout* fitted to that representation, each of shape (L,).
+        The readout is ridge regression of the one-hot labels on the features
+        with an intercept and relative ridge ``1e-3`` (``lam = 1e-3 tr(X_c'
+        X_c) / min(n, d)``, ``X_c`` the centred features), the linear classifier
+        that the collapse theory's readout of a layer is; the layer's own kernel
+        machine is not linear in the features, so its coefficients have no
+        class-mean geometry to compare. Metric names are those of
+        :data:`skdnc.metrics.METRIC_NAMES`, stage names those of
+        :data:`skdnc.metrics.STAGES`. ``None`` without ``record_metrics``;
+        :func:`skdnc.metrics.history_to_frame` makes it a table.
     layer_times_ : ndarray of shape (L,)
         Seconds each layer took in :meth:`fit` (metrics recording included).
     classes_ : ndarray of shape (n_classes,)
@@ -531,38 +544,36 @@ def _feature_block_rows(X, width, budget):
 class _MetricsRecorder:
     """Per-layer collapse metrics of the three stages (see ``collapse_history_``)."""
 
-    #: Keys of :func:`skdnc.metrics.neural_collapse_report` and their history names.
-    METRICS = {
-        "nc1": "nc1",
-        "nc2": "nc2",
-        "nc2_mse": "nc2_mse",
-        "gram_label_correlation": "gram_label_correlation",
-    }
+    #: The metrics of the history (names of ``skdnc.metrics.METRIC_NAMES``).
+    METRICS = ("nc1", "nc2", "nc2_mse", "gram_label_correlation", "nc3", "nc4")
 
     def __init__(self, y_index):
         self.y_index = np.asarray(y_index)
         self.classes = np.unique(self.y_index)
         self.history = {"layer": []}
         for stage in STAGES:
-            for name in self.METRICS.values():
+            for name in self.METRICS:
                 self.history[f"{name}_{stage}"] = []
 
     def __call__(self, *representations):
         self.history["layer"].append(len(self.history["layer"]) + 1)
         for stage, Z in zip(STAGES, representations):
-            # The four statistics of the history from one set of class statistics
+            # The statistics of the history from one set of class statistics
             # (the full report also takes Papyan's NC1, a d x d pseudo-inverse).
-            stats = _statistics(
-                to_numpy(Z, np.float64), self.y_index, self.classes, "class_means"
-            )
+            Z = to_numpy(Z, np.float64)
+            stats = _statistics(Z, self.y_index, self.classes, "class_means")
+            W, b = _ridge_readout(Z, self.y_index, len(self.classes), READOUT_RIDGE)
+            nc3, nc4 = _readout_scores(stats, W, b)
             report = {
                 "nc1": _nc1_trace(stats),
                 "nc2": _nc2_from_stats(stats, "etf", "fro"),
                 "nc2_mse": _nc2_from_stats(stats, "etf", "mse"),
                 "gram_label_correlation": _gram_label_correlation(stats),
+                "nc3": nc3,
+                "nc4": nc4,
             }
-            for key, name in self.METRICS.items():
-                self.history[f"{name}_{stage}"].append(float(report[key]))
+            for name in self.METRICS:
+                self.history[f"{name}_{stage}"].append(float(report[name]))
 
     def result(self):
         return {key: np.asarray(values) for key, values in self.history.items()}
