@@ -205,9 +205,13 @@ def run(args):
     ratio = np.array(
         [h.probes[-1]["nc1"][-1][2] / h.probes[-1]["nc1"][0][0] for h in histories]
     )
+    nc3 = np.array([h.probes[-1]["nc3"] for h in histories], dtype=float)
+    nc4 = np.array([h.probes[-1]["nc4"] for h in histories], dtype=float)
     lines = [
         f"train accuracy {acc.mean():.4f} ± {acc.std():.4f}; "
         f"loss {summary['loss_mean'][-1]:.3e}",
+        f"readout {histories[0].probes[-1]['readout']!r}: NC3 {nc3.mean():.3f} ± "
+        f"{nc3.std():.3f}, NC4 {nc4.mean():.4f} ± {nc4.std():.4f}",
         f"NC1 last output / first input: {ratio.mean():.3e} ± {ratio.std():.3e}",
         f"share of the log NC1 reduction owed to S V^T: {share.mean():.3f} ± "
         f"{share.std():.3f}",
