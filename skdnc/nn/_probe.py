@@ -1578,6 +1578,30 @@ class CollapseProbe:
             "reduction": self.reduction,
         }
 
+    def to_frame(self):
+        """The measurements as a :class:`pandas.DataFrame`.
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+            One row per measured module, indexed by ``"layer"`` (its name), with
+            columns ``nc1``, ``nc1_pinv`` (when measured), ``nc2`` and
+            ``n_features``.
+
+        Raises
+        ------
+        ImportError
+            When pandas is not installed (it is optional).
+        """
+        pd = import_pandas("CollapseProbe.to_frame")
+        columns = {"nc1": self.nc1}
+        if self.nc1_pinv is not None:
+            columns["nc1_pinv"] = self.nc1_pinv
+        columns.update(nc2=self.nc2, n_features=self.n_features)
+        return pd.DataFrame(
+            columns, index=pd.Index(list(self.layer_names), name="layer")
+        )
+
 
 def _named_modules(model, layers):
     if layers is None:
