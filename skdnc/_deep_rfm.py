@@ -116,8 +116,8 @@ class DeepRFMTransformer(
         and 4096 for ``"cos"`` (the paper's widths).
     gamma : float, default=0.05
         Scale of the ``"cos"`` map's kernel (the paper's 0.05 for MNIST, 0.1 for
-        CIFAR-10 and SVHN). The cos map sees :math:`\gamma` times absolute
-        :math:`\ell_1` distances, whose size the AGOP's normalisation and the
+        CIFAR-10 and SVHN). The cos map sees :math:`\\gamma` times absolute
+        :math:`\\ell_1` distances, whose size the AGOP's normalisation and the
         width set: with the default ``agop_normalization="max"``, NC1 of the
         layer inputs stalls at large widths, while ``agop_normalization="trace"``
         with ``gamma = 5 / width`` collapses geometrically (the user guide's
