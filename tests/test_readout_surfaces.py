@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import Ridge
+from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
 from skdnc import DeepRFMTransformer
@@ -254,3 +255,29 @@ def test_network_probe_nc4_is_the_nearest_mean_disagreement(seed, K, batch_size)
     predicted = net(torch.as_tensor(X)).argmax(1).numpy()
     expected = np.mean(predicted != _nearest_mean_loop(Hx, y))
     assert probe.nc4 == pytest.approx(expected)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.floats(1e-3, 1e3),
+    shift=st.floats(-10.0, 10.0),
+)
+def test_scorer_ridge_readout_is_invariant_to_similarity_maps(seed, scale, shift):
+    # The relative ridge and the intercept make NC3 and NC4 of the ridge readout
+    # invariant to X -> c X Q + b, as NC1 and NC2 are.
+    rng = np.random.default_rng(seed)
+    y = np.arange(30) % 3
+    X = rng.normal(size=(3, 4))[y] + 0.7 * rng.normal(size=(30, 4))
+    Q = _rotation_of(4, seed)
+    base = NeuralCollapseScorer().fit(X, y)
+    moved = NeuralCollapseScorer().fit(scale * X @ Q + shift, y)
+    assert np.isfinite(base.nc3_)
+    assert moved.nc3_ == pytest.approx(base.nc3_, rel=1e-6, abs=1e-9)
+    assert moved.nc4_ == base.nc4_
+
+
+def test_scorer_readout_without_coef_is_refused():
+    X, y = np.random.default_rng(0).normal(size=(12, 3)), np.arange(12) % 3
+    with pytest.raises(TypeError, match="NC3 needs a linear readout with coef_"):
+        NeuralCollapseScorer(readout=KNeighborsClassifier(n_neighbors=1)).fit(X, y)

@@ -13,6 +13,7 @@ import re
 import matplotlib
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from skdnc import DeepRFMTransformer, NFAProbe
 from skdnc import __main__ as deep_rfm_command
@@ -80,8 +81,6 @@ def _check(obj, where="output"):
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
     X, y = load_digits(return_X_y=True)
     return X[:120].astype(np.float32), y[:120]
 

@@ -265,8 +265,9 @@ def _readout_weights(estimator):
     coef = getattr(final, "coef_", None)
     if coef is None:
         raise TypeError(
-            "NC3 needs a linear readout: a Pipeline whose final step has coef_ "
-            f"(e.g. LogisticRegression, RidgeClassifier); got {type(final).__name__}."
+            "NC3 needs a linear readout with coef_ (a Pipeline's final step, or "
+            "NeuralCollapseScorer's readout), e.g. LogisticRegression or "
+            f"RidgeClassifier; got {type(final).__name__}."
         )
     return coef
 
