@@ -132,9 +132,14 @@ class DeepRFMTransformer(
     record_metrics : bool, default=True
         Measure NC1 to NC4 and the Gram / label-kernel correlation of every
         layer's three representations during :meth:`fit` and store them in
-        ``collapse_history_``. The Gram correlation and the ridge readout of
-        NC3/NC4 cost ``O(n d min(n, d))`` each per representation, less than the
-        layer's kernel matrix.
+        ``collapse_history_``. The Gram correlation costs ``O(n d min(n, d))``
+        per representation, less than the layer's kernel matrix; NC1 and NC2
+        cost ``O(n d K)``.
+    record_readout : bool, default=True
+        With ``record_metrics``, also measure NC3 and NC4 of a ridge readout of
+        every representation (see ``collapse_history_``), which costs another
+        ``O(n d min(n, d))`` per representation, in float64 on the CPU; when
+        False their entries are NaN.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         Linear solver of the kernel machines (see :class:`RFMClassifier`).
     solver_params : dict, default=None
@@ -181,7 +186,8 @@ class DeepRFMTransformer(
         Gram matrix with the label kernel, the statistic of Figure 1), and
         ``"nc3_s"`` and ``"nc4_s"``: NC3 (Frobenius form of
         :func:`skdnc.metrics.nc3_score`) and NC4 (:func:`skdnc.metrics.nc4_score`)
-        of a *ridge readout* fitted to that representation, each of shape (L,).
+        of a *ridge readout* fitted to that representation (NaN without
+        ``record_readout``), each of shape (L,).
         The readout is ridge regression of the one-hot labels on the features
         with an intercept and relative ridge ``1e-3`` (``lam = 1e-3 tr(X_c'
         X_c) / min(n, d)``, ``X_c`` the centred features), the linear classifier
@@ -259,6 +265,7 @@ class DeepRFMTransformer(
         "target_coding": [StrOptions({"pm1", "onehot"})],
         "normalize": [StrOptions({"rows"}), None],
         "record_metrics": ["boolean"],
+        "record_readout": ["boolean"],
     }
 
     def __init__(
@@ -279,6 +286,7 @@ class DeepRFMTransformer(
         target_coding="pm1",
         normalize="rows",
         record_metrics=True,
+        record_readout=True,
         solver="auto",
         solver_params=None,
         device="auto",
@@ -303,6 +311,7 @@ class DeepRFMTransformer(
         self.target_coding = target_coding
         self.normalize = normalize
         self.record_metrics = record_metrics
+        self.record_readout = record_readout
         self.solver = solver
         self.solver_params = solver_params
         self.device = device
@@ -381,7 +390,9 @@ class DeepRFMTransformer(
         Y = to_tensor(
             class_targets(y_index, n_classes, self.target_coding), device, dtype
         )
-        record = _MetricsRecorder(y_index) if self.record_metrics else None
+        record = None
+        if self.record_metrics:
+            record = _MetricsRecorder(y_index, readout=bool(self.record_readout))
 
         Xl = to_tensor(X, device, dtype)
         powers, weights, offsets = [], [], []
@@ -552,7 +563,8 @@ class _MetricsRecorder:
     #: The metrics of the history (names of ``skdnc.metrics.METRIC_NAMES``).
     METRICS = ("nc1", "nc2", "nc2_mse", "gram_label_correlation", "nc3", "nc4")
 
-    def __init__(self, y_index):
+    def __init__(self, y_index, *, readout=True):
+        self.readout = readout
         self.y_index = np.asarray(y_index)
         self.classes = np.unique(self.y_index)
         self.history = {"layer": []}
@@ -567,8 +579,11 @@ class _MetricsRecorder:
             # (the full report also takes Papyan's NC1, a d x d pseudo-inverse).
             Z = to_numpy(Z, np.float64)
             stats = _statistics(Z, self.y_index, self.classes, "class_means")
-            W, b = _ridge_readout(Z, self.y_index, len(self.classes), READOUT_RIDGE)
-            nc3, nc4 = _readout_scores(stats, W, b)
+            nc3 = nc4 = float("nan")
+            if self.readout:
+                K = len(self.classes)
+                W, b = _ridge_readout(Z, self.y_index, K, READOUT_RIDGE)
+                nc3, nc4 = _readout_scores(stats, W, b)
             report = {
                 "nc1": _nc1_trace(stats),
                 "nc2": _nc2_from_stats(stats, "etf", "fro"),

@@ -281,3 +281,17 @@ def test_scorer_readout_without_coef_is_refused():
     X, y = np.random.default_rng(0).normal(size=(12, 3)), np.arange(12) % 3
     with pytest.raises(TypeError, match="NC3 needs a linear readout with coef_"):
         NeuralCollapseScorer(readout=KNeighborsClassifier(n_neighbors=1)).fit(X, y)
+
+
+def test_deep_rfm_record_readout_false_leaves_nan_and_the_rest_unchanged():
+    X, y = _data(45, 6, 3, seed=2)
+    full = DeepRFMTransformer(L=2, width=16, random_state=0).fit(X, y)
+    lean = DeepRFMTransformer(L=2, width=16, random_state=0, record_readout=False)
+    lean.fit(X, y)
+    assert full.collapse_history_.keys() == lean.collapse_history_.keys()
+    for key, values in lean.collapse_history_.items():
+        if key.startswith(("nc3_", "nc4_")):
+            assert np.all(np.isnan(values))
+            assert np.all(np.isfinite(full.collapse_history_[key]))
+        else:
+            np.testing.assert_array_equal(values, full.collapse_history_[key])
