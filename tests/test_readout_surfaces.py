@@ -11,7 +11,7 @@ from sklearn.linear_model import Ridge
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
-from skdnc import DeepRFMTransformer
+from skdnc import DeepRFMTransformer, NFAProbe
 from skdnc.metrics import NeuralCollapseScorer
 from skdnc.nn import probe_network
 
@@ -295,3 +295,14 @@ def test_deep_rfm_record_readout_false_leaves_nan_and_the_rest_unchanged():
             assert np.all(np.isfinite(full.collapse_history_[key]))
         else:
             np.testing.assert_array_equal(values, full.collapse_history_[key])
+
+
+def test_nfa_probe_reports_the_network_readout():
+    X, y = _data(30, 4, 3, seed=5)
+    net = _two_layer_net(4, 6, 3, seed=5)
+    nfa = NFAProbe(net).fit(X, y)
+    direct = probe_network(net, X, y)
+    assert nfa.nc3_ == pytest.approx(direct.nc3)
+    assert nfa.nc4_ == pytest.approx(direct.nc4)
+    drfm = DeepRFMTransformer(L=1, width=8, random_state=0).fit(X, y)
+    assert np.isnan(NFAProbe(drfm).fit(X, y).nc3_)
