@@ -238,3 +238,20 @@ def normalize_rows(X, *, inplace=True):
         np.divide(out, np.maximum(np.abs(out).max(axis=1, keepdims=True), 1.0), out=out)
         norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
     return np.divide(out, norms, out=out, where=norms > 0)
+
+
+def import_pandas(what):
+    """The pandas module, or an ImportError naming ``what`` needs it and the fix.
+
+    pandas is optional (it is in the ``tests`` extra); only the ``to_frame``
+    methods need it.
+    """
+    try:
+        import pandas
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs pandas, which is not installed. Install it with "
+            "`pip install pandas` (or `pip install skdnc[tests]`), or use the "
+            "plain dict instead (to_dict() / the history dict itself)."
+        ) from exc
+    return pandas

@@ -54,6 +54,7 @@ from skdnc.metrics._collapse import (
     _nc2_from_stats,
     _statistics,
 )
+from skdnc.metrics._readout import READOUT_RIDGE, _readout_scores, _ridge_readout
 
 
 # -- the estimator --------------------------------------------------------------------
@@ -116,7 +117,12 @@ class DeepRFMTransformer(
         and 4096 for ``"cos"`` (the paper's widths).
     gamma : float, default=0.05
         Scale of the ``"cos"`` map's kernel (the paper's 0.05 for MNIST, 0.1 for
-        CIFAR-10 and SVHN).
+        CIFAR-10 and SVHN). The cos map sees :math:`\\gamma` times absolute
+        :math:`\\ell_1` distances, whose size the AGOP's normalisation and the
+        width set: with the default ``agop_normalization="max"``, NC1 of the
+        layer inputs stalls at large widths, while ``agop_normalization="trace"``
+        with ``gamma = 5 / width`` collapses geometrically (the user guide's
+        section on fidelity).
     target_coding : {"pm1", "onehot"}, default="pm1"
         Targets of each kernel machine: +1 for the class and -1 elsewhere (the
         paper's coding), or 1 and 0.
@@ -125,8 +131,16 @@ class DeepRFMTransformer(
         and at the end, as Algorithm 1 does. ``None`` skips it (the variant of the
         paper's Section 4.2 analysis).
     record_metrics : bool, default=True
-        Measure NC1 and NC2 of every layer's three representations during
-        :meth:`fit` and store them in ``collapse_history_``.
+        Measure NC1 to NC4 and the Gram / label-kernel correlation of every
+        layer's three representations during :meth:`fit` and store them in
+        ``collapse_history_``. The Gram correlation costs ``O(n d min(n, d))``
+        per representation, less than the layer's kernel matrix; NC1 and NC2
+        cost ``O(n d K)``.
+    record_readout : bool, default=True
+        With ``record_metrics``, also measure NC3 and NC4 of a ridge readout of
+        every representation (see ``collapse_history_``), which costs another
+        ``O(n d min(n, d))`` per representation, in float64 on the CPU; when
+        False their entries are NaN.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         Linear solver of the kernel machines (see :class:`RFMClassifier`).
     solver_params : dict, default=None
@@ -180,10 +194,20 @@ class DeepRFMTransformer(
         the centred, normalised class-mean Gram matrix from the simplex ETF's),
         ``"nc2_mse_s"`` (its mean squared entry, the paper code's NC2) and
         ``"gram_label_correlation_s"`` (correlation of the centred, normalised
-        Gram matrix with the label kernel, the statistic of Figure 1), each of
-        shape (L,), from
-        :func:`skdnc.metrics.neural_collapse_report`. ``None`` without
-        ``record_metrics``.
+        Gram matrix with the label kernel, the statistic of Figure 1), and
+        ``"nc3_s"`` and ``"nc4_s"``: NC3 (Frobenius form of
+        :func:`skdnc.metrics.nc3_score`) and NC4 (:func:`skdnc.metrics.nc4_score`)
+        of a *ridge readout* fitted to that representation (NaN without
+        ``record_readout``), each of shape (L,).
+        The readout is ridge regression of the one-hot labels on the features
+        with an intercept and relative ridge ``1e-3`` (``lam = 1e-3 tr(X_c'
+        X_c) / min(n, d)``, ``X_c`` the centred features), the linear classifier
+        that the collapse theory's readout of a layer is; the layer's own kernel
+        machine is not linear in the features, so its coefficients have no
+        class-mean geometry to compare. Metric names are those of
+        :data:`skdnc.metrics.METRIC_NAMES`, stage names those of
+        :data:`skdnc.metrics.STAGES`. ``None`` without ``record_metrics``;
+        :func:`skdnc.metrics.history_to_frame` makes it a table.
     layer_times_ : ndarray of shape (L,)
         Seconds each layer took in :meth:`fit` (metrics recording included).
     classes_ : ndarray of shape (n_classes,)
@@ -252,6 +276,7 @@ class DeepRFMTransformer(
         "target_coding": [StrOptions({"pm1", "onehot"})],
         "normalize": [StrOptions({"rows"}), None],
         "record_metrics": ["boolean"],
+        "record_readout": ["boolean"],
     }
 
     def __init__(
@@ -272,6 +297,7 @@ class DeepRFMTransformer(
         target_coding="pm1",
         normalize="rows",
         record_metrics=True,
+        record_readout=True,
         solver="auto",
         solver_params=None,
         device="auto",
@@ -297,6 +323,7 @@ class DeepRFMTransformer(
         self.target_coding = target_coding
         self.normalize = normalize
         self.record_metrics = record_metrics
+        self.record_readout = record_readout
         self.solver = solver
         self.solver_params = solver_params
         self.device = device
@@ -381,7 +408,9 @@ class DeepRFMTransformer(
         Y = to_tensor(
             class_targets(y_index, n_classes, self.target_coding), device, dtype
         )
-        record = _MetricsRecorder(y_index) if self.record_metrics else None
+        record = None
+        if self.record_metrics:
+            record = _MetricsRecorder(y_index, readout=bool(self.record_readout))
         if comm is not None:
             comm.check_same("X and y", X, y_index)
 
@@ -565,38 +594,40 @@ def _feature_block_rows(X, width, budget):
 class _MetricsRecorder:
     """Per-layer collapse metrics of the three stages (see ``collapse_history_``)."""
 
-    #: Keys of :func:`skdnc.metrics.neural_collapse_report` and their history names.
-    METRICS = {
-        "nc1": "nc1",
-        "nc2": "nc2",
-        "nc2_mse": "nc2_mse",
-        "gram_label_correlation": "gram_label_correlation",
-    }
+    #: The metrics of the history (names of ``skdnc.metrics.METRIC_NAMES``).
+    METRICS = ("nc1", "nc2", "nc2_mse", "gram_label_correlation", "nc3", "nc4")
 
-    def __init__(self, y_index):
+    def __init__(self, y_index, *, readout=True):
+        self.readout = readout
         self.y_index = np.asarray(y_index)
         self.classes = np.unique(self.y_index)
         self.history = {"layer": []}
         for stage in STAGES:
-            for name in self.METRICS.values():
+            for name in self.METRICS:
                 self.history[f"{name}_{stage}"] = []
 
     def __call__(self, *representations):
         self.history["layer"].append(len(self.history["layer"]) + 1)
         for stage, Z in zip(STAGES, representations):
-            # The four statistics of the history from one set of class statistics
+            # The statistics of the history from one set of class statistics
             # (the full report also takes Papyan's NC1, a d x d pseudo-inverse).
-            stats = _statistics(
-                to_numpy(Z, np.float64), self.y_index, self.classes, "class_means"
-            )
+            Z = to_numpy(Z, np.float64)
+            stats = _statistics(Z, self.y_index, self.classes, "class_means")
+            nc3 = nc4 = float("nan")
+            if self.readout:
+                K = len(self.classes)
+                W, b = _ridge_readout(Z, self.y_index, K, READOUT_RIDGE)
+                nc3, nc4 = _readout_scores(stats, W, b)
             report = {
                 "nc1": _nc1_trace(stats),
                 "nc2": _nc2_from_stats(stats, "etf", "fro"),
                 "nc2_mse": _nc2_from_stats(stats, "etf", "mse"),
                 "gram_label_correlation": _gram_label_correlation(stats),
+                "nc3": nc3,
+                "nc4": nc4,
             }
-            for key, name in self.METRICS.items():
-                self.history[f"{name}_{stage}"].append(float(report[key]))
+            for name in self.METRICS:
+                self.history[f"{name}_{stage}"].append(float(report[name]))
 
     def result(self):
         return {key: np.asarray(values) for key, values in self.history.items()}

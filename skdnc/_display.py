@@ -15,11 +15,18 @@ from skdnc._backend import normalize_rows
 from skdnc.metrics._collapse import STAGES
 from skdnc.nn import aggregate_histories
 
-#: How each metric is labelled on an axis.
+#: How each metric of :data:`skdnc.metrics.METRIC_NAMES` is labelled on an axis.
 METRIC_LABELS = {
     "nc1": "NC1: tr $\\Sigma_W$ / tr $\\Sigma_B$",
+    "nc1_pinv": "NC1: tr($\\Sigma_W \\Sigma_B^+$) / K",
+    "nc1_paper_code": "NC1 / K (reference code)",
     "nc2": "NC2: $\\|\\bar\\mu\\bar\\mu^\\top - \\Sigma_{ETF}\\|_F$",
     "nc2_mse": "NC2, mean squared entry",
+    "nc2_orthogonal": "NC2 to an orthogonal frame",
+    "nc2_orthogonal_mse": "NC2 to an orthogonal frame, mean squared entry",
+    "nc3": "NC3: $\\|W/\\|W\\|_F - \\dot M/\\|\\dot M\\|_F\\|_F$",
+    "nc4": "NC4: disagreement with nearest class mean",
+    "cdnv": "CDNV",
     "gram_label_correlation": "Gram / label-kernel correlation",
 }
 #: Colours of the stages, the same in every figure.
@@ -120,7 +127,7 @@ class CollapseDisplay:
         if unknown:
             raise ValueError(
                 f"metrics {unknown} are not in collapse_history_; choose from "
-                f"{sorted(METRIC_LABELS)}."
+                f"{[m for m in METRIC_LABELS if f'{m}_{STAGES[0]}' in history]}."
             )
         p = getattr(estimator, "agop_power", 0.5)
         power = "1/2" if p == 0.5 else f"{p:g}"

@@ -104,6 +104,13 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         \\sum_l \\log(\\mathrm{NC1^{in}_l}/\\mathrm{NC1^{out}_l})` (NaN for an RFM).
     stages_ : tuple of str
         ``("input", "projection", "output")``.
+    nc3_ : float
+        NC3 of a network's own readout (see ``readout`` of
+        :func:`skdnc.nn.probe_network`); NaN for an RFM or a Deep RFM, which
+        have no linear readout (Deep RFM's ``collapse_history_`` holds NC3 of a
+        ridge readout of every layer).
+    nc4_ : float
+        NC4 of a network's own readout; NaN for an RFM or a Deep RFM.
     probe_ : skdnc.nn.NetworkProbe
         Every measurement, as :func:`skdnc.nn.probe_network` returns it.
     layer_names_ : ndarray of str of shape (n_layers,)
@@ -221,6 +228,8 @@ class NFAProbe(PassthroughMixin, OneToOneFeatureMixin, TransformerMixin, BaseEst
         )
         self.stages_ = STAGES
         self.svd_share_ = probe.right_share
+        self.nc3_ = float(probe.nc3)
+        self.nc4_ = float(probe.nc4)
         return self
 
     def _probe_network(self, model, X, y_index):

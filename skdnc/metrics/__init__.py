@@ -3,10 +3,13 @@
 The functions compute in float64 on features of any float dtype (NumPy, pandas,
 torch) and labels of any type; :class:`NeuralCollapseScorer` measures them inside
 a pipeline, and :func:`make_collapse_scorer` turns them into ``scoring=``
-callables for cross-validation.
+callables for cross-validation. :data:`STAGES` and :data:`METRIC_NAMES` are the
+one vocabulary of stage and metric names that every output of skdnc uses.
 """
 
 from skdnc.metrics._collapse import (
+    METRIC_NAMES,
+    STAGES,
     ClassStatistics,
     cdnv_score,
     class_statistics,
@@ -15,6 +18,7 @@ from skdnc.metrics._collapse import (
     nc2_score,
     neural_collapse_report,
 )
+from skdnc.metrics._frame import history_to_frame
 from skdnc.metrics._readout import nc3_score, nc4_score
 from skdnc.metrics._scorer import (
     NeuralCollapseScorer,
@@ -30,6 +34,8 @@ from skdnc.metrics._scorer import (
 from skdnc.metrics._streaming import CollapseAccumulator
 
 __all__ = [
+    "METRIC_NAMES",
+    "STAGES",
     "ClassStatistics",
     "CollapseAccumulator",
     "NeuralCollapseScorer",
@@ -37,6 +43,7 @@ __all__ = [
     "class_statistics",
     "gram_label_correlation",
     "gram_label_correlation_scorer",
+    "history_to_frame",
     "make_collapse_scorer",
     "nc1_score",
     "nc2_score",

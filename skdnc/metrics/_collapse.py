@@ -66,6 +66,26 @@ _XY = {"X": ["array-like"], "y": ["array-like"]}
 #: ``S V^T h`` of a network weight ``W = U S V^T``) and its output.
 STAGES = ("input", "projection", "output")
 
+#: Every metric name a public output of skdnc uses, as a key or in a key
+#: ``f"{metric}_{stage}"``: NC1 (trace form, Papyan's pseudo-inverse form and the
+#: reference code's ``/K`` scaling), NC2 (Frobenius and mean squared entry, to the
+#: simplex ETF or to an orthogonal frame), NC3, NC4, CDNV and the Gram / label-kernel
+#: correlation. One vocabulary: the estimators, probes, commands and figures use
+#: these names and no others.
+METRIC_NAMES = (
+    "nc1",
+    "nc1_pinv",
+    "nc1_paper_code",
+    "nc2",
+    "nc2_mse",
+    "nc2_orthogonal",
+    "nc2_orthogonal_mse",
+    "nc3",
+    "nc4",
+    "cdnv",
+    "gram_label_correlation",
+)
+
 
 def _encode_labels(y):
     """Class index of every sample and the sorted classes, for 2 classes or more."""

@@ -139,11 +139,68 @@ def nc4_score(X, y, y_pred):
             f"{[_label(v) for v in unknown[:5]]}."
         )
     stats = _statistics(X, y_index, classes, "class_means")
-    M = stats.means
+    nearest = classes[_nearest_mean(X, stats.means)]
+    return float(np.mean(nearest != y_pred))
+
+
+def _nearest_mean(X, means):
+    """Index of the nearest row of ``means`` for every row of ``X`` (float64)."""
     D2 = (
         np.einsum("ij,ij->i", X, X)[:, None]
-        - 2 * X @ M.T
-        + np.einsum("ij,ij->i", M, M)[None, :]
+        - 2 * X @ means.T
+        + np.einsum("ij,ij->i", means, means)[None, :]
     )
-    nearest = classes[np.argmin(D2, axis=1)]
-    return float(np.mean(nearest != y_pred))
+    return np.argmin(D2, axis=1)
+
+
+#: Relative ridge of the readout that NC3 and NC4 measure where a representation
+#: has no classifier of its own (see :func:`_ridge_readout`).
+READOUT_RIDGE = 1e-3
+
+
+def _ridge_readout(X, y_index, n_classes, ridge=READOUT_RIDGE):
+    """Ridge regression of one-hot labels on features, with an intercept.
+
+    The readout of a representation that has no linear classifier of its own
+    (a Deep RFM layer, a pipeline step): ``W`` minimises
+    ``||X_c W' - Y_c||_F^2 + lam ||W||_F^2`` with ``X_c`` and ``Y_c`` the features
+    and one-hot targets centred by their sample means, and ``b = mean(Y) - W
+    mean(X)``. ``lam = ridge * tr(X_c' X_c) / min(N, d)`` scales with the
+    features, so the readout is invariant to ``X -> c X``. Solved through the
+    smaller of the ``d x d`` and ``N x N`` Gram matrices, in float64.
+
+    On exactly collapsed, balanced features whose centred class means ``H`` form a
+    simplex ETF, ``W`` is a positive multiple of ``H`` (so NC3 is 0) and the
+    readout is the nearest-class-mean rule (NC4 is 0).
+
+    Returns
+    -------
+    W : ndarray of shape (n_classes, n_features)
+    b : ndarray of shape (n_classes,)
+    """
+    N, d = X.shape
+    Y = np.zeros((N, n_classes))
+    Y[np.arange(N), y_index] = 1.0
+    x_mean, y_mean = X.mean(axis=0), Y.mean(axis=0)
+    Xc, Yc = X - x_mean, Y - y_mean
+    if d <= N:
+        G = Xc.T @ Xc
+        lam = ridge * np.trace(G) / min(N, d)
+        G[np.diag_indices_from(G)] += lam if lam > 0 else 1.0
+        W = np.linalg.solve(G, Xc.T @ Yc).T
+    else:
+        G = Xc @ Xc.T
+        lam = ridge * np.trace(G) / min(N, d)
+        G[np.diag_indices_from(G)] += lam if lam > 0 else 1.0
+        W = (Xc.T @ np.linalg.solve(G, Yc)).T
+    return W, y_mean - W @ x_mean
+
+
+def _readout_scores(stats, W, b):
+    """NC3 (Frobenius form) and NC4 of the affine readout ``x -> W x + b`` on the
+    samples of ``stats``; rows of ``W`` in class order."""
+    X = stats._X
+    nc3 = _nc3_from_means(stats.centered_means, W, "fro")
+    predicted = np.argmax(X @ W.T + b, axis=1)
+    nc4 = float(np.mean(predicted != _nearest_mean(X, stats.means)))
+    return nc3, nc4

@@ -6,9 +6,11 @@ from sklearn.base import (
     OneToOneFeatureMixin,
     TransformerMixin,
     _fit_context,
+    clone,
 )
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import (
+    HasMethods,
     StrOptions,
     validate_parameter_constraints,
     validate_params,
@@ -36,6 +38,9 @@ from skdnc.metrics._collapse import (
 from skdnc.metrics._readout import (
     NC3_CONSTRAINTS,
     NC4_CONSTRAINTS,
+    READOUT_RIDGE,
+    _readout_scores,
+    _ridge_readout,
     nc3_score,
     nc4_score,
 )
@@ -48,6 +53,8 @@ __all__ = [
     "neg_nc1_pinv_scorer",
     "neg_nc1_scorer",
     "neg_nc2_scorer",
+    "neg_nc3_scorer",
+    "neg_nc4_scorer",
 ]
 
 
@@ -56,8 +63,9 @@ class NeuralCollapseScorer(
 ):
     """Pass-through transformer that measures neural collapse of what flows through.
 
-    ``fit(X, y)`` measures NC1, NC2, CDNV and the Gram / label-kernel correlation
-    of ``X`` and stores them as fitted attributes; ``transform(X)`` returns ``X``
+    ``fit(X, y)`` measures NC1, NC2, CDNV, the Gram / label-kernel correlation
+    and NC3 and NC4 of a linear readout fitted to ``X`` and stores them as fitted
+    attributes; ``transform(X)`` returns ``X``
     unchanged. Placed between pipeline steps, it records the collapse of the
     training representation at that point, e.g.
     ``make_pipeline(DeepRFMTransformer(), NeuralCollapseScorer(), RFMClassifier())``.
@@ -83,6 +91,15 @@ class NeuralCollapseScorer(
         Whether to compute ``gram_label_correlation_``, which costs
         ``O(N d min(N, d))`` time; the other metrics cost ``O(N d K)``. When
         False the attribute is ``nan``.
+    readout : "ridge", classifier or None, default="ridge"
+        The linear classifier whose NC3 and NC4 are measured, fitted to ``(X, y)``
+        in :meth:`fit` (a pass-through step does not see the pipeline's final
+        estimator). ``"ridge"``: ridge regression of the one-hot labels with an
+        intercept and relative ridge ``1e-3`` (``lam = 1e-3 tr(X_c' X_c) /
+        min(N, d)`` with ``X_c`` the centred features), costing
+        ``O(N d min(N, d))``; a classifier with ``coef_`` (e.g.
+        :class:`~sklearn.linear_model.LogisticRegression`) is cloned and fitted;
+        ``None`` skips both (``nan``).
 
     Attributes
     ----------
@@ -98,6 +115,12 @@ class NeuralCollapseScorer(
         Class-distance normalised variance, see :func:`cdnv_score`.
     gram_label_correlation_ : float
         See :func:`gram_label_correlation`.
+    nc3_ : float
+        NC3 of the readout, Frobenius form (:func:`nc3_score`).
+    nc4_ : float
+        NC4 of the readout's predictions on ``X`` (:func:`nc4_score`).
+    readout_ : estimator or None
+        The fitted classifier when ``readout`` is one.
     classes_ : ndarray of shape (n_classes,)
         Class labels seen in ``fit``.
     class_counts_ : ndarray of shape (n_classes,)
@@ -140,6 +163,7 @@ class NeuralCollapseScorer(
         "nc2_target": NC2_CONSTRAINTS["target"],
         "nc2_kind": NC2_CONSTRAINTS["kind"],
         "gram_correlation": ["boolean"],
+        "readout": [StrOptions({"ridge"}), HasMethods(["fit", "predict"]), None],
     }
 
     def __init__(
@@ -151,6 +175,7 @@ class NeuralCollapseScorer(
         nc2_target="etf",
         nc2_kind="fro",
         gram_correlation=True,
+        readout="ridge",
     ):
         self.kind = kind
         self.global_mean = global_mean
@@ -158,6 +183,7 @@ class NeuralCollapseScorer(
         self.nc2_target = nc2_target
         self.nc2_kind = nc2_kind
         self.gram_correlation = gram_correlation
+        self.readout = readout
 
     @_fit_context(prefer_skip_nested_validation=True)
     @atomic_fit
@@ -192,6 +218,15 @@ class NeuralCollapseScorer(
         self.gram_label_correlation_ = (
             _gram_label_correlation(stats) if self.gram_correlation else float("nan")
         )
+        self.readout_ = None
+        self.nc3_ = self.nc4_ = float("nan")
+        if self.readout == "ridge":
+            W, b = _ridge_readout(stats._X, y_index, len(classes), READOUT_RIDGE)
+            self.nc3_, self.nc4_ = _readout_scores(stats, W, b)
+        elif self.readout is not None:
+            self.readout_ = clone(self.readout).fit(X, y)
+            self.nc3_ = nc3_score(X, y, _readout_weights(self.readout_))
+            self.nc4_ = nc4_score(X, y, self.readout_.predict(X))
         return self
 
 
@@ -230,8 +265,9 @@ def _readout_weights(estimator):
     coef = getattr(final, "coef_", None)
     if coef is None:
         raise TypeError(
-            "NC3 needs a linear readout: a Pipeline whose final step has coef_ "
-            f"(e.g. LogisticRegression, RidgeClassifier); got {type(final).__name__}."
+            "NC3 needs a linear readout with coef_ (a Pipeline's final step, or "
+            "NeuralCollapseScorer's readout), e.g. LogisticRegression or "
+            f"RidgeClassifier; got {type(final).__name__}."
         )
     return coef
 

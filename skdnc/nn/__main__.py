@@ -20,13 +20,23 @@ MNIST), 500 epochs, 3 seeds. For the bundled digits they are sized for a CPU: 50
 class-balanced points, width 128, init scale 0.5, learning rate 0.4, 200 epochs, 2
 seeds; with the paper's learning rate 0.05 and init 0.3 an MLP needs on the order
 of 1000 epochs on digits to leave the small-initialisation plateau.
+
+``--model package.module:factory --checkpoint PATH`` probes a network of your own
+instead: the factory is imported and called, the checkpoint (a ``state_dict``) is
+loaded with ``torch.load(weights_only=True)``, and the model is probed on the data
+set (:func:`skdnc.nn.probe_network`: NC1/NC2 by stage, the NFA, and NC3/NC4 of its
+readout), with the same table, figure and JSON outputs.
 """
 
 import argparse
+import importlib
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from skdnc._backend import resolve_device
 from skdnc._cli import (
@@ -40,10 +50,11 @@ from skdnc._cli import (
     positive_int,
 )
 from skdnc._cli import main as run_command
-from skdnc._display import SVDSplitDisplay, TrainingHistoryDisplay
+from skdnc._display import CollapseDisplay, SVDSplitDisplay, TrainingHistoryDisplay
 from skdnc._presets import default_preset, describe, network_settings
 from skdnc.datasets import load_dataset
-from skdnc.nn import aggregate_histories, make_model, train_seeds
+from skdnc.metrics._collapse import STAGES
+from skdnc.nn import aggregate_histories, make_model, probe_network, train_seeds
 
 #: The keys of a run's settings that the presets control.
 SETTINGS = (
@@ -115,6 +126,33 @@ def build_parser():
         type=positive_int,
         help="epochs between measurements " + _preset_help("measure_every"),
     )
+    user = parser.add_argument_group(
+        "your own model",
+        "Probe a trained network of yours instead of training one: the training "
+        "options above are then ignored.",
+    )
+    user.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="a function that builds your network, as package.module:function "
+        "(importable from the current folder or PYTHONPATH); it is called without "
+        "arguments and must return a torch.nn.Module",
+    )
+    user.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="a state_dict saved with torch.save(model.state_dict(), PATH) (or a "
+        "dict holding one under 'state_dict'), loaded into --model with "
+        "torch.load(weights_only=True); without it the model is probed as the "
+        "factory builds it",
+    )
+    user.add_argument(
+        "--input",
+        choices=("flat", "image"),
+        default="flat",
+        help="shape of the inputs given to --model: flat rows, or images "
+        "(channels, height, width)",
+    )
     return parser
 
 
@@ -134,8 +172,109 @@ def preset_defaults(args):
 
 
 def parse(argv=None):
-    """Parsed and validated arguments, with the data set's preset applied."""
-    return parse_args(build_parser(), argv, preset_defaults)
+    """Parsed and validated arguments, with the data set's preset applied.
+
+    With ``--model``, the model is built (and its checkpoint loaded) here, so that
+    a bad spec or checkpoint stops the command with a usage error; it is kept in
+    ``args.user_model``.
+    """
+    parser = build_parser()
+    args = parse_args(parser, argv, preset_defaults)
+    args.user_model = None
+    if args.checkpoint is not None and args.model is None:
+        parser.error("--checkpoint needs --model, the function that builds the net.")
+    if args.model is not None:
+        try:
+            args.user_model = load_user_model(args.model, args.checkpoint)
+        except ValueError as exc:
+            parser.error(str(exc))
+    return args
+
+
+def load_user_model(spec, checkpoint=None):
+    """Build a network from ``"package.module:factory"`` and load its weights.
+
+    Parameters
+    ----------
+    spec : str
+        ``"package.module:factory"``; ``factory`` may be a dotted attribute path
+        (``"pkg.mod:Class.build"``). It is called without arguments.
+    checkpoint : str or path-like, default=None
+        A ``state_dict`` saved with :func:`torch.save`, or a dict holding one under
+        ``"state_dict"``; read with ``torch.load(weights_only=True)`` (no pickled
+        code runs) onto the CPU.
+
+    Returns
+    -------
+    model : torch.nn.Module
+
+    Raises
+    ------
+    ValueError
+        For a spec that is not ``module:factory``, a module that cannot be
+        imported, a missing attribute, a factory that does not return a
+        ``torch.nn.Module``, and a checkpoint that is missing, unreadable or does
+        not fit the model.
+    """
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"--model {spec!r} is not of the form package.module:factory (e.g. "
+            "mypkg.nets:build_model)."
+        )
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"--model {spec!r}: cannot import module {module_name!r} ({exc}). Run "
+            "from the folder that holds it, or add that folder to PYTHONPATH."
+        ) from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(
+                f"--model {spec!r}: module {module_name!r} has no attribute {attr!r}."
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(
+            f"--model {spec!r}: {attr!r} is a {type(obj).__name__}, not a function."
+        )
+    model = obj()
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"--model {spec!r}: the factory returned a {type(model).__name__}, not "
+            "a torch.nn.Module."
+        )
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint)
+    return model
+
+
+def _load_checkpoint(model, checkpoint):
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ValueError(f"--checkpoint {str(path)!r}: no such file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors have no common base class
+        raise ValueError(
+            f"--checkpoint {str(path)!r} is not a weights-only torch checkpoint "
+            f"({type(exc).__name__}: {exc}). Save it with "
+            "torch.save(model.state_dict(), path)."
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"--checkpoint {str(path)!r} holds a {type(state).__name__}, not a "
+            "state_dict."
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"--checkpoint {str(path)!r} does not fit the model built by --model: {exc}"
+        ) from exc
 
 
 def settings(args):
@@ -160,7 +299,12 @@ def load(args):
 
 
 def run(args):
-    """Train every seed and measure; return a :class:`~skdnc._cli.CommandResult`."""
+    """Train every seed and measure; return a :class:`~skdnc._cli.CommandResult`.
+
+    With ``--model``, probe that model instead (:func:`run_user_model`).
+    """
+    if getattr(args, "user_model", None) is not None:
+        return run_user_model(args)
     started = time.perf_counter()
     device = resolve_device(args.device)
     X, y = load(args)
@@ -205,9 +349,13 @@ def run(args):
     ratio = np.array(
         [h.probes[-1]["nc1"][-1][2] / h.probes[-1]["nc1"][0][0] for h in histories]
     )
+    nc3 = np.array([h.probes[-1]["nc3"] for h in histories], dtype=float)
+    nc4 = np.array([h.probes[-1]["nc4"] for h in histories], dtype=float)
     lines = [
         f"train accuracy {acc.mean():.4f} ± {acc.std():.4f}; "
         f"loss {summary['loss_mean'][-1]:.3e}",
+        f"readout {histories[0].probes[-1]['readout']!r}: NC3 {nc3.mean():.3f} ± "
+        f"{nc3.std():.3f}, NC4 {nc4.mean():.4f} ± {nc4.std():.4f}",
         f"NC1 last output / first input: {ratio.mean():.3e} ± {ratio.std():.3e}",
         f"share of the log NC1 reduction owed to S V^T: {share.mean():.3f} ± "
         f"{share.std():.3f}",
@@ -261,6 +409,73 @@ def run(args):
             "NC1": summary["nc1_mean"],
             "NFA correlation": summary["nfa_correlation_mean"],
         },
+    )
+
+
+def run_user_model(args):
+    """Probe ``args.user_model`` on the data set; return a ``CommandResult``."""
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    X, y = load_dataset(
+        args.dataset,
+        root=args.data_root,
+        n_samples=args.n_samples,
+        balanced=args.dataset == "digits",
+        flatten=args.input == "flat",
+        standardize=True,
+        download=args.download,
+        return_X_y=True,
+    )
+    X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
+    model = args.user_model.to(device)
+    print(
+        f"{args.model} on {args.dataset}: {X.shape[0]} samples of shape "
+        f"{tuple(X.shape[1:])}; device {device}",
+        flush=True,
+    )
+    probe = probe_network(model, X, y, device=device)
+    with torch.no_grad():
+        scores = torch.cat(
+            [
+                model(torch.as_tensor(X[i : i + 256], device=device)).cpu()
+                for i in range(0, len(X), 256)
+            ]
+        )
+    accuracy = float(np.mean(scores.argmax(1).numpy() == y))
+    header = (
+        f"{'layer':<14}| "
+        + " | ".join(f"{'NC1 ' + s:^11}" for s in STAGES)
+        + f" | {'NFA sqrt-AGOP':^13}"
+    )
+    rows = [header, "-" * len(header)]
+    for l, name in enumerate(probe.layer_names):
+        nc1 = " | ".join(f"{v:11.3e}" for v in probe.nc1[l])
+        rows.append(f"{name:<14}| {nc1} | {probe.nfa_correlation[l]:13.4f}")
+    lines = [
+        f"accuracy of the model on the data: {accuracy:.4f}",
+        f"readout {probe.readout_name!r}: NC3 {probe.nc3:.3f}, NC4 {probe.nc4:.4f}",
+    ]
+
+    def collapse_figure():
+        display = CollapseDisplay.from_probe(probe)
+        display.figure_.tight_layout()
+        return display.figure_
+
+    name = args.model.replace(":", "_").replace(".", "_")
+    config = {k: v for k, v in vars(args).items() if k != "user_model"}
+    data = {
+        "config": {**config, "device": str(device), "input_shape": list(X.shape[1:])},
+        "probe": probe.to_dict(),
+        "accuracy": accuracy,
+        "total_seconds": time.perf_counter() - started,
+        "platform": platform_info(),
+    }
+    return CommandResult(
+        data=data,
+        table="\n".join(rows) + "\n" + "\n".join(lines),
+        figures={f"collapse_{name}_{args.dataset}.png": collapse_figure},
+        names={"json": f"nn_probe_{name}.json", "table": f"nn_probe_{name}.txt"},
+        checked={"NC1": probe.nc1},
     )
 
 

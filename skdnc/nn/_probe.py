@@ -43,6 +43,7 @@ activation module, or named by the user; every ``Linear``/``Conv2d`` left out is
 named in a warning.
 """
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -54,10 +55,11 @@ from sklearn.utils._param_validation import Interval, validate_params
 from torch import nn
 from torch.func import jacrev, vmap
 
-from skdnc._backend import resolve_device, to_numpy, to_tensor
+from skdnc._backend import import_pandas, resolve_device, to_numpy, to_tensor
 from skdnc._linalg import psd_eigh, psd_power
 from skdnc.metrics import CollapseAccumulator
 from skdnc.metrics._collapse import STAGES
+from skdnc.metrics._readout import _nc3_from_means, _nearest_mean
 from skdnc.nn._common import (
     as_batches,
     as_input,
@@ -931,6 +933,143 @@ def _patch_jacobian(model, conv, X, h, model_output):
     return vmap(jacrev(single), in_dims=(0, 0))(P, X)
 
 
+# -- the network's readout (NC3, NC4) -----------------------------------------------
+def _find_readout(model, readout):
+    """``(name, module)`` of the readout NC3/NC4 measure, or ``(None, None)``."""
+    if readout is None:
+        return None, None
+    if readout == "auto":
+        linears = [
+            (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)
+        ]
+        return linears[-1] if linears else (None, None)
+    if not isinstance(readout, str):
+        raise TypeError(
+            f"readout must be 'auto', the name of a Linear submodule or None; got "
+            f"{type(readout).__name__}."
+        )
+    try:
+        module = model.get_submodule(readout)
+    except AttributeError as exc:
+        raise ValueError(f"readout: model has no submodule {readout!r}.") from exc
+    if not isinstance(module, nn.Linear):
+        raise ValueError(
+            f"readout must name an nn.Linear (the network's linear classifier); "
+            f"{readout!r} is a {type(module).__name__}."
+        )
+    return readout, module
+
+
+def _output_rows(classes, n_outputs):
+    """The readout row of each class: the label itself when the labels are output
+    indices, else the class's place in sorted order when there are as many
+    classes as outputs; None otherwise."""
+    if np.issubdtype(classes.dtype, np.integer):
+        if classes.min() >= 0 and classes.max() < n_outputs:
+            return classes.astype(np.intp)
+    if len(classes) == n_outputs:
+        return np.arange(n_outputs)
+    return None
+
+
+class _Readout:
+    """The readout's input, class means and NC4 count, over the probe's passes.
+
+    A forward pre-hook keeps the readout's input of the first call in each
+    forward pass; :meth:`collect` accumulates its class statistics (first pass),
+    :meth:`count` compares the model's argmax with the nearest class mean
+    (second pass).
+    """
+
+    def __init__(self, name, module, *, explicit):
+        self.name, self.module, self.explicit = name, module, explicit
+        self.acc = CollapseAccumulator()
+        self.problem = None
+        self.means = None
+        self.disagree = 0
+        self.seen = 0
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(self._hook)
+        self.Z = None
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        return False
+
+    def _hook(self, module, args):
+        if self.Z is None and args and isinstance(args[0], torch.Tensor):
+            self.Z = args[0].detach().clone()
+
+    def _take(self, out):
+        """The batch's readout input, or None (with ``problem`` set)."""
+        Z, self.Z = self.Z, None
+        if self.problem is not None:
+            return None
+        if Z is None:
+            self.problem = "it did not run in the model's forward pass"
+        elif Z.ndim != 2:
+            self.problem = (
+                f"its input has shape {tuple(Z.shape)}, not (n_samples, n_features)"
+            )
+        elif out.ndim != 2 or out.shape[1] != self.module.out_features:
+            self.problem = (
+                f"its {self.module.out_features} outputs are not the model's "
+                f"{tuple(out.shape)} scores"
+            )
+        return None if self.problem else Z
+
+    def collect(self, out, labels):
+        Z = self._take(out)
+        if Z is not None:
+            self.acc.partial_fit(Z, labels)
+
+    def finish_means(self):
+        """Class statistics of the first pass; False when NC3/NC4 are undefined."""
+        if self.problem is None and self.acc.n_samples_seen_:
+            stats = self.acc.statistics()
+            self.rows = _output_rows(stats.classes, self.module.out_features)
+            if self.rows is None:
+                self.problem = (
+                    f"it has {self.module.out_features} outputs but the labels hold "
+                    f"{stats.n_classes} classes that are not output indices"
+                )
+            else:
+                self.stats = stats
+                self.means = stats.means
+        if self.problem is not None:
+            message = (
+                f"NC3 and NC4 are not measured: the readout {self.name!r} is not "
+                f"the network's linear classifier ({self.problem})."
+            )
+            if self.explicit:
+                raise ValueError(message + " Name the classifier with readout=.")
+            warnings.warn(
+                message + " Name it with readout=, or pass readout=None.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return False
+        return True
+
+    def count(self, out):
+        Z = self._take(out)
+        if Z is None:
+            return
+        nearest = self.rows[_nearest_mean(to_numpy(Z, np.float64), self.means)]
+        predicted = to_numpy(out.detach().argmax(dim=1))
+        self.disagree += int(np.sum(predicted != nearest))
+        self.seen += len(nearest)
+
+    def nc3(self):
+        W = to_numpy(self.module.weight.detach(), np.float64)[self.rows]
+        return _nc3_from_means(self.stats.centered_means, W, "fro")
+
+    def nc4(self):
+        return self.disagree / self.seen
+
+
 # -- the probe -------------------------------------------------------------------------
 @dataclass
 class NetworkProbe:
@@ -968,6 +1107,17 @@ class NetworkProbe:
         ``"callable"``).
     gradient : str
         ``"layer"`` or ``"total"``, see :func:`layer_agops`.
+    nc3 : float
+        NC3 (Frobenius form of :func:`skdnc.metrics.nc3_score`) of the network's
+        readout: its weight rows against the centred class means of the readout's
+        input. NaN when no readout was measured.
+    nc4 : float
+        NC4 (:func:`skdnc.metrics.nc4_score`): the fraction of samples whose
+        prediction (the argmax of the model output) differs from the nearest
+        class mean of the readout's input. NaN when no readout was measured.
+    readout_name : str or None
+        The module taken as the readout (see ``readout`` of
+        :func:`probe_network`).
     """
 
     layer_names: list
@@ -982,6 +1132,9 @@ class NetworkProbe:
     layer_kinds: list = None
     reduction: str = "flatten"
     gradient: str = "layer"
+    nc3: float = float("nan")
+    nc4: float = float("nan")
+    readout_name: str = None
 
     @property
     def layer_share(self):
@@ -1046,16 +1199,83 @@ class NetworkProbe:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value.tolist()
+        out["readout"] = self.readout_name
+        out["nc3"] = float(self.nc3)
+        out["nc4"] = float(self.nc4)
         return out
+
+    def to_frame(self):
+        """The per-layer measurements as a :class:`pandas.DataFrame`.
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+            One row per probed layer, indexed by ``"layer"`` (its name), with
+            columns ``f"{metric}_{stage}"`` for NC1 and NC2 (and ``nc1_pinv``
+            when measured) of every stage of :data:`skdnc.metrics.STAGES`, the
+            NFA correlations, ``layer_share`` and ``layer_kind``. The readout's
+            ``nc3``, ``nc4`` and ``readout``, and the network-wide shares, are in
+            ``frame.attrs``.
+
+        Raises
+        ------
+        ImportError
+            When pandas is not installed (it is optional).
+        """
+        pd = import_pandas("NetworkProbe.to_frame")
+        columns = {}
+        for key in ("nc1", "nc2", "nc1_pinv"):
+            value = getattr(self, key)
+            if value is not None:
+                for k, stage in enumerate(STAGES):
+                    columns[f"{key}_{stage}"] = np.asarray(value)[:, k]
+        for key in (
+            "nfa_correlation",
+            "nfa_correlation_uncentered",
+            "nfa_correlation_agop",
+            "nfa_correlation_init",
+            "layer_share",
+        ):
+            value = getattr(self, key)
+            if value is not None:
+                columns[key] = np.asarray(value)
+        if self.layer_kinds is not None:
+            columns["layer_kind"] = list(self.layer_kinds)
+        frame = pd.DataFrame(
+            columns, index=pd.Index(list(self.layer_names), name="layer")
+        )
+        frame.attrs.update(
+            readout=self.readout_name,
+            nc3=float(self.nc3),
+            nc4=float(self.nc4),
+            right_share=self.right_share,
+            within_share=self.within_share,
+            between_share=self.between_share,
+        )
+        return frame
 
 
 def _collapse_pass(
-    model, batches, found, accs, *, device, output_fn, model_output, reduction
+    model,
+    batches,
+    found,
+    accs,
+    *,
+    device,
+    output_fn,
+    model_output,
+    reduction,
+    readout=None,
 ):
-    """Second pass: the within-class scatter in the class-mean span (pinv NC1)."""
+    """Second pass: the within-class scatter in the class-mean span (pinv NC1,
+    when ``accs`` is given) and the readout's NC4 count (when ``readout`` is)."""
 
     def step(cap, out, yb):
         labels = _labels(yb)
+        if readout is not None:
+            readout.count(out)
+        if accs is None:
+            return
         for index in range(len(found)):
             for k, Z in enumerate(cap.stage_features(index)):
                 accs[index][k].partial_fit_within(_reduce(Z, reduction), labels)
@@ -1089,8 +1309,9 @@ def probe_network(
     output_fn=None,
     model_output=None,
     init_model=None,
+    readout="auto",
 ):
-    """Measure AGOP, NFA and collapse by SVD stage at every probed layer.
+    """Measure AGOP, NFA, collapse by SVD stage and the readout's NC3 and NC4.
 
     Parameters
     ----------
@@ -1133,6 +1354,23 @@ def probe_network(
         The same architecture at initialisation: gives
         ``nfa_correlation_init``, the correlation of each layer's
         :math:`W^\\top W` with that at initialisation.
+    readout : "auto", str or None, default="auto"
+        The network's linear classifier, whose NC3 and NC4 are measured:
+        ``"auto"`` takes the last ``nn.Linear`` registered in the model (the
+        last one ``model.named_modules()`` lists: the final layer of a
+        ``Sequential`` and of the networks of :mod:`skdnc.nn`, ``fc`` of a
+        torchvision ResNet); a name picks that ``nn.Linear`` submodule; ``None``
+        skips NC3 and NC4. Its weight row ``c`` is taken as the classifier of
+        the class labelled ``c`` when the labels are integers in ``[0, K)``
+        (``K`` its outputs; NC3 then uses the rows of the classes present), else
+        of the ``c``-th class in sorted label order, and its input (at its first
+        call in a forward pass) as the features it classifies. NC4 needs the
+        class means before it can classify, hence a second pass over the data
+        (a one-shot iterator is refused: pass ``readout=None``). When the
+        ``"auto"`` choice is not a classifier of the model's scores (it does not
+        run, its input is not 2-D, its width is not the model output's or the
+        number of classes) NC3 and NC4 are NaN, with a warning; a named readout
+        raises a ``ValueError`` instead.
 
     Returns
     -------
@@ -1173,35 +1411,47 @@ def probe_network(
     batches, _ = as_batches(X, y, batch_size)
     L = len(found)
     accs = [[CollapseAccumulator() for _ in STAGES] for _ in found]
+    readout_name, module = _find_readout(model, readout)
+    head = None
+    if module is not None:
+        head = _Readout(readout_name, module, explicit=readout != "auto")
 
     def collect(cap, out, yb):
         labels = _labels(yb)
         for index in range(L):
             for k, Z in enumerate(cap.stage_features(index)):
                 accs[index][k].partial_fit(_reduce(Z, reduction), labels)
+        if head is not None:
+            head.collect(out, labels)
 
-    G = _gradient_sweep(
-        model,
-        batches,
-        found,
-        device=device,
-        gradient=gradient,
-        model_output=model_output,
-        stages=True,
-        output_fn=output_fn,
-        on_batch=collect,
-    )
-    if nc1_pinv:
-        _collapse_pass(
+    with head if head is not None else contextlib.nullcontext():
+        G = _gradient_sweep(
             model,
             batches,
             found,
-            accs,
             device=device,
-            output_fn=output_fn,
+            gradient=gradient,
             model_output=model_output,
-            reduction=reduction,
+            stages=True,
+            output_fn=output_fn,
+            on_batch=collect,
         )
+        measured = head is not None and head.finish_means()
+        if nc1_pinv or measured:
+            _collapse_pass(
+                model,
+                batches,
+                found,
+                accs if nc1_pinv else None,
+                device=device,
+                output_fn=output_fn,
+                model_output=model_output,
+                reduction=reduction,
+                readout=head if measured else None,
+            )
+    nc3 = nc4 = float("nan")
+    if measured:
+        nc3, nc4 = head.nc3(), head.nc4()
     nc1 = np.array([[a.nc1() for a in row] for row in accs])
     nc2 = np.array([[a.nc2() for a in row] for row in accs])
     pinv = None
@@ -1248,6 +1498,9 @@ def probe_network(
         layer_kinds=[layer.kind for layer in found],
         reduction=reduction if isinstance(reduction, str) else "callable",
         gradient=gradient,
+        nc3=nc3,
+        nc4=nc4,
+        readout_name=readout_name,
     )
 
 
@@ -1324,6 +1577,30 @@ class CollapseProbe:
             "n_features": self.n_features.tolist(),
             "reduction": self.reduction,
         }
+
+    def to_frame(self):
+        """The measurements as a :class:`pandas.DataFrame`.
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+            One row per measured module, indexed by ``"layer"`` (its name), with
+            columns ``nc1``, ``nc1_pinv`` (when measured), ``nc2`` and
+            ``n_features``.
+
+        Raises
+        ------
+        ImportError
+            When pandas is not installed (it is optional).
+        """
+        pd = import_pandas("CollapseProbe.to_frame")
+        columns = {"nc1": self.nc1}
+        if self.nc1_pinv is not None:
+            columns["nc1_pinv"] = self.nc1_pinv
+        columns.update(nc2=self.nc2, n_features=self.n_features)
+        return pd.DataFrame(
+            columns, index=pd.Index(list(self.layer_names), name="layer")
+        )
 
 
 def _named_modules(model, layers):

@@ -530,6 +530,8 @@ _CURVES = (
     "accuracy",
     "nc1",
     "nc2",
+    "nc3",
+    "nc4",
     "nfa_correlation",
     "nfa_correlation_uncentered",
     "nfa_correlation_agop",
