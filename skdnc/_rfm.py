@@ -32,7 +32,12 @@ from skdnc._rfm_core import (
     refit_rounds,
     rfm_rounds,
 )
-from skdnc._solvers import kernel_predict
+from skdnc._solvers import REG_GRID, check_reg, kernel_predict
+
+#: Without a validation split (too few samples for one), a grid of ridge values
+#: falls back to its value nearest to this one on a log scale: the fixed default
+#: of the classifier.
+NO_SPLIT_REG = 1e-3
 
 
 class _BaseRFM(BaseEstimator):
@@ -40,6 +45,15 @@ class _BaseRFM(BaseEstimator):
 
     _parameter_constraints = {
         **KERNEL_MACHINE_CONSTRAINTS,
+        "bandwidth": [
+            Interval(Real, 0, None, closed="neither"),
+            StrOptions({"auto"}),
+        ],
+        "reg": [
+            Interval(Real, 0, None, closed="left"),
+            StrOptions({"auto"}),
+            "array-like",
+        ],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "diag": ["boolean"],
         "centering": ["boolean"],
@@ -116,11 +130,18 @@ class _BaseRFM(BaseEstimator):
 
     # -- fitting --------------------------------------------------------------------
     def _kernel(self):
-        return Kernel(self.kernel, float(self.bandwidth), float(self.exponent))
+        """The kernel of the fit: its bandwidth may still be the rule ``"auto"``."""
+        bandwidth = self.bandwidth
+        if not isinstance(bandwidth, str):
+            bandwidth = float(bandwidth)
+        return Kernel(self.kernel, bandwidth, float(self.exponent))
+
+    def _fitted_kernel(self):
+        return Kernel(self.kernel, float(self.bandwidth_), float(self.exponent))
 
     def _round_params(self):
         return {
-            "reg": float(self.reg),
+            "reg": check_reg(self.reg),
             "diag": bool(self.diag),
             "agop_samples": self.agop_samples,
             "agop_normalization": self.agop_normalization,
@@ -170,22 +191,36 @@ class _BaseRFM(BaseEstimator):
 
         log = self._log if self.verbose else None
         n_rounds = int(self.max_iter)
-        history = None
-        val = self._split(n, y, generator) if self.max_iter > 0 else None
+        history = curve = None
+        searching = not isinstance(params["reg"], float)
+        if searching and self.validation_fraction == 0:
+            raise ValueError(
+                f"reg={self.reg!r} chooses the ridge on the validation split, and "
+                "validation_fraction=0 makes none: set validation_fraction > 0 "
+                "(e.g. 0.2) or give reg as a float."
+            )
+        split = self.max_iter > 0 or searching
+        val = self._split(n, y, generator) if split else None
+        if val is None and searching:
+            params["reg"] = _nearest_reg(params["reg"], NO_SPLIT_REG)
         Xt = to_tensor(X, device, dtype)
         Yt = to_tensor(Y_np, device, dtype)
+        final_path = []
         if val is not None:
             fit_idx, val_idx = val
             fit_idx_t = torch.as_tensor(fit_idx, device=device)
             Xf, Yf = Xt[fit_idx_t], Yt[fit_idx_t]
             Xv = Xt[torch.as_tensor(val_idx, device=device)]
             Yv = Y_np[val_idx]
-            decisions, metrics = [], []
+            metrics, path = [], []
+            chosen = {}  # the decisions of the best (round, ridge) so far
 
             def evaluate(predict):
                 F = to_numpy(predict(Xv))
-                decisions.append(F)
-                return self._validation_score(F, Yv)
+                score = self._validation_score(F, Yv)
+                if "score" not in chosen or score > chosen["score"]:
+                    chosen.update(score=score, F=F)
+                return score
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
             _, _, scores = rfm_rounds(
@@ -202,13 +237,17 @@ class _BaseRFM(BaseEstimator):
                 n_iter_no_change=self.n_iter_no_change,
                 tol=float(self.tol),
                 metrics=metrics,
+                path=path,
             )
             del Xf, Yf, Xv
             n_rounds = max(range(len(scores)), key=lambda t: scores[t])
             history = np.array([s[0] for s in scores])
-            self._after_validation(decisions[n_rounds], Yv)
+            curve = np.array([[s[0] for s in p["scores"]] for p in path])
+            params["reg"] = path[n_rounds]["reg"]
+            self._after_validation(chosen["F"], Yv)
             self._log(
-                f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates"
+                f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
+                f"reg={params['reg']:g}"
             )
             M, alpha = refit_rounds(
                 self.refit,
@@ -221,8 +260,11 @@ class _BaseRFM(BaseEstimator):
                 budget=budget,
                 generator=generator,
                 log=log,
+                kernels=[p["kernel"] for p in path],
+                path=final_path,
             )
-            del metrics
+            self.reg_grid_ = np.array(path[0]["regs"])
+            del metrics, path
         else:
             self._after_validation(None, None)
             self._log(f"fitting on all {n} points with {n_rounds} AGOP updates")
@@ -236,7 +278,9 @@ class _BaseRFM(BaseEstimator):
                 budget=budget,
                 generator=generator,
                 log=log,
+                path=final_path,
             )
+            self.reg_grid_ = np.array([params["reg"]])
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
         self.M_ = to_numpy(M)
@@ -244,6 +288,9 @@ class _BaseRFM(BaseEstimator):
         self.centers_ = to_numpy(Xt)
         self.n_iter_ = n_rounds
         self.history_ = history
+        self.validation_curve_ = curve
+        self.reg_ = float(params["reg"])
+        self.bandwidth_ = float(final_path[-1]["kernel"].bandwidth)
         diagonal = self.M_ if self.M_.ndim == 1 else np.diag(self.M_)
         self.feature_importances_ = diagonal / diagonal.sum()
 
@@ -277,7 +324,8 @@ class _BaseRFM(BaseEstimator):
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
         F = to_numpy(
-            kernel_predict(Xt, C, alpha, M, self._kernel(), budget=budget), np.float64
+            kernel_predict(Xt, C, alpha, M, self._fitted_kernel(), budget=budget),
+            np.float64,
         )
         if not np.isfinite(F).all():
             rows = np.flatnonzero(~np.isfinite(F).all(axis=1))
@@ -321,7 +369,7 @@ class _BaseRFM(BaseEstimator):
             C,
             alpha,
             M,
-            self._kernel(),
+            self._fitted_kernel(),
             self_index=self_index,
             diag=bool(self.diag),
             block_size=rows,
@@ -474,6 +522,14 @@ _RFM_DOC_NOTES = """
 
     Fitting holds the ``n_samples x n_samples`` kernel matrix, factored in place;
     a problem that does not fit ``memory_budget`` raises an error that names it."""
+
+
+def _nearest_reg(reg, target):
+    """The value of a grid (``"auto"``: :data:`~skdnc._solvers.REG_GRID`) nearest
+    to ``target`` on a log scale."""
+    grid = np.asarray(REG_GRID if reg == "auto" else reg, dtype=np.float64)
+    distance = np.abs(np.log(np.maximum(grid, 1e-300)) - np.log(target))
+    return float(grid[np.argmin(distance)])
 
 
 class RFMClassifier(ClassifierMixin, _BaseRFM):
