@@ -388,15 +388,34 @@ _RFM_DOC_PARAMETERS = """
         :math:`d_M(x, z) = \\sqrt{(x-z)^\\top M (x-z)}`: ``"laplace"``
         :math:`\\exp(-d_M / L)`, ``"gaussian"`` :math:`\\exp(-d_M^2 / (2L^2))`,
         ``"exponential"`` :math:`\\exp(-d_M^p / L^p)`.
-    bandwidth : float, default=10.0
+    bandwidth : float or "auto", default=10.0
         The bandwidth :math:`L`. It is measured in the units of the features:
         standardise them (e.g. with ``StandardScaler``) or choose it by search.
+        ``"auto"`` sets it, on every round, to the median distance between
+        2,000 random pairs of training points in that round's metric ``M``
+        (a cost of ``O(2000 d)`` per round): it follows the scale of the data,
+        so ``X`` and ``1000 * X`` give the same predictions. The value of the
+        final model is ``bandwidth_``.
     exponent : float, default=1.0
         The exponent :math:`p \\in (0, 2]` of the ``"exponential"`` kernel.
-    reg : float, default=1e-3
+    reg : float, "auto" or array-like of float, default=1e-3
         Ridge :math:`\\mu` of the solve :math:`(K_M + \\mu I)\\alpha = Y`. ``0`` asks
         for the interpolating solve; a jitter is added, with a warning, if the kernel
-        matrix is then not numerically positive definite.
+        matrix is then not numerically positive definite. A list of values, or
+        ``"auto"`` (the half-decades from 1e-3 to 100, 11 values), is a grid
+        chosen on the validation split: on every round the solves for all the
+        values are scored there (accuracy for the classifier, :math:`R^2` for
+        the regressor), the best one gives the round's predictor and its AGOP,
+        and the value of the best round is used for the final model
+        (``reg_``). With at least 24 values (and at most 4,096 training points
+        in the split) all the solves come from one eigendecomposition of the
+        kernel matrix; a shorter grid, ``"auto"`` included, is solved one value
+        at a time, because on CPU cores an eigendecomposition costs as much as
+        a few dozen Cholesky solves. With ``solver="cg"`` (or ``"auto"`` resolving
+        to it) every value is one conjugate-gradient solve: about ``len(grid)``
+        times the time of a fixed ``reg``. A grid needs
+        ``validation_fraction > 0``; when the training set is too small for a
+        split, the grid's value nearest to 1e-3 is used.
     max_iter : int, default=5
         Largest number of AGOP updates of ``M``. ``0`` is plain kernel ridge
         regression with ``M = I``.
@@ -421,7 +440,8 @@ _RFM_DOC_PARAMETERS = """
         Centre each output's gradients before the outer products.
     validation_fraction : float, default=0.2
         Fraction of the training data held out (stratified for classification) to
-        choose the number of AGOP updates in ``0..max_iter``; the model is then refit
+        choose the number of AGOP updates in ``0..max_iter`` (and the ridge when
+        ``reg`` is a grid); the model is then refit
         on all the data (see ``refit``). ``0`` uses ``max_iter`` updates, unchecked.
         Ignored when too few samples make a split meaningless.
     n_iter_no_change : int or None, default=2
@@ -498,8 +518,20 @@ _RFM_DOC_ATTRIBUTES = """
         Number of AGOP updates behind ``M_``.
     history_ : ndarray of shape (n_rounds,) or None
         Validation score after ``0, 1, ...`` AGOP updates, one per round measured
-        (``max_iter + 1`` unless early stopping ended the rounds sooner); ``None``
-        when no validation split was made.
+        (``max_iter + 1`` unless early stopping ended the rounds sooner), with the
+        round's best ridge value; ``None`` when no validation split was made.
+    validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
+        The whole curve behind ``history_``: the validation score of every
+        round and every value of ``reg_grid_`` (``history_`` is its row-wise
+        maximum); ``None`` when no validation split was made.
+    reg_grid_ : ndarray of shape (n_regs,)
+        The ridge values tried, ascending (the one ``reg`` when it is a float).
+    reg_ : float
+        The ridge of the final model: ``reg``, or the value of the grid with the
+        best validation score in the chosen round.
+    bandwidth_ : float
+        The bandwidth of the final model: ``bandwidth``, or the value the
+        ``"auto"`` rule measured in its metric.
     feature_importances_ : ndarray of shape (n_features,)
         Diagonal of ``M_``, normalised to sum to one.
     n_features_in_ : int

@@ -47,15 +47,15 @@ from skdnc._linalg import psd_eigh
 SOLVERS = ("auto", "cholesky", "cg")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
 
-#: ``reg="auto"``: the decades from 1e-3 (close to interpolation, right for
+#: ``reg="auto"``: the half-decades from 1e-3 (close to interpolation, right for
 #: separable classes) to 100 (strong smoothing, right for noisy targets). The
 #: kernels are 1 on their diagonal, so these values do not depend on the scale of
 #: the data or of the targets.
 REG_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-6, 5))
 #: The eigendecomposition path needs at least this many ridge values: on CPU
-#: cores one ``eigh`` of a kernel matrix (with its kernel build) costs as much as
-#: 15 to 40 Cholesky solves of it, more the larger and the lower the precision,
-#: so a shorter grid is solved one value at a time.
+#: cores one ``eigh`` of a kernel matrix costs as much as a few dozen Cholesky
+#: solves of it (``benchmarks/bench_hyperparams.py`` measures the ratio), so a
+#: shorter grid is solved one value at a time.
 EIGH_MIN_VALUES = 24
 #: ... and at most this many points, beyond which the gap widens further.
 EIGH_MAX_POINTS = 4096
@@ -487,9 +487,7 @@ def fit_kernel_regression_path(
     n = X.shape[0]
     if method == "cholesky" and 2 * n * n * X.element_size() <= budget:
         K = training_kernel_matrix(X, M, kernel, triangle="lower")
-        return regs, torch.stack(
-            [cholesky_solve_kernel(K.clone, Y, mu) for mu in regs]
-        )
+        return regs, torch.stack([cholesky_solve_kernel(K.clone, Y, mu) for mu in regs])
     alphas = torch.stack(
         [
             fit_kernel_regression(
