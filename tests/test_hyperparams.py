@@ -150,6 +150,9 @@ def test_no_split_falls_back_to_the_value_nearest_1e_3():
     assert RFMRegressor(reg="auto", random_state=0).fit(X, y).reg_ == 1e-3
     est = RFMRegressor(reg=[10.0, 0.1], random_state=0).fit(X, y)
     assert est.reg_ == 0.1 and est.history_ is None
+    X, y = np.random.default_rng(0).normal(size=(50, 3)), np.arange(50.0)
+    est = RFMRegressor(reg=[1e-4, 1.0], validation_fraction=0, max_iter=1).fit(X, y)
+    assert est.reg_ == 1e-4 and est.validation_curve_ is None
 
 
 # -- the bandwidth rule ---------------------------------------------------------------
@@ -212,7 +215,6 @@ def test_auto_reg_with_cg_solves_the_same_grid(friedman):
         ({"reg": ["a", "b"]}, "list of non-negative floats"),
         ({"bandwidth": "bogus"}, "'bandwidth' parameter"),
         ({"bandwidth": 0.0}, "'bandwidth' parameter"),
-        ({"reg": "auto", "validation_fraction": 0.0}, "validation_fraction"),
     ],
 )
 @pytest.mark.parametrize("Est", [RFMRegressor, RFMClassifier])
