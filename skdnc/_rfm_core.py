@@ -278,7 +278,8 @@ def rfm_rounds(
         empty without ``evaluate``).
     """
     reg = params["reg"]
-    if isinstance(reg, str | tuple | list) and evaluate is None:
+    grid = isinstance(reg, str | tuple | list)
+    if grid and evaluate is None:
         raise ValueError(
             f"A grid of ridge values (reg={reg!r}) is chosen on validation "
             "scores: pass evaluate, or a single reg."
@@ -298,14 +299,14 @@ def rfm_rounds(
             "generator": generator,
             "log": log,
         }
-        if evaluate is None or not isinstance(reg, str | tuple | list):
-            regs = (float(reg),)
-            alphas = fit_kernel_regression(XS, Y, None, round_kernel, reg, **solve)
-            alphas = alphas[None]
-        else:
+        if grid:
             regs, alphas = fit_kernel_regression_path(
                 XS, Y, None, round_kernel, reg, **solve
             )
+        else:
+            regs = (float(reg),)
+            alphas = fit_kernel_regression(XS, Y, None, round_kernel, reg, **solve)
+            alphas = alphas[None]
         stop = t == n_rounds
         best, round_scores = 0, None
         if evaluate is not None:

@@ -11,6 +11,7 @@ from sklearn.datasets import make_friedman1
 
 from skdnc import DeepRFMTransformer, RFMClassifier, RFMRegressor
 from skdnc._kernels import Kernel, median_distance
+from skdnc._rfm_core import rfm_rounds
 from skdnc._solvers import (
     EIGH_MAX_POINTS,
     EIGH_MIN_VALUES,
@@ -112,21 +113,48 @@ def test_ridge_path_rule():
 
 
 # -- the chosen ridge -----------------------------------------------------------------
-@pytest.mark.parametrize("Est", [RFMRegressor, RFMClassifier])
-def test_chosen_reg_is_argmax_of_separate_fits(Est, friedman, blobs):
+LONG_GRID = [float(v) for v in np.logspace(-3, 2, EIGH_MIN_VALUES)]
+
+
+@pytest.mark.parametrize(
+    "Est, regs",
+    [
+        (RFMRegressor, REGS),
+        (RFMClassifier, REGS),
+        (RFMRegressor, LONG_GRID),  # the eigendecomposition path
+    ],
+    ids=["regressor", "classifier", "regressor-eigh"],
+)
+def test_chosen_reg_is_argmax_of_separate_fits(Est, regs, friedman, blobs):
     """reg_ is the best of the validation scores of separate fits with each
     fixed reg (same seed, so the same split; round 0 has M = I)."""
     X, y = friedman if Est is RFMRegressor else blobs
     common = {"bandwidth": 5.0, "random_state": 0}
     separate = [
         Est(reg=r, max_iter=1, n_iter_no_change=None, **common).fit(X, y).history_[0]
-        for r in REGS
+        for r in regs
     ]
-    grid = Est(reg=REGS, max_iter=0, **common).fit(X, y)
-    np.testing.assert_allclose(grid.validation_curve_[0], separate, rtol=1e-10)
-    assert grid.reg_ == REGS[int(np.argmax(separate))]
-    np.testing.assert_array_equal(grid.reg_grid_, REGS)
+    grid = Est(reg=regs, max_iter=0, **common).fit(X, y)
+    np.testing.assert_allclose(grid.validation_curve_[0], separate, rtol=1e-8)
+    assert grid.reg_ == regs[int(np.argmax(separate))]
+    np.testing.assert_array_equal(grid.reg_grid_, regs)
     assert grid.n_iter_ == 0
+
+
+def test_rounds_refuse_a_grid_without_scores():
+    X, Y, _ = _kernel_problem(n=20)
+    params = {"reg": "auto", "solver": "auto", "solver_params": None}
+    with pytest.raises(ValueError, match="pass evaluate"):
+        rfm_rounds(
+            torch.tensor(X),
+            torch.tensor(Y),
+            None,
+            Kernel(),
+            0,
+            params=params,
+            budget=BUDGET,
+            generator=torch.Generator(),
+        )
 
 
 def test_final_model_solves_with_reg_and_bandwidth(friedman):
