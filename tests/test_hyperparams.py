@@ -309,3 +309,18 @@ def test_regressor_grid_property(regs, scale, seed):
         fixed = RFMRegressor(reg=regs[0], bandwidth="auto", max_iter=2)
         fixed.set_params(random_state=seed).fit(X, y)
         np.testing.assert_allclose(fixed.predict(X), est.predict(X), rtol=1e-8)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    n=st.integers(2, 60),
+    d=st.integers(1, 8),
+    scale=st.floats(1e-6, 1e6),
+    seed=st.integers(0, 2**16),
+)
+def test_auto_bandwidth_scales_with_the_data_property(n, d, scale, seed):
+    X = np.random.default_rng(seed).normal(size=(n, d))
+    kernel = Kernel("laplace", "auto")
+    base = kernel.at_scale(X).bandwidth
+    assert kernel.at_scale(scale * X).bandwidth == pytest.approx(scale * base)
+    assert Kernel("laplace", 3.0).at_scale(scale * X).bandwidth == 3.0
