@@ -35,9 +35,8 @@ from skdnc._rfm_core import (
 from skdnc._solvers import REG_GRID, check_reg, kernel_predict
 
 #: Without a validation split (validation_fraction=0, or too few samples for
-#: one), a grid of ridge values
-#: falls back to its value nearest to this one on a log scale: the fixed default
-#: of the classifier.
+#: one), a grid of ridge values falls back to its value nearest to this one on a
+#: log scale: the fixed default of the classifier.
 NO_SPLIT_REG = 1e-3
 
 
@@ -435,8 +434,8 @@ _RFM_DOC_PARAMETERS = """
         Centre each output's gradients before the outer products.
     validation_fraction : float, default=0.2
         Fraction of the training data held out (stratified for classification) to
-        choose the number of AGOP updates in ``0..max_iter`` (and the ridge when
-        ``reg`` is a grid); the model is then refit
+        choose the number of AGOP updates in ``0..max_iter`` and, when ``reg``
+        is a grid, the ridge (then even with ``max_iter=0``); the model is then refit
         on all the data (see ``refit``). ``0`` uses ``max_iter`` updates, unchecked.
         Ignored when too few samples make a split meaningless.
     n_iter_no_change : int or None, default=2
