@@ -503,10 +503,10 @@ _CLASSIFIER_NOTE = """
 
         The classifier's defaults are fixed: the near-interpolating ridge 1e-3
         suits separable classes, and on the benchmark problems
-        (``benchmarks/bench_hyperparams.py``) ``reg="auto"`` chose it or
-        matched its accuracy at several times the fit time. Use ``"auto"`` for
-        noisy labels. ``bandwidth="auto"`` is worth trying on features that are
-        not standardised."""
+        (``benchmarks/bench_hyperparams.py``) ``reg="auto"`` chose it, at
+        several times the fit time. Use ``"auto"`` for noisy labels.
+        ``bandwidth="auto"`` is worth trying on features that are not
+        standardised."""
 
 _REGRESSOR_NOTE = """
 
