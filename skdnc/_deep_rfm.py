@@ -80,13 +80,19 @@ class DeepRFMTransformer(
         :math:`\\exp(-\\|x - z\\| / L)`; the Gaussian for ReLU on MNIST).
     bandwidth : float, default=2.0
         Kernel bandwidth; the layer inputs have unit norm, so distances are at
-        most 2.
+        most 2. A number only: the unit-norm inputs already fix the scale that
+        the RFM estimators' ``bandwidth="auto"`` measures.
     exponent : float, default=1.0
         Exponent of the ``"exponential"`` kernel.
     reg : float, default=1e-3
         Ridge of the kernel solve. The paper states a ridgeless solve (``reg=0``);
         its code effectively uses 1e-3, the default here, which stays well-posed
-        as the layers collapse.
+        as the layers collapse. A number only, unlike the RFM estimators'
+        ``reg="auto"``: a layer's kernel machine is never scored (it only
+        supplies the AGOP, whose directions barely move with the ridge), and
+        Deep RFM holds out no validation split to score it on. To choose it,
+        search over ``reg`` with the downstream classifier's score (a
+        ``Pipeline`` in ``GridSearchCV``).
     n_agop_steps : int, default=1
         AGOP estimates per layer. ``1`` (Algorithm 1): solve with ``M = I`` and
         take the AGOP of that machine. ``t > 1``: re-solve with the current ``M``

@@ -15,7 +15,7 @@ solvers (:mod:`skdnc._solvers`) call it.
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,8 +41,9 @@ class Kernel:
         ``"laplace"``: :math:`\\exp(-d/L)`; ``"gaussian"``:
         :math:`\\exp(-d^2 / (2L^2))`; ``"exponential"`` (the generalized exponent):
         :math:`\\exp(-d^p / L^p)`.
-    bandwidth : float
-        The bandwidth :math:`L > 0`.
+    bandwidth : float or "auto"
+        The bandwidth :math:`L > 0`. ``"auto"`` is a rule, not yet a kernel:
+        :meth:`at_scale` resolves it on the data of a round.
     exponent : float, default=1.0
         The exponent :math:`p \\in (0, 2]` of the ``"exponential"`` kernel; ignored
         by the others.
@@ -51,6 +52,34 @@ class Kernel:
     name: str = "laplace"
     bandwidth: float = 10.0
     exponent: float = 1.0
+
+    def at_scale(self, X, *, seed=0, n_pairs=2000):
+        """This kernel with ``bandwidth="auto"`` resolved on the points ``X``.
+
+        The rule: the bandwidth is the median distance between random pairs of
+        distinct rows of ``X`` (:func:`median_distance`; ``O(n_pairs d)``, a
+        fixed-size sample whatever the number of rows). Given the points of a
+        round in the coordinates ``X M^{1/2}`` of its metric, it is the median
+        Mahalanobis distance: the bandwidth follows the data's scale, and
+        multiplying ``X`` by ``c`` multiplies it by ``c`` (the pairs are drawn with
+        a fixed seed), which leaves the kernel matrix unchanged. A number is
+        returned as it is; when every sampled distance is 0 the bandwidth is 1.
+
+        Parameters
+        ----------
+        X : ndarray or torch.Tensor of shape (n, d)
+        seed, n_pairs : int
+            As in :func:`median_distance`.
+
+        Returns
+        -------
+        kernel : Kernel
+            With a numeric bandwidth.
+        """
+        if not isinstance(self.bandwidth, str):
+            return self
+        median = median_distance(X, seed=seed, n_pairs=n_pairs)
+        return replace(self, bandwidth=median or 1.0)
 
     def profile(self, distance):
         """Kernel value :math:`\\phi` at a Euclidean distance (a float)."""
@@ -91,7 +120,7 @@ class Kernel:
             within it of 1 (numerically all ones: the points cannot be told apart).
         """
         finfo = np.finfo(dtype)
-        n, d = X.shape
+        d = X.shape[1]
         if isinstance(X, torch.Tensor):
             largest = float(X.abs().max()) if X.numel() else 0.0
         else:
@@ -108,17 +137,11 @@ class Kernel:
                     else "."
                 )
             )
-        if n < 2:
+        if isinstance(self.bandwidth, str):  # "auto" follows the data's scale
             return
-        rng = np.random.default_rng(seed)
-        i, j = rng.integers(0, n, size=(2, n_pairs))
-        keep = i != j
-        diffs = to_numpy(X[i[keep]], np.float64) - to_numpy(X[j[keep]], np.float64)
-        distances = np.sqrt(np.einsum("ij,ij->i", diffs, diffs))
-        distances = distances[distances > 0]
-        if distances.size == 0:
+        median = median_distance(X, seed=seed, n_pairs=n_pairs)
+        if median is None:
             return
-        median = float(np.median(distances))
         value = self.profile(median)
         advice = (
             f"the median distance between training points is {median:.3g} and "
@@ -178,6 +201,52 @@ class Kernel:
             T = D2.pow(p / 2).mul_(L**-p)  # (d / L)^p
             W = torch.neg(T).exp_().mul_(T).mul_(p).div_(D2)  # p k (d/L)^p / d^2
         return W.masked_fill_(zero, 0.0)
+
+
+def median_distance(X, *, seed=0, n_pairs=2000):
+    """Median Euclidean distance between random pairs of distinct rows of ``X``.
+
+    The data-scale statistic of skdnc: :meth:`Kernel.check_scale` compares the
+    bandwidth with it, and ``bandwidth="auto"`` of the RFM estimators is it,
+    taken in the coordinates ``X M^{1/2}`` of each round's metric. The cost is
+    ``n_pairs`` row differences (``O(n_pairs d)``), whatever the number of rows.
+
+    Parameters
+    ----------
+    X : ndarray or torch.Tensor of shape (n, d)
+    seed : int, default=0
+        Seed of the pairs: a fixed seed makes the statistic a deterministic
+        function of ``X``, so rescaling ``X`` rescales it exactly.
+    n_pairs : int, default=2000
+        Pairs drawn (with replacement; pairs of a row with itself are dropped,
+        and so are pairs at distance 0, duplicates of each other).
+
+    Returns
+    -------
+    median : float or None
+        ``None`` when there are fewer than two rows or every drawn pair is at
+        distance 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._kernels import median_distance
+    >>> X = np.random.default_rng(0).normal(size=(100, 3))
+    >>> bool(np.isclose(median_distance(1000 * X), 1000 * median_distance(X)))
+    True
+    """
+    n = X.shape[0]
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, n, size=(2, n_pairs))
+    keep = i != j
+    diffs = to_numpy(X[i[keep]], np.float64) - to_numpy(X[j[keep]], np.float64)
+    distances = np.sqrt(np.einsum("ij,ij->i", diffs, diffs))
+    distances = distances[distances > 0]
+    if distances.size == 0:
+        return None
+    return float(np.median(distances))
 
 
 def mahalanobis_sqnorms(X, M):

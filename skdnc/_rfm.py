@@ -33,7 +33,12 @@ from skdnc._rfm_core import (
     refit_rounds,
     rfm_rounds,
 )
-from skdnc._solvers import kernel_predict
+from skdnc._solvers import REG_GRID, check_reg, kernel_predict
+
+#: Without a validation split (validation_fraction=0, or too few samples for
+#: one), a grid of ridge values falls back to its value nearest to this one on a
+#: log scale: the fixed default of the classifier.
+NO_SPLIT_REG = 1e-3
 
 
 class _BaseRFM(BaseEstimator):
@@ -41,6 +46,15 @@ class _BaseRFM(BaseEstimator):
 
     _parameter_constraints = {
         **KERNEL_MACHINE_CONSTRAINTS,
+        "bandwidth": [
+            Interval(Real, 0, None, closed="neither"),
+            StrOptions({"auto"}),
+        ],
+        "reg": [
+            Interval(Real, 0, None, closed="left"),
+            StrOptions({"auto"}),
+            "array-like",
+        ],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "diag": ["boolean"],
         "centering": ["boolean"],
@@ -119,11 +133,18 @@ class _BaseRFM(BaseEstimator):
 
     # -- fitting --------------------------------------------------------------------
     def _kernel(self):
-        return Kernel(self.kernel, float(self.bandwidth), float(self.exponent))
+        """The kernel of the fit: its bandwidth may still be the rule ``"auto"``."""
+        bandwidth = self.bandwidth
+        if not isinstance(bandwidth, str):
+            bandwidth = float(bandwidth)
+        return Kernel(self.kernel, bandwidth, float(self.exponent))
+
+    def _fitted_kernel(self):
+        return Kernel(self.kernel, float(self.bandwidth_), float(self.exponent))
 
     def _round_params(self):
         return {
-            "reg": float(self.reg),
+            "reg": check_reg(self.reg),
             "diag": bool(self.diag),
             "agop_samples": self.agop_samples,
             "agop_normalization": self.agop_normalization,
@@ -175,22 +196,30 @@ class _BaseRFM(BaseEstimator):
 
         log = self._log if self.verbose else None
         n_rounds = int(self.max_iter)
-        history = None
-        val = self._split(n, y, generator) if self.max_iter > 0 else None
+        history = curve = None
+        searching = not isinstance(params["reg"], float)
+        split = self.max_iter > 0 or searching
+        val = self._split(n, y, generator) if split else None
+        if val is None and searching:
+            params["reg"] = _nearest_reg(params["reg"], NO_SPLIT_REG)
         Xt = to_tensor(X, device, dtype)
         Yt = to_tensor(Y_np, device, dtype)
+        final_path = []
         if val is not None:
             fit_idx, val_idx = val
             fit_idx_t = torch.as_tensor(fit_idx, device=device)
             Xf, Yf = Xt[fit_idx_t], Yt[fit_idx_t]
             Xv = Xt[torch.as_tensor(val_idx, device=device)]
             Yv = Y_np[val_idx]
-            decisions, metrics = [], []
+            metrics, path = [], []
+            chosen = {}  # the decisions of the best (round, ridge) so far
 
             def evaluate(predict):
                 F = to_numpy(predict(Xv))
-                decisions.append(F)
-                return self._validation_score(F, Yv)
+                score = self._validation_score(F, Yv)
+                if "score" not in chosen or score > chosen["score"]:
+                    chosen.update(score=score, F=F)
+                return score
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
             _, _, scores = rfm_rounds(
@@ -207,13 +236,17 @@ class _BaseRFM(BaseEstimator):
                 n_iter_no_change=self.n_iter_no_change,
                 tol=float(self.tol),
                 metrics=metrics,
+                path=path,
             )
             del Xf, Yf, Xv
             n_rounds = max(range(len(scores)), key=lambda t: scores[t])
             history = np.array([s[0] for s in scores])
-            self._after_validation(decisions[n_rounds], Yv)
+            curve = np.array([[s[0] for s in p["scores"]] for p in path])
+            params["reg"] = path[n_rounds]["reg"]
+            self._after_validation(chosen["F"], Yv)
             self._log(
-                f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates"
+                f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
+                f"reg={params['reg']:g}"
             )
             M, alpha = refit_rounds(
                 self.refit,
@@ -226,8 +259,11 @@ class _BaseRFM(BaseEstimator):
                 budget=budget,
                 generator=generator,
                 log=log,
+                kernels=[p["kernel"] for p in path],
+                path=final_path,
             )
-            del metrics
+            self.reg_grid_ = np.array(path[0]["regs"])
+            del metrics, path
         else:
             self._after_validation(None, None)
             self._log(f"fitting on all {n} points with {n_rounds} AGOP updates")
@@ -241,7 +277,9 @@ class _BaseRFM(BaseEstimator):
                 budget=budget,
                 generator=generator,
                 log=log,
+                path=final_path,
             )
+            self.reg_grid_ = np.array([params["reg"]])
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
         self.M_ = to_numpy(M)
@@ -249,6 +287,9 @@ class _BaseRFM(BaseEstimator):
         self.centers_ = to_numpy(Xt)
         self.n_iter_ = n_rounds
         self.history_ = history
+        self.validation_curve_ = curve
+        self.reg_ = float(params["reg"])
+        self.bandwidth_ = float(final_path[-1]["kernel"].bandwidth)
         diagonal = self.M_ if self.M_.ndim == 1 else np.diag(self.M_)
         self.feature_importances_ = diagonal / diagonal.sum()
 
@@ -283,7 +324,9 @@ class _BaseRFM(BaseEstimator):
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
         F = to_numpy(
-            kernel_predict(Xt, C, alpha, M, self._kernel(), budget=budget, comm=comm),
+            kernel_predict(
+                Xt, C, alpha, M, self._fitted_kernel(), budget=budget, comm=comm
+            ),
             np.float64,
         )
         if not np.isfinite(F).all():
@@ -332,7 +375,7 @@ class _BaseRFM(BaseEstimator):
             C,
             alpha,
             M,
-            self._kernel(),
+            self._fitted_kernel(),
             self_index=self_index,
             diag=bool(self.diag),
             block_size=rows,
@@ -352,15 +395,34 @@ _RFM_DOC_PARAMETERS = """
         :math:`d_M(x, z) = \\sqrt{(x-z)^\\top M (x-z)}`: ``"laplace"``
         :math:`\\exp(-d_M / L)`, ``"gaussian"`` :math:`\\exp(-d_M^2 / (2L^2))`,
         ``"exponential"`` :math:`\\exp(-d_M^p / L^p)`.
-    bandwidth : float, default=10.0
+    bandwidth : float or "auto", default=<BANDWIDTH_DEFAULT>
         The bandwidth :math:`L`. It is measured in the units of the features:
         standardise them (e.g. with ``StandardScaler``) or choose it by search.
+        ``"auto"`` sets it, on every round, to the median distance between
+        2,000 random pairs of training points in that round's metric ``M``
+        (a cost of ``O(2000 d)`` per round): it follows the scale of the data,
+        so ``X`` and ``1000 * X`` give the same predictions. The value of the
+        final model is ``bandwidth_``.
     exponent : float, default=1.0
         The exponent :math:`p \\in (0, 2]` of the ``"exponential"`` kernel.
-    reg : float, default=1e-3
+    reg : float, "auto" or array-like of float, default=<REG_DEFAULT>
         Ridge :math:`\\mu` of the solve :math:`(K_M + \\mu I)\\alpha = Y`. ``0`` asks
         for the interpolating solve; a jitter is added, with a warning, if the kernel
-        matrix is then not numerically positive definite.
+        matrix is then not numerically positive definite. A list of values, or
+        ``"auto"`` (the half-decades from 1e-3 to 100, 11 values), is a grid
+        chosen on the validation split: on every round the solves for all the
+        values are scored there (accuracy for the classifier, :math:`R^2` for
+        the regressor), the best one gives the round's predictor and its AGOP,
+        and the value of the best round is used for the final model
+        (``reg_``). With at least 24 values (and at most 4,096 training points
+        in the split) all the solves come from one eigendecomposition of the
+        kernel matrix; a shorter grid, ``"auto"`` included, is solved one value
+        at a time, because on CPU cores an eigendecomposition costs as much as
+        a few dozen Cholesky solves. With ``solver="cg"`` (or ``"auto"`` resolving
+        to it) every value is one conjugate-gradient solve: about ``len(grid)``
+        times the time of a fixed ``reg``. Without a validation split
+        (``validation_fraction=0``, or too few samples for one) the grid's value
+        nearest to 1e-3 is used.<NOTE>
     max_iter : int, default=5
         Largest number of AGOP updates of ``M``. ``0`` is plain kernel ridge
         regression with ``M = I``.
@@ -385,7 +447,8 @@ _RFM_DOC_PARAMETERS = """
         Centre each output's gradients before the outer products.
     validation_fraction : float, default=0.2
         Fraction of the training data held out (stratified for classification) to
-        choose the number of AGOP updates in ``0..max_iter``; the model is then refit
+        choose the number of AGOP updates in ``0..max_iter`` and, when ``reg``
+        is a grid, the ridge (then even with ``max_iter=0``); the model is then refit
         on all the data (see ``refit``). ``0`` uses ``max_iter`` updates, unchecked.
         Ignored when too few samples make a split meaningless.
     n_iter_no_change : int or None, default=2
@@ -457,6 +520,32 @@ _RFM_DOC_PARAMETERS = """
     verbose : int, default=0
         Print a line per round with its time and validation score."""
 
+
+_CLASSIFIER_NOTE = """
+
+        The classifier's defaults are fixed: the near-interpolating ridge 1e-3
+        suits separable classes, and on the benchmark problems
+        (``benchmarks/bench_hyperparams.py``) ``reg="auto"`` chose it, at
+        several times the fit time. Use ``"auto"`` for noisy labels.
+        ``bandwidth="auto"`` is worth trying on features that are not
+        standardised."""
+
+_REGRESSOR_NOTE = """
+
+        The regressor's defaults are ``reg="auto"`` and ``bandwidth="auto"``:
+        on noisy targets the best ridge is far from the near-interpolating
+        1e-3, and it is chosen on the validation split that already chooses
+        the number of AGOP updates, for a small multiple of the time of one
+        fixed-ridge fit instead of the many refits of a grid search
+        (``benchmarks/bench_hyperparams.py``)."""
+
+
+def _doc_parameters(reg, bandwidth, note):
+    """The shared parameter documentation with one estimator's defaults."""
+    text = _RFM_DOC_PARAMETERS.replace("<REG_DEFAULT>", reg)
+    return text.replace("<BANDWIDTH_DEFAULT>", bandwidth).replace("<NOTE>", note)
+
+
 _RFM_DOC_ATTRIBUTES = """
     M_ : ndarray of shape (n_features, n_features), or (n_features,) if ``diag``
         The learned feature matrix (Mahalanobis metric) of the final predictor.
@@ -471,8 +560,20 @@ _RFM_DOC_ATTRIBUTES = """
         Number of AGOP updates behind ``M_``.
     history_ : ndarray of shape (n_rounds,) or None
         Validation score after ``0, 1, ...`` AGOP updates, one per round measured
-        (``max_iter + 1`` unless early stopping ended the rounds sooner); ``None``
-        when no validation split was made.
+        (``max_iter + 1`` unless early stopping ended the rounds sooner), with the
+        round's best ridge value; ``None`` when no validation split was made.
+    validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
+        The whole curve behind ``history_``: the validation score of every
+        round and every value of ``reg_grid_`` (``history_`` is its row-wise
+        maximum); ``None`` when no validation split was made.
+    reg_grid_ : ndarray of shape (n_regs,)
+        The ridge values tried, ascending (the one ``reg`` when it is a float).
+    reg_ : float
+        The ridge of the final model: ``reg``, or the value of the grid with the
+        best validation score in the chosen round.
+    bandwidth_ : float
+        The bandwidth of the final model: ``bandwidth``, or the value the
+        ``"auto"`` rule measured in its metric.
     feature_importances_ : ndarray of shape (n_features,)
         Diagonal of ``M_``, normalised to sum to one.
     n_features_in_ : int
@@ -497,6 +598,14 @@ _RFM_DOC_NOTES = """
     a problem that does not fit ``memory_budget`` raises an error that names it."""
 
 
+def _nearest_reg(reg, target):
+    """The value of a grid (``"auto"``: :data:`~skdnc._solvers.REG_GRID`) nearest
+    to ``target`` on a log scale."""
+    grid = np.asarray(REG_GRID if reg == "auto" else reg, dtype=np.float64)
+    distance = np.abs(np.log(np.maximum(grid, 1e-300)) - np.log(target))
+    return float(grid[np.argmin(distance)])
+
+
 class RFMClassifier(ClassifierMixin, _BaseRFM):
     __doc__ = f"""Recursive Feature Machine classifier.
 
@@ -506,7 +615,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     (2024). Runs on torch, on a GPU when there is one.
 
     Parameters
-    ----------{_RFM_DOC_PARAMETERS}
+    ----------{_doc_parameters("1e-3", "10.0", _CLASSIFIER_NOTE)}
     target_coding : {{"pm1", "onehot"}}, default="pm1"
         Targets of the regression: ``"pm1"`` codes each class as +1 in its own
         column and -1 elsewhere (the paper's coding), ``"onehot"`` as 1 and 0.
@@ -763,7 +872,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     are centred (their training mean is added back to the predictions).
 
     Parameters
-    ----------{_RFM_DOC_PARAMETERS}
+    ----------{_doc_parameters('"auto"', '"auto"', _REGRESSOR_NOTE)}
 
     Attributes
     ----------{_RFM_DOC_ATTRIBUTES}
@@ -797,6 +906,59 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
     >>> int(np.argmax(reg.feature_importances_)) in (0, 1)
     True
     """
+
+    def __init__(
+        self,
+        *,
+        kernel="laplace",
+        bandwidth="auto",
+        exponent=1.0,
+        reg="auto",
+        max_iter=5,
+        diag=False,
+        agop_samples=None,
+        agop_normalization="max",
+        agop_power=0.5,
+        centering=False,
+        validation_fraction=0.2,
+        n_iter_no_change=2,
+        tol=1e-4,
+        refit="solve",
+        solver="auto",
+        solver_params=None,
+        device="auto",
+        dtype=None,
+        allow_tf32=True,
+        memory_budget=None,
+        warm_start=False,
+        random_state=None,
+        verbose=0,
+    ):
+        super().__init__(
+            kernel=kernel,
+            bandwidth=bandwidth,
+            exponent=exponent,
+            reg=reg,
+            max_iter=max_iter,
+            diag=diag,
+            agop_samples=agop_samples,
+            agop_normalization=agop_normalization,
+            agop_power=agop_power,
+            centering=centering,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            refit=refit,
+            solver=solver,
+            solver_params=solver_params,
+            device=device,
+            dtype=dtype,
+            allow_tf32=allow_tf32,
+            memory_budget=memory_budget,
+            warm_start=warm_start,
+            random_state=random_state,
+            verbose=verbose,
+        )
 
     @_fit_context(prefer_skip_nested_validation=True)
     @atomic_fit

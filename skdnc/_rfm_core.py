@@ -20,7 +20,12 @@ from skdnc._backend import block_rows
 from skdnc._base import DEVICE_CONSTRAINT
 from skdnc._kernels import KERNELS
 from skdnc._linalg import psd_power, psd_powers
-from skdnc._solvers import SOLVERS, fit_kernel_regression, kernel_predict
+from skdnc._solvers import (
+    SOLVERS,
+    fit_kernel_regression,
+    fit_kernel_regression_path,
+    kernel_predict,
+)
 
 #: ``_parameter_constraints`` of the parameters every kernel machine of skdnc has
 #: (RFMClassifier, RFMRegressor and each layer of DeepRFMTransformer).
@@ -199,6 +204,7 @@ def rfm_rounds(
     n_iter_no_change=None,
     tol=0.0,
     metrics=None,
+    path=None,
 ):
     """Alternate the kernel ridge solve and the AGOP update of ``M``.
 
@@ -213,7 +219,14 @@ def rfm_rounds(
     ``S`` (``M = S S``, so ``k_M(x, z) = k(S x, S z)``): one product with ``S``
     per round serves the kernel matrix, the AGOP and the validation
     predictions, and ``S`` comes with ``M`` out of the AGOP's one
-    eigendecomposition.
+    eigendecomposition. A kernel with ``bandwidth="auto"`` is resolved in these
+    coordinates each round (:meth:`~skdnc._kernels.Kernel.at_scale`: the median
+    distance in the metric ``M_t``).
+
+    A grid of ridge values (``params["reg"]`` ``"auto"`` or a tuple) is solved
+    all at once each round (:func:`~skdnc._solvers.fit_kernel_regression_path`),
+    every value is scored by ``evaluate``, and the best one (the smallest value
+    among ties) gives the round's predictor, its score and its AGOP.
 
     Parameters
     ----------
@@ -225,7 +238,8 @@ def rfm_rounds(
     n_rounds : int
         Largest number of AGOP updates.
     params : dict
-        ``reg``, ``diag``, ``agop_samples``, ``agop_normalization``,
+        ``reg`` (a float, ``"auto"`` or a tuple of floats; a grid needs
+        ``evaluate``), ``diag``, ``agop_samples``, ``agop_normalization``,
         ``agop_power``, ``centering``, ``solver``, ``solver_params`` and
         optionally ``allow_tf32`` (TF32 for the AGOP's gradient products on CUDA)
         and ``comm`` (a :class:`skdnc._distributed.Comm` that splits the solves,
@@ -239,7 +253,10 @@ def rfm_rounds(
     evaluate : callable, optional
         ``evaluate(predict) -> tuple``, a score (greater is better, compared
         lexicographically) of the predictor after every solve, where
-        ``predict(Z)`` returns its outputs on the points ``Z`` (a tensor).
+        ``predict(Z)`` returns its outputs on the points ``Z`` (a tensor). With
+        a grid of ridge values it is called once per value, always on the same
+        points ``Z`` (the predictions for every value are computed on the first
+        call).
     log : callable, optional
         ``log(message)`` for progress lines.
     n_iter_no_change : int or None, default=None
@@ -249,6 +266,10 @@ def rfm_rounds(
     metrics : list, optional
         Receives ``(M_t, S_t)``, the metric of every solve and its square root,
         in order.
+    path : list, optional
+        Receives one dict per solve: ``kernel`` (with its resolved bandwidth),
+        ``regs`` (the ridge values solved), ``scores`` (``evaluate``'s value for
+        each, or ``None``) and ``reg`` (the value chosen).
 
     Returns
     -------
@@ -257,8 +278,16 @@ def rfm_rounds(
     alpha : torch.Tensor of shape (n, K)
         Its dual coefficients.
     scores : list of tuple
-        ``evaluate``'s values, one per solve (empty without ``evaluate``).
+        ``evaluate``'s values, one per solve (the best over the ridge values;
+        empty without ``evaluate``).
     """
+    reg = params["reg"]
+    grid = isinstance(reg, str | tuple | list)
+    if grid and evaluate is None:
+        raise ValueError(
+            f"A grid of ridge values (reg={reg!r}) is chosen on validation "
+            "scores: pass evaluate, or a single reg."
+        )
     S = psd_power(M, 0.5) if M is not None and root is None else root
     scores = []
     for t in range(n_rounds + 1):
@@ -266,52 +295,98 @@ def rfm_rounds(
         if metrics is not None:
             metrics.append((M, S))
         XS = apply_root(X, S)
-        alpha = fit_kernel_regression(
-            XS,
-            Y,
-            None,
-            kernel,
-            params["reg"],
-            solver=params["solver"],
-            budget=budget,
-            solver_params=params["solver_params"],
-            generator=generator,
-            log=log,
-            comm=params.get("comm"),
-        )
+        round_kernel = kernel.at_scale(XS)
+        solve = {
+            "solver": params["solver"],
+            "budget": budget,
+            "solver_params": params["solver_params"],
+            "generator": generator,
+            "log": log,
+            "comm": params.get("comm"),
+        }
+        if grid:
+            regs, alphas = fit_kernel_regression_path(
+                XS, Y, None, round_kernel, reg, **solve
+            )
+        else:
+            regs = (float(reg),)
+            alphas = fit_kernel_regression(XS, Y, None, round_kernel, reg, **solve)
+            alphas = alphas[None]
         stop = t == n_rounds
+        best, round_scores = 0, None
         if evaluate is not None:
+            cache = {}
 
-            def predict(Z, S=S, XS=XS, alpha=alpha):
-                return kernel_predict(
-                    apply_root(Z, S),
-                    XS,
-                    alpha,
-                    None,
-                    kernel,
-                    budget=budget,
-                    comm=params.get("comm"),
-                )
+            def predict_all(Z, S=S, XS=XS, alphas=alphas, kernel=round_kernel):
+                if cache.get("Z") is not Z:
+                    G, n, K = alphas.shape
+                    flat = alphas.permute(1, 0, 2).reshape(n, G * K)
+                    F = kernel_predict(
+                        apply_root(Z, S),
+                        XS,
+                        flat,
+                        None,
+                        kernel,
+                        budget=budget,
+                        comm=params.get("comm"),
+                    )
+                    cache["Z"], cache["F"] = Z, F.reshape(-1, G, K)
+                return cache["F"]
 
-            scores.append(evaluate(predict))
+            round_scores = [
+                evaluate(lambda Z, g=g: predict_all(Z)[:, g]) for g in range(len(regs))
+            ]
+            cache.clear()
+            best = max(range(len(regs)), key=round_scores.__getitem__)
+            scores.append(round_scores[best])
             stop = stop or no_improvement(scores, n_iter_no_change, tol)
+        alpha = alphas[best]
+        del alphas
+        if path is not None:
+            path.append(
+                {
+                    "kernel": round_kernel,
+                    "regs": regs,
+                    "scores": round_scores,
+                    "reg": regs[best],
+                }
+            )
         if not stop:
             step = _metric_and_root(
-                XS, alpha, S, kernel, params=params, budget=budget, generator=generator
+                XS,
+                alpha,
+                S,
+                round_kernel,
+                params=params,
+                budget=budget,
+                generator=generator,
             )
             if step is not None:
                 M, S = step
         del XS
         if log is not None:
             score = f", validation score {scores[-1][0]:.4f}" if scores else ""
-            log(f"round {t}: {time.perf_counter() - tic:.2f} s{score}")
+            ridge = f", reg {regs[best]:g}" if len(regs) > 1 else ""
+            log(f"round {t}: {time.perf_counter() - tic:.2f} s{score}{ridge}")
         if stop:
             break
     return M, alpha, scores
 
 
 def refit_rounds(
-    policy, X, Y, metrics, n_rounds, kernel, *, params, budget, generator, log=None
+    policy,
+    X,
+    Y,
+    metrics,
+    n_rounds,
+    kernel,
+    *,
+    params,
+    budget,
+    generator,
+    log=None,
+    kernels=None,
+    path=None,
 ):
     """The final kernel machine on all the data, after the rounds on a split.
 
@@ -329,7 +404,15 @@ def refit_rounds(
     n_rounds : int
         The chosen number of AGOP updates.
     kernel, params, budget, generator, log
-        As in :func:`rfm_rounds`.
+        As in :func:`rfm_rounds`; ``params["reg"]`` is the chosen float.
+    kernels : list of Kernel, optional
+        The resolved kernel of each of the split's solves (their ``path``
+        entries): ``"solve"`` uses the chosen round's, so a ``bandwidth="auto"``
+        keeps the bandwidth the split measured; the other policies resolve it
+        again on all the data.
+    path : list, optional
+        Receives the refit's solves, as in :func:`rfm_rounds`; the last entry
+        holds the final kernel.
 
     Returns
     -------
@@ -344,6 +427,8 @@ def refit_rounds(
         start, updates = metrics[n_rounds - 1], 1
     else:
         start, updates = metrics[0], n_rounds
+    if updates == 0 and kernels is not None:
+        kernel = kernels[n_rounds]
     M, alpha, _ = rfm_rounds(
         X,
         Y,
@@ -355,5 +440,6 @@ def refit_rounds(
         generator=generator,
         root=start[1],
         log=log,
+        path=path,
     )
     return M, alpha

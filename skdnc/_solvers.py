@@ -15,12 +15,22 @@ for blocked prediction, :func:`kernel_predict`. Two solvers:
 
 ``"auto"`` takes the exact solve while its kernel matrix fits the memory budget,
 and conjugate gradients otherwise.
+
+:func:`fit_kernel_regression_path` solves for a grid of ridge values at once
+(``reg="auto"`` or a list of values on the RFM estimators): from one
+eigendecomposition ``K = Q diag(lambda) Q^T``, every
+``alpha(mu) = Q (diag(lambda) + mu I)^{-1} Q^T Y`` costs one product. Where the
+eigendecomposition would cost more than the solves it replaces, or does not fit
+the memory budget, or the solver is ``"cg"``, it solves one value at a time
+(see :func:`ridge_path_method`).
 """
 
 import math
 import time
 import warnings
+from numbers import Real
 
+import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 
@@ -36,6 +46,19 @@ from skdnc._linalg import psd_eigh
 
 SOLVERS = ("auto", "cholesky", "cg")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
+
+#: ``reg="auto"``: the half-decades from 1e-3 (close to interpolation, right for
+#: separable classes) to 100 (strong smoothing, right for noisy targets). The
+#: kernels are 1 on their diagonal, so these values do not depend on the scale of
+#: the data or of the targets.
+REG_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-6, 5))
+#: The eigendecomposition path needs at least this many ridge values: on CPU
+#: cores one ``eigh`` of a kernel matrix costs as much as a few dozen Cholesky
+#: solves of it (``benchmarks/bench_hyperparams.py`` measures the ratio), so a
+#: shorter grid is solved one value at a time.
+EIGH_MIN_VALUES = 24
+#: ... and at most this many points, beyond which the gap widens further.
+EIGH_MAX_POINTS = 4096
 
 
 def _gib(n_bytes):
@@ -348,6 +371,226 @@ def _sharded_matvec(X, M, kernel, comm, in_memory, budget, options):
         return comm.gather_rows(local, n)
 
     return matvec
+
+
+def check_reg(reg):
+    """Validate a ridge parameter: a float, ``"auto"``, or a list of values.
+
+    Parameters
+    ----------
+    reg : float, "auto" or array-like of float
+
+    Returns
+    -------
+    reg : float, "auto" or tuple of float
+        A list comes back sorted, without repeats.
+
+    Raises
+    ------
+    ValueError
+        For a negative or non-finite value, an empty list, or a list that is
+        not one-dimensional.
+
+    Examples
+    --------
+    >>> from skdnc._solvers import check_reg
+    >>> check_reg([1.0, 0.01, 1.0])
+    (0.01, 1.0)
+    >>> check_reg("auto")
+    'auto'
+    """
+    if isinstance(reg, str):
+        if reg != "auto":
+            raise ValueError(f"reg must be a float, 'auto' or a list; got {reg!r}.")
+        return reg
+    if isinstance(reg, Real):
+        values = np.asarray([float(reg)])
+    else:
+        try:
+            values = np.asarray(reg, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"reg must be a float, 'auto' or a list of non-negative floats; "
+                f"got {reg!r}."
+            ) from exc
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(
+                "reg as a list needs at least one value, in a flat list; got "
+                f"{reg!r}. Use reg='auto' for skdnc's grid."
+            )
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(
+            f"reg values must be finite and non-negative; got {reg!r}. Ridge values "
+            "are in the units of the kernel (1 on its diagonal), e.g. [1e-3, 0.1, 10]."
+        )
+    if isinstance(reg, Real):
+        return float(reg)
+    return tuple(float(v) for v in np.unique(values))
+
+
+def ridge_path_method(reg, n, itemsize, budget, *, solver="auto", rank=None, n_ranks=1):
+    """How :func:`fit_kernel_regression_path` solves: the rule, in one place.
+
+    Parameters
+    ----------
+    reg : "auto" or tuple of float
+    n : int
+        Number of training points.
+    itemsize : int
+        Bytes per number of the computation.
+    budget : int
+        Memory budget in bytes.
+    solver : {"auto", "cholesky", "cg"}, default="auto"
+    rank : int, optional
+        Rank of the Nystrom preconditioner of ``"cg"``.
+    n_ranks : int, default=1
+        Ranks of a distributed fit, which always solves by ``"cg"`` (see
+        :func:`choose_solver`).
+
+    Returns
+    -------
+    method : {"eigh", "cholesky", "cg"}
+        ``"eigh"`` (every value from one eigendecomposition) when the solver
+        resolves to the exact solve, there are at least :data:`EIGH_MIN_VALUES`
+        values and at most :data:`EIGH_MAX_POINTS` points, and the
+        eigendecomposition's float64 buffers (six ``n x n`` of them) fit the
+        budget. Otherwise one solve per value, by ``"cholesky"`` (sharing one
+        kernel matrix when two fit the budget) or ``"cg"``.
+    regs : tuple of float
+        The values solved (``"auto"`` is :data:`REG_GRID`).
+    """
+    rank = SOLVER_PARAMS["rank"] if rank is None else rank
+    method, _ = choose_solver(solver, n, itemsize, budget, rank, n_ranks=n_ranks)
+    regs = REG_GRID if reg == "auto" else tuple(reg)
+    if (
+        method == "cholesky"
+        and len(regs) >= EIGH_MIN_VALUES
+        and n <= EIGH_MAX_POINTS
+        and 6 * n * n * 8 <= budget
+    ):
+        return "eigh", regs
+    return method, regs
+
+
+def ridge_path_solve(K, Y, regs):
+    """``(K + mu I)^{-1} Y`` for every ``mu`` in ``regs``, from one ``eigh`` of ``K``.
+
+    With ``K = Q diag(lambda) Q^T`` (in float64, negative eigenvalues of rounding
+    clipped to 0), ``alpha(mu) = Q diag(1 / (lambda + mu)) Q^T Y``: the
+    eigendecomposition is shared, and all values come from one product of ``Q``
+    with the ``n x (len(regs) K)`` scaled coefficients.
+
+    Parameters
+    ----------
+    K : torch.Tensor of shape (n, n)
+        Symmetric PSD matrix.
+    Y : torch.Tensor of shape (n, K)
+    regs : sequence of float
+        Ridge values; a ``0`` (the ridgeless solve) takes the pseudo-inverse,
+        with eigenvalues under ``n * eps * lambda_max`` treated as zero.
+
+    Returns
+    -------
+    alphas : torch.Tensor of shape (len(regs), n, K), in ``Y``'s dtype and device
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdnc._solvers import ridge_path_solve
+    >>> K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    >>> A = ridge_path_solve(K, Y, [0.0, 1.0])
+    >>> torch.allclose(A[1], torch.linalg.solve(K + torch.eye(2), Y))
+    True
+    """
+    evals, Q = psd_eigh(K)
+    evals = evals.clamp(min=0)
+    floor = K.shape[0] * torch.finfo(torch.float64).eps * float(evals[-1])
+    C = Q.T @ Y.to(device=Q.device, dtype=torch.float64)
+    mus = torch.tensor(list(regs), dtype=torch.float64, device=Q.device)
+    denom = evals[:, None] + mus[None, :]  # (n, G)
+    inverse = torch.where(denom > floor, 1.0 / denom, torch.zeros_like(denom))
+    W = (C[:, None, :] * inverse[:, :, None]).reshape(len(evals), -1)
+    alphas = (Q @ W).reshape(len(evals), len(mus), -1).permute(1, 0, 2)
+    return alphas.to(device=Y.device, dtype=Y.dtype).contiguous()
+
+
+def fit_kernel_regression_path(
+    X,
+    Y,
+    M,
+    kernel,
+    reg,
+    *,
+    solver="auto",
+    budget,
+    solver_params=None,
+    generator=None,
+    log=None,
+    comm=None,
+):
+    """Dual coefficients of kernel ridge regression for a grid of ridge values.
+
+    The method and the grid follow :func:`ridge_path_method`: one
+    eigendecomposition of the kernel matrix (:func:`ridge_path_solve`), or one
+    :func:`fit_kernel_regression` per value.
+
+    Parameters
+    ----------
+    X, Y, M, kernel, solver, budget, solver_params, generator, log, comm
+        As in :func:`fit_kernel_regression`.
+    reg : "auto" or sequence of float
+        The ridge values (see :func:`check_reg`).
+
+    Returns
+    -------
+    regs : tuple of float
+        The values solved, ascending.
+    alphas : torch.Tensor of shape (len(regs), n, K)
+    """
+    rank = {**SOLVER_PARAMS, **(solver_params or {})}["rank"]
+    method, regs = ridge_path_method(
+        reg,
+        X.shape[0],
+        X.element_size(),
+        budget,
+        solver=solver,
+        rank=rank,
+        n_ranks=1 if comm is None else comm.size,
+    )
+    if method == "eigh":
+        tic = time.perf_counter()
+        K = training_kernel_matrix(X, M, kernel)
+        alphas = ridge_path_solve(K, Y, regs)
+        if log is not None:
+            log(
+                f"ridge path ({len(regs)} values, one eigendecomposition): "
+                f"{time.perf_counter() - tic:.2f} s"
+            )
+        return regs, alphas
+    n = X.shape[0]
+    if method == "cholesky" and 2 * n * n * X.element_size() <= budget:
+        K = training_kernel_matrix(X, M, kernel, triangle="lower")
+        return regs, torch.stack([cholesky_solve_kernel(K.clone, Y, mu) for mu in regs])
+    alphas = torch.stack(
+        [
+            fit_kernel_regression(
+                X,
+                Y,
+                M,
+                kernel,
+                mu,
+                solver=method,
+                budget=budget,
+                solver_params=solver_params,
+                generator=generator,
+                log=log,
+                comm=comm,
+            )
+            for mu in regs
+        ]
+    )
+    return regs, alphas
 
 
 def _column_major(V):
