@@ -1,5 +1,6 @@
 """Behaviour of RFMClassifier and RFMRegressor."""
 
+import inspect
 import pickle
 import warnings
 
@@ -17,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from skdnc import RFMClassifier, RFMRegressor
 from skdnc._kernels import Kernel
+from skdnc._rfm import _BaseRFM
 
 
 def test_digits_accuracy_with_defaults(digits_split):
@@ -376,3 +378,12 @@ def test_memory_does_not_grow_across_cv_folds():
     )
     sizes = json.loads(out.stdout.strip().splitlines()[-1])
     assert sizes[-1] - sizes[0] < 12 * 2**20, np.diff(sizes) / 2**20
+
+
+@pytest.mark.parametrize("Estimator", [RFMClassifier, RFMRegressor])
+def test_every_shared_parameter_reaches_get_params(Estimator):
+    """Each estimator's own ``__init__`` (they differ in defaults) takes every
+    parameter of the shared base, so ``clone`` and ``set_params`` see them all."""
+    shared = set(inspect.signature(_BaseRFM.__init__).parameters) - {"self"}
+    assert shared <= set(Estimator().get_params())
+    assert Estimator(distributed=False).get_params()["distributed"] is False
