@@ -205,7 +205,9 @@ def run(args):
     )
 
     tic = time.perf_counter()
-    model = DeepRFMTransformer(**params, verbose=int(not args.quiet)).fit(X, y)
+    model = DeepRFMTransformer(
+        **params, record_readout=True, verbose=int(not args.quiet)
+    ).fit(X, y)
     fit_seconds = time.perf_counter() - tic
     history = model.collapse_history_
     nc1 = history["nc1_input"]

@@ -137,16 +137,19 @@ class DeepRFMTransformer(
         and at the end, as Algorithm 1 does. ``None`` skips it (the variant of the
         paper's Section 4.2 analysis).
     record_metrics : bool, default=True
-        Measure NC1 to NC4 and the Gram / label-kernel correlation of every
+        Measure NC1, NC2 and the Gram / label-kernel correlation of every
         layer's three representations during :meth:`fit` and store them in
         ``collapse_history_``. The Gram correlation costs ``O(n d min(n, d))``
         per representation, less than the layer's kernel matrix; NC1 and NC2
         cost ``O(n d K)``.
-    record_readout : bool, default=True
+    record_readout : bool, default=False
         With ``record_metrics``, also measure NC3 and NC4 of a ridge readout of
-        every representation (see ``collapse_history_``), which costs another
-        ``O(n d min(n, d))`` per representation, in float64 on the CPU; when
-        False their entries are NaN.
+        every representation (see ``collapse_history_``). It costs another
+        ``O(n d min(n, d))`` per representation, in float64 on the CPU, about as
+        much as the rest of the history, which is why it is off by default (a
+        Deep RFM fitted inside a cross-validated pipeline pays for its history
+        on every fold); when False their entries are NaN. ``python -m skdnc``
+        turns it on.
     solver : {"auto", "cholesky", "cg"}, default="auto"
         Linear solver of the kernel machines (see :class:`RFMClassifier`).
     solver_params : dict, default=None
@@ -303,7 +306,7 @@ class DeepRFMTransformer(
         target_coding="pm1",
         normalize="rows",
         record_metrics=True,
-        record_readout=True,
+        record_readout=False,
         solver="auto",
         solver_params=None,
         device="auto",

@@ -128,7 +128,9 @@ def test_deep_rfm_history_readout_matches_sklearn_ridge_on_each_stage():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)
     X = rng.normal(size=(3, 8))[y] + 0.7 * rng.normal(size=(60, 8))
-    drfm = DeepRFMTransformer(L=2, width=32, random_state=0).fit(X, y)
+    drfm = DeepRFMTransformer(L=2, width=32, random_state=0, record_readout=True).fit(
+        X, y
+    )
     history = drfm.collapse_history_
     for rep in drfm.transform_layers(X):
         layer = rep["layer"] - 1
@@ -145,7 +147,9 @@ def test_deep_rfm_history_readout_is_zero_on_collapsed_input():
     K = 4
     y = np.repeat(np.arange(K), 5)
     X = _etf(K, 6, seed=3)[y]
-    drfm = DeepRFMTransformer(L=1, width=16, random_state=0).fit(X, y)
+    drfm = DeepRFMTransformer(L=1, width=16, random_state=0, record_readout=True).fit(
+        X, y
+    )
     assert drfm.collapse_history_["nc3_input"][0] == pytest.approx(0.0, abs=1e-6)
     assert drfm.collapse_history_["nc4_input"][0] == 0.0
 
@@ -285,7 +289,9 @@ def test_scorer_readout_without_coef_is_refused():
 
 def test_deep_rfm_record_readout_false_leaves_nan_and_the_rest_unchanged():
     X, y = _data(45, 6, 3, seed=2)
-    full = DeepRFMTransformer(L=2, width=16, random_state=0).fit(X, y)
+    full = DeepRFMTransformer(L=2, width=16, random_state=0, record_readout=True).fit(
+        X, y
+    )
     lean = DeepRFMTransformer(L=2, width=16, random_state=0, record_readout=False)
     lean.fit(X, y)
     assert full.collapse_history_.keys() == lean.collapse_history_.keys()
