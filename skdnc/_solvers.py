@@ -156,10 +156,10 @@ def cholesky_solve_kernel(
     state = {} if state is None else state
     jitter = float(state.get("jitter", 0.0))
     n = Y.shape[0]
-    keep = state.get("at_risk", False) and n * n * Y.element_size() <= spare_bytes
-    K = build_kernel() if keep else None
+    if state.get("at_risk", False) and n * n * Y.element_size() <= spare_bytes:
+        build_kernel = build_kernel().clone  # keep it: each try factors a copy
     for _ in range(max_tries):
-        F = K.clone() if keep else build_kernel()
+        F = build_kernel()
         scale = float(F.diagonal().mean())
         F.diagonal().add_(reg + jitter)
         if _factor_in_place(F):
