@@ -85,7 +85,7 @@ def test_explicit_options_override_the_preset(monkeypatch, tmp_path):
 def _network_settings(monkeypatch, tmp_path, argv):
     seen = {}
 
-    def load(args):
+    def load(args, *, flatten):
         seen["n_samples"] = args.n_samples
         return np.zeros((20, 4), np.float32), np.arange(20) % 2
 

@@ -283,14 +283,14 @@ def settings(args):
 
 
 # -- run ------------------------------------------------------------------------------
-def load(args):
-    """Standardised training data: flat rows for the MLP, images otherwise."""
+def load(args, *, flatten):
+    """Standardised training data, as flat rows or as images."""
     X, y = load_dataset(
         args.dataset,
         root=args.data_root,
         n_samples=args.n_samples,
         balanced=args.dataset == "digits",
-        flatten=args.arch == "mlp",
+        flatten=flatten,
         standardize=True,
         download=args.download,
         return_X_y=True,
@@ -307,7 +307,7 @@ def run(args):
         return run_user_model(args)
     started = time.perf_counter()
     device = resolve_device(args.device)
-    X, y = load(args)
+    X, y = load(args, flatten=args.arch == "mlp")
     n_classes = int(len(np.unique(y)))
     input_shape = X.shape[1:]
     config = settings(args)
@@ -416,17 +416,7 @@ def run_user_model(args):
     """Probe ``args.user_model`` on the data set; return a ``CommandResult``."""
     started = time.perf_counter()
     device = resolve_device(args.device)
-    X, y = load_dataset(
-        args.dataset,
-        root=args.data_root,
-        n_samples=args.n_samples,
-        balanced=args.dataset == "digits",
-        flatten=args.input == "flat",
-        standardize=True,
-        download=args.download,
-        return_X_y=True,
-    )
-    X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
+    X, y = load(args, flatten=args.input == "flat")
     model = args.user_model.to(device)
     print(
         f"{args.model} on {args.dataset}: {X.shape[0]} samples of shape "
