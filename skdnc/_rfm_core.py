@@ -290,20 +290,20 @@ def rfm_rounds(
         )
     S = psd_power(M, 0.5) if M is not None and root is None else root
     scores = []
+    solve = {
+        "solver": params["solver"],
+        "budget": budget,
+        "solver_params": params["solver_params"],
+        "generator": generator,
+        "log": log,
+        "comm": params.get("comm"),
+    }
     for t in range(n_rounds + 1):
         tic = time.perf_counter()
         if metrics is not None:
             metrics.append((M, S))
         XS = apply_root(X, S)
         round_kernel = kernel.at_scale(XS)
-        solve = {
-            "solver": params["solver"],
-            "budget": budget,
-            "solver_params": params["solver_params"],
-            "generator": generator,
-            "log": log,
-            "comm": params.get("comm"),
-        }
         if grid:
             regs, alphas = fit_kernel_regression_path(
                 XS, Y, None, round_kernel, reg, **solve
@@ -328,7 +328,7 @@ def rfm_rounds(
                         None,
                         kernel,
                         budget=budget,
-                        comm=params.get("comm"),
+                        comm=solve["comm"],
                     )
                     cache["Z"], cache["F"] = Z, F.reshape(-1, G, K)
                 return cache["F"]
