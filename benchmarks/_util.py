@@ -261,3 +261,12 @@ def write_report(path, report, targets):
     with open(path, "w") as f:
         json.dump(report, f, indent=1, default=float)
     print(f"\nfigures written to {path}")
+
+
+def finish(report, targets, args, stem):
+    """Write the report where ``--json`` says (by default ``results/{stem}.json``,
+    or ``{stem}_quick.json`` with ``--quick``) and return the exit status: 1 when
+    ``--check`` is given and a target was missed."""
+    name = f"{stem}_quick.json" if args.quick else f"{stem}.json"
+    write_report(args.json or os.path.join(RESULTS, name), report, targets)
+    return 1 if args.check and not targets.all_met else 0

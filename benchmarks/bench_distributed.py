@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import RESULTS, Targets, image_like, provenance, write_report  # noqa: E402
+from _util import Targets, finish, image_like, provenance  # noqa: E402
 
 N, N_CLASSES, CG_ITERATIONS, NYSTROM_RANK, REG = 20_000, 10, 10, 500, 1e-3
 COMM_SHARE = 0.05
@@ -269,9 +269,7 @@ def main(argv=None):
         max(differences.values()),
         1e-10,
     )
-    name = "bench_distributed_quick.json" if args.quick else "bench_distributed.json"
-    write_report(args.json or os.path.join(RESULTS, name), report, targets)
-    return 1 if args.check and not targets.all_met else 0
+    return finish(report, targets, args, "bench_distributed")
 
 
 if __name__ == "__main__":

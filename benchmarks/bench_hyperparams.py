@@ -45,12 +45,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import (  # noqa: E402
-    RESULTS,
     Targets,
     best_of,
+    finish,
     format_table,
     provenance,
-    write_report,
 )
 
 R2_MARGIN = 0.03
@@ -320,9 +319,7 @@ def main(argv=None):
     report["total_s"] = time.perf_counter() - tic
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\ntotal {report['total_s']:.0f} s; load average at the end {load}")
-    name = "bench_hyperparams_quick.json" if args.quick else "bench_hyperparams.json"
-    write_report(args.json or os.path.join(RESULTS, name), report, targets)
-    return 1 if args.check and not targets.all_met else 0
+    return finish(report, targets, args, "bench_hyperparams")
 
 
 if __name__ == "__main__":

@@ -48,17 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import (  # noqa: E402
     GIB,
-    RESULTS,
     PeakMemory,
     Targets,
     best_of,
     cap_address_space,
+    finish,
     format_table,
     image_like,
     is_out_of_memory,
     provenance,
     run_worker,
-    write_report,
 )
 
 SCRIPT = Path(__file__).resolve()
@@ -597,9 +596,7 @@ def main(argv=None):
     report["total_s"] = time.perf_counter() - tic
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\ntotal {report['total_s']:.0f} s; load average at the end {load}")
-    name = "bench_rfm_quick.json" if args.quick else "bench_rfm.json"
-    write_report(args.json or os.path.join(RESULTS, name), report, targets)
-    return 1 if args.check and not targets.all_met else 0
+    return finish(report, targets, args, "bench_rfm")
 
 
 if __name__ == "__main__":

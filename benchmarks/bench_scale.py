@@ -43,12 +43,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import (  # noqa: E402
-    RESULTS,
     Targets,
+    finish,
     format_table,
     image_like,
     provenance,
-    write_report,
 )
 
 D, N_CLASSES, N_TEST = 784, 10, 2000
@@ -441,9 +440,7 @@ def main(argv=None):
     print(
         f"\ntotal {report['total_s']:.0f} s; load average at the end {os.getloadavg()}"
     )
-    name = "bench_scale_quick.json" if args.quick else "bench_scale.json"
-    write_report(args.json or os.path.join(RESULTS, name), report, targets)
-    return 1 if args.check and not targets.all_met else 0
+    return finish(report, targets, args, "bench_scale")
 
 
 if __name__ == "__main__":
