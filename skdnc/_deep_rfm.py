@@ -436,7 +436,7 @@ class DeepRFMTransformer(
                 normalize_rows(Xl)
             if layer == 0 and self.n_agop_steps > 0:
                 np_dtype = np.float32 if dtype == torch.float32 else np.float64
-                kernel.check_scale(Xl, np_dtype)
+                kernel.check_scale(Xl, np_dtype, reg=float(self.reg))
             d = Xl.shape[1]
             M = self._layer_agop(
                 Xl,
