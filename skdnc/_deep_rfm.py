@@ -36,7 +36,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
-from skdnc._distributed import collective, fail_together, world
+from skdnc._distributed import check_call, collective, fail_together, world
 from skdnc._feature_maps import (
     DEFAULT_WIDTH,
     FEATURE_MAPS,
@@ -396,6 +396,7 @@ class DeepRFMTransformer(
         """
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
+            check_call(comm, self, "fit", None)  # fit compares X and y itself
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
             classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
             device = resolve_device(self.device)

@@ -25,7 +25,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
-from skdnc._distributed import collective, fail_together, world
+from skdnc._distributed import check_call, collective, fail_together, world
 from skdnc._kernels import Kernel, overflow_limit
 from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
@@ -801,6 +801,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         """
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
+            check_call(comm, self, "fit", None)  # fit compares X and y itself
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
             self.classes_, y_index = check_class_labels(y, owner="RFMClassifier")
             return self._fit(X, y_index, comm)
@@ -1042,6 +1043,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         """
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
+            check_call(comm, self, "fit", None)  # fit compares X and y itself
             X, y = validate_data(
                 self,
                 X,
