@@ -132,13 +132,13 @@ def _record_error(results, key, fn):
         results[key] = (type(exc).__name__, str(exc), time.monotonic() - tic)
 
 
-def _init_group(rank, port):
+def _init_group(rank, port, timeout=PG_TIMEOUT):
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=2,
-        timeout=timedelta(seconds=PG_TIMEOUT),
+        timeout=timedelta(seconds=timeout),
     )
 
 
@@ -377,13 +377,7 @@ def _call_worker(rank, port, out_dir):
     torch.set_num_threads(1)
     results = {}
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=2,
-            timeout=timedelta(seconds=CALL_TIMEOUT),
-        )
+        _init_group(rank, port, CALL_TIMEOUT)
         X, y = load_digits(return_X_y=True)
         X, y = X[:80] / 16, y[:80]
         # Per-rank parameters (memory_budget, verbose, device) may differ.
