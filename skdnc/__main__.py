@@ -21,12 +21,15 @@ from sklearn.preprocessing import StandardScaler
 from skdnc._cli import (
     CommandResult,
     HelpFormatter,
+    check_n_samples,
+    check_preset,
     common_parser,
     nonnegative_float,
     parse_args,
     platform_info,
     positive_float,
     positive_int,
+    seed,
 )
 from skdnc._cli import main as run_command
 from skdnc._deep_rfm import DeepRFMTransformer
@@ -105,7 +108,7 @@ def build_parser():
         choices=["float64", "float32"],
         help="precision of the computation",
     )
-    add("--seed", type=int, default=0, help="random seed")
+    add("--seed", type=seed, default=0, help="random seed")
     add(
         "--gram-layers",
         type=positive_int,
@@ -140,16 +143,22 @@ def _preset_help(key):
     return describe(deep_rfm_settings, key, FEATURE_MAPS, show)
 
 
+def _preset(args):
+    return args.preset or default_preset("deep_rfm", args.dataset)
+
+
 def preset_defaults(args):
     """Parser defaults from the preset for the chosen data set and map."""
-    preset = args.preset or default_preset("deep_rfm", args.dataset)
-    return deep_rfm_settings(preset, args.dataset, args.feature_map)
+    return deep_rfm_settings(_preset(args), args.dataset, args.feature_map)
 
 
 def parse(argv=None):
     """Parsed and validated arguments, with the data set's preset applied."""
     parser = build_parser()
     args = parse_args(parser, argv, preset_defaults)
+    check_preset(parser, args)
+    preset = {"name": _preset(args), "n_samples": preset_defaults(args)["n_samples"]}
+    check_n_samples(parser, args, preset, folds=None if args.no_cv else args.cv_folds)
     if args.gram_layers is not None and max(args.gram_layers) > args.L:
         parser.error(
             f"--gram-layers must be between 1 and --L={args.L}; got {args.gram_layers}."
@@ -279,7 +288,8 @@ def run(args):
         checked={
             "NC1 by layer": history["nc1_input"],
             "NC2 by layer": history["nc2_input"],
-            "per-layer NC1 factor": [factor, r2],
+            # One layer has no per-layer factor (NaN, not an error).
+            **({"per-layer NC1 factor": [factor, r2]} if len(nc1) > 1 else {}),
         },
     )
 
@@ -325,10 +335,11 @@ def cross_validate(args, X, y, params):
 def log_linear_fit(values):
     """Per-layer factor and R^2 of a straight line through log(values) vs layer.
 
-    Both are NaN when a value is not positive and finite (no logarithm).
+    Both are NaN when a value is not positive and finite (no logarithm), or for
+    fewer than two layers (no line).
     """
     values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values) & (values > 0)):
+    if len(values) < 2 or not np.all(np.isfinite(values) & (values > 0)):
         return float("nan"), float("nan")
     layers = np.arange(1, len(values) + 1)
     logv = np.log(values)

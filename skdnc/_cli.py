@@ -24,7 +24,18 @@ import torch
 
 from skdnc._backend import resolve_device
 from skdnc._presets import PRESETS
-from skdnc.datasets import available_datasets
+from skdnc.datasets import DatasetNotFoundError, available_datasets
+
+#: Training points of every data set (MNIST, CIFAR-10 and SVHN: torchvision's
+#: training splits) and the points of its smallest class (what a class-balanced
+#: subset of digits is limited by). Every data set has 10 classes.
+TRAIN_SIZES = {
+    "digits": (1797, 174),
+    "mnist": (60_000, 5421),
+    "cifar10": (50_000, 5000),
+    "svhn": (73_257, 4659),
+}
+N_CLASSES = 10
 
 
 # -- option types ---------------------------------------------------------------------
@@ -50,6 +61,32 @@ positive_int = _number(int, 0, strict=True)
 nonnegative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0.0, strict=True)
 nonnegative_float = _number(float, 0.0, strict=False)
+
+
+def seed(text):
+    """``--seed``: an integer in ``[0, 2**32 - 1]``, the seeds numpy and
+    scikit-learn accept."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a seed (an integer from 0 to 2**32 - 1)"
+        )
+    return value
+
+
+def thread_count(text):
+    """``--threads``: a positive integer, at most the machine's CPU cores (more
+    threads than cores only slow a run down, and far more abort OpenMP)."""
+    value = positive_int(text)
+    cores = os.cpu_count() or 1
+    if value > cores:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than the {cores} CPU cores of this machine"
+        )
+    return value
 
 
 def device_name(text):
@@ -107,7 +144,7 @@ def common_parser(output):
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         help="torch CPU threads for this run (default: torch's choice)",
     )
@@ -156,14 +193,78 @@ def parse_args(parser, argv, defaults):
 
 
 def _check_output_folder(parser, output):
-    """Create the output folder now, before any work, or stop with a message."""
-    path = Path(output)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        parser.error(f"--output {output!s} is not a writable folder: {exc}")
+    """Stop with a message, before any work, unless ``output`` is a folder that can
+    be written or created; nothing is created until the outputs are written."""
+    path = Path(output).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif existing == path and not path.is_dir():
+        problem = "it exists and is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    parser.error(f"--output {output!s} is not a writable folder: {problem}")
+
+
+def check_n_samples(parser, args, preset, *, balanced=False, folds=None):
+    """Stop with a usage error unless ``--n-samples`` fits the data set.
+
+    At most the data set's training points (with ``balanced``, ten times its
+    smallest class), and at least two points of each of its 10 classes (NC1 needs
+    a within-class spread), or ``folds`` of each for a stratified
+    cross-validation.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    args : argparse.Namespace
+        With ``dataset`` and ``n_samples``.
+    preset : dict
+        ``{"name": preset, "n_samples": its value}``: the message names the
+        preset when the value is its.
+    balanced : bool, default=False
+        Whether the subset takes the same number of points of every class.
+    folds : int, optional
+        Folds of a stratified cross-validation of the run.
+    """
+    n = args.n_samples
+    total, smallest = TRAIN_SIZES[args.dataset]
+    largest = N_CLASSES * smallest if balanced else total
+    least = N_CLASSES * max(2, folds or 0)
+    if n is None or least <= n <= largest:
+        return
+    source = ""
+    if n == preset["n_samples"]:
+        source = f" (the value of --preset {preset['name']})"
+    if n > largest:
+        what = "class-balanced points" if balanced else "training points"
+        parser.error(
+            f"--n-samples {n}{source} is more than the {largest} {what} of "
+            f"{args.dataset}."
+        )
+    reason = f"{folds} of each of its {N_CLASSES} classes for --cv-folds {folds}"
+    if not folds:
+        reason = f"two of each of its {N_CLASSES} classes"
+    parser.error(
+        f"--n-samples {n}{source} is too few for {args.dataset}: at least {least} "
+        f"points are needed, {reason}."
+    )
+
+
+def check_preset(parser, args):
+    """Stop with a usage error when ``--preset paper`` is asked for on digits: the
+    paper's settings are for MNIST, CIFAR-10 and SVHN."""
+    if args.preset == "paper" and args.dataset == "digits":
+        parser.error(
+            "--preset paper holds the settings of the paper's Appendix C for "
+            "mnist, cifar10 and svhn (50,000 training points); it does not apply "
+            "to digits (1797 points): use --preset demo, the default on digits, "
+            "or choose --dataset mnist, cifar10 or svhn."
+        )
 
 
 def set_threads(threads):
@@ -237,7 +338,8 @@ def main(parse, run, argv=None):
     status : int
         0 on success; 1 when the run diverges (``FloatingPointError``, nothing
         written) or its results are not finite (the outputs are written all the
-        same, for inspection).
+        same, for inspection); 2 when the data set's files are missing (nothing
+        written).
     """
     args = parse(argv)
     set_threads(args.threads)
@@ -246,6 +348,9 @@ def main(parse, run, argv=None):
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except DatasetNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report(result)
     write_outputs(result, args.output)
     print(f"total {result.data['total_seconds']:.1f} s")
@@ -297,10 +402,19 @@ def _atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp's file is private (0600); give it the mode of any new file.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask():
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_outputs(result, output):
@@ -312,6 +426,7 @@ def write_outputs(result, output):
         ``{key: path}`` of every file written.
     """
     out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in result.figures}
     files["table"] = out / result.names["table"]
     files["json"] = out / result.names["json"]

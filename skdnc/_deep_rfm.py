@@ -36,7 +36,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
-from skdnc._distributed import collective, fail_together, world
+from skdnc._distributed import check_call, collective, fail_together, world
 from skdnc._feature_maps import (
     DEFAULT_WIDTH,
     FEATURE_MAPS,
@@ -396,6 +396,7 @@ class DeepRFMTransformer(
         """
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
+            check_call(comm, self, "fit", None)  # fit compares X and y itself
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
             classes, y_index = check_class_labels(y, owner="DeepRFMTransformer")
             device = resolve_device(self.device)
@@ -436,7 +437,7 @@ class DeepRFMTransformer(
                 normalize_rows(Xl)
             if layer == 0 and self.n_agop_steps > 0:
                 np_dtype = np.float32 if dtype == torch.float32 else np.float64
-                kernel.check_scale(Xl, np_dtype)
+                kernel.check_scale(Xl, np_dtype, reg=float(self.reg))
             d = Xl.shape[1]
             M = self._layer_agop(
                 Xl,

@@ -9,7 +9,7 @@ ones) and keeps the artists (``lines_``, ``image_``, ...) next to ``figure_`` an
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_consistent_length, check_is_fitted
 
 from skdnc._backend import normalize_rows
 from skdnc.metrics._collapse import STAGES
@@ -35,6 +35,8 @@ STAGE_COLORS = dict(zip(STAGES, ("tab:green", "tab:orange", "tab:blue")))
 
 def _axes(ax, n):
     """``n`` Axes: the ones given, or a new row of them."""
+    if n < 1:
+        raise ValueError("Nothing to draw: at least one metric is needed.")
     if ax is None:
         fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False)
         return fig, list(axes[0])
@@ -189,6 +191,7 @@ class CollapseDisplay:
         -------
         self : CollapseDisplay
         """
+        _check_series(self.layers, self.values)
         fig, axes = _axes(ax, len(self.values))
         labels = self.stage_labels or {s: s for s in STAGES}
         self.lines_ = {}
@@ -214,11 +217,33 @@ class CollapseDisplay:
         return self
 
 
+def _check_series(layers, values):
+    """Stop a CollapseDisplay with no layers, no metrics, or series whose length
+    is not the number of layers, before matplotlib sees them."""
+    if len(layers) == 0 or not values:
+        raise ValueError(
+            f"Nothing to draw: got {len(layers)} layers and {len(values)} metrics; "
+            "a CollapseDisplay needs at least one of each."
+        )
+    for metric, by_stage in values.items():
+        for stage, series in by_stage.items():
+            if np.shape(series) != (len(layers),):
+                raise ValueError(
+                    f"values[{metric!r}][{stage!r}] has shape {np.shape(series)}; "
+                    f"expected one value per layer, ({len(layers)},)."
+                )
+
+
 def centred_gram(Z, y):
     """Gram matrix of the samples centred by the mean of the class means, each
     normalised, in class order (the matrices of the paper's Figure 1)."""
     Z = np.asarray(Z, dtype=np.float64)
     y = np.asarray(y)
+    if Z.ndim != 2 or y.shape != (len(Z),) or len(Z) == 0:
+        raise ValueError(
+            f"centred_gram needs Z of shape (n_samples, n_features) with n_samples "
+            f">= 1 and y of shape (n_samples,); got Z {Z.shape} and y {y.shape}."
+        )
     order = np.argsort(y, kind="stable")
     Z, y = Z[order], y[order]
     means = np.stack([Z[y == c].mean(axis=0) for c in np.unique(y)])
@@ -275,6 +300,7 @@ class GramDisplay:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}; got {stage!r}.")
         check_is_fitted(estimator)
+        check_consistent_length(X, y)
         L = len(estimator.weights_)
         if layers is None:
             layers = sorted({int(round(v)) for v in np.linspace(1, L, min(L, 6))})
@@ -294,6 +320,21 @@ class GramDisplay:
         self : GramDisplay
         """
         n = len(self.grams)
+        if n == 0 or len(self.layers) != n:
+            raise ValueError(
+                f"GramDisplay needs at least one Gram matrix and one layer number "
+                f"per matrix; got {n} matrices and {len(self.layers)} layers."
+            )
+        for gram in self.grams:
+            if (
+                np.ndim(gram) != 2
+                or np.shape(gram)[0] != np.shape(gram)[1]
+                or (np.size(gram) == 0)
+            ):
+                raise ValueError(
+                    "Every Gram matrix must be square and non-empty; got shape "
+                    f"{np.shape(gram)}."
+                )
         if ax is None:
             fig, axes = plt.subplots(
                 1, n, figsize=(2.2 * n + 1, 2.8), squeeze=False, layout="constrained"
@@ -347,6 +388,13 @@ class _HistoryDisplay:
         self.summary = summary
         self.layer_names = list(layer_names)
         self.title = title
+
+    def _check_layers(self):
+        if not self.layer_names or len(self.summary.get("epochs", ())) == 0:
+            raise ValueError(
+                "Nothing to draw: the histories hold no probed layers or no "
+                "measured epochs."
+            )
 
     @classmethod
     def from_histories(cls, histories, *, ax=None, title=None):
@@ -402,6 +450,7 @@ class TrainingHistoryDisplay(_HistoryDisplay):
         -------
         self : TrainingHistoryDisplay
         """
+        self._check_layers()
         s = self.summary
         if ax is None:
             fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -468,6 +517,7 @@ class SVDSplitDisplay(_HistoryDisplay):
         -------
         self : SVDSplitDisplay
         """
+        self._check_layers()
         L = len(self.layer_names)
         if ax is None:
             fig, axes = plt.subplots(

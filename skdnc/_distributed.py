@@ -14,12 +14,24 @@ wait while watching the group's store for an error another rank reported
 (:func:`fail_together`), so that a rank that raises makes the others raise too,
 naming it, instead of leaving them blocked in a collective until the process
 group's timeout (which stays the backstop for a rank that hangs or dies).
+
+Before its first collective every distributed call checks that the ranks agree
+on it (:func:`check_call`: one all-gather of a fingerprint of the estimator's
+class, the method, the data's shape and every parameter but the per-rank ones),
+and raises a ``ValueError`` on every rank naming the first rank and the first
+difference, instead of leaving the ranks in mismatched collectives. A rank that
+never makes the call (``predict`` on rank 0 alone) cannot be told from a slow
+one: the other ranks then wait in that all-gather for the process group's
+``timeout`` (``init_process_group(..., timeout=timedelta(...))``; torch's
+default is 30 minutes for Gloo and 10 for NCCL), and raise
+:class:`DistributedFitError` saying so.
 """
 
 import contextlib
 import functools
 import itertools
 import time
+import zlib
 
 import numpy as np
 import torch
@@ -208,6 +220,106 @@ class Comm:
                 self._store.set(self.key, message)
 
 
+#: Parameters that may differ between ranks: they change no collective.
+PER_RANK_PARAMS = ("device", "memory_budget", "verbose")
+#: Slots of a call's fingerprint: class, method, rows, columns, then parameters.
+_FINGERPRINT_SLOTS = 64
+
+
+def _hash(value):
+    """A 31-bit hash of a parameter's value that is the same in every process
+    (``hash`` of a str is salted per process; an object's repr names its
+    address, so objects count by their type)."""
+    if not isinstance(value, int | float | str | bool | tuple | list | dict):
+        value = value if value is None else type(value).__qualname__
+    return zlib.crc32(repr(value).encode()) & 0x7FFFFFFF
+
+
+def _call_fingerprint(estimator, call, X):
+    """The fingerprint of a distributed call and the names of its slots."""
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        shape = (len(X),) if hasattr(X, "__len__") else ()
+    shape = (*tuple(shape)[:2], -1, -1)[:2]
+    params = {
+        k: v
+        for k, v in sorted(estimator.get_params(deep=False).items())
+        if k not in PER_RANK_PARAMS
+    }
+    names = [
+        "estimator",
+        "method",
+        "number of rows of X",
+        "number of columns of X",
+        *params,
+    ]
+    values = [
+        _hash(type(estimator).__qualname__),
+        _hash(call),
+        *shape,
+        *(_hash(v) for v in params.values()),
+    ]
+    values = values[:_FINGERPRINT_SLOTS]
+    return values + [0] * (_FINGERPRINT_SLOTS - len(values)), names
+
+
+def check_call(comm, estimator, call, X):
+    """Raise ``ValueError`` on every rank unless every rank makes the same call.
+
+    One all-gather of a fingerprint (the estimator's class, the method, the shape
+    of ``X`` and a hash of every parameter but :data:`PER_RANK_PARAMS`): a rank
+    that calls another method, or has another ``max_iter``, would otherwise
+    enter other collectives and wait for the process group's timeout. A rank
+    that makes no call at all leaves this all-gather waiting until that timeout,
+    which raises :class:`DistributedFitError` saying so. ``comm=None`` does
+    nothing.
+
+    Parameters
+    ----------
+    comm : Comm or None
+    estimator : BaseEstimator
+    call : str
+        The method (every rank must make the same collective call).
+    X : array-like or None
+        The data passed; ``None`` leaves the shape out (``fit`` compares its
+        data with :meth:`Comm.check_same`, which says more).
+    """
+    if comm is None:
+        return
+    mine, names = _call_fingerprint(estimator, call, X)
+    local = torch.tensor([mine], dtype=torch.int64, device=comm._device())
+    try:
+        every = comm.gather_rows(local, comm.size).cpu()
+    except DistributedFitError as exc:
+        raise DistributedFitError(
+            f"Rank {comm.rank} of {comm.size} called {type(estimator).__name__}."
+            f"{call} and not every rank made the same call within the process "
+            "group's timeout (set with init_process_group(..., timeout=...)). "
+            "Every rank must call the same methods, with the same parameters, in "
+            f"the same order. ({exc})"
+        ) from exc
+    for rank in range(comm.size):
+        if torch.equal(every[rank], every[0]):
+            continue
+        slot = int(torch.nonzero(every[rank] != every[0])[0])
+        name = names[slot] if slot < len(names) else "parameters"
+        if slot in (2, 3):
+            detail = f"{int(every[rank][slot])} against {int(every[0][slot])}"
+        elif slot == 1:
+            detail = f"rank {comm.rank} called {call!r}"
+        elif slot >= 4 and comm.rank in (0, rank):
+            value = estimator.get_params(deep=False).get(name)
+            detail = f"rank {comm.rank} has {name}={value!r}"
+        else:
+            detail = "they differ"
+        raise ValueError(
+            f"Every rank of a distributed {type(estimator).__name__} must make the "
+            f"same call with the same parameters; rank {rank}'s {name} differs "
+            f"from rank 0's ({detail}). Call the same methods on every rank, or "
+            "set distributed=False where only one rank computes."
+        )
+
+
 def _default_store():
     """The key-value store of the default process group (``None`` if it cannot be
     reached: then only the process group's timeout ends a failed fit)."""
@@ -241,13 +353,15 @@ def fail_together(comm):
 
 def collective(method):
     """Decorate an estimator's method ``method(self, ..., comm)``: ``comm`` is the
-    estimator's ``distributed`` parameter resolved by :func:`world`, and the
-    whole call, input validation included, runs in :func:`fail_together`."""
+    estimator's ``distributed`` parameter resolved by :func:`world`, the ranks
+    are checked to make the same call (:func:`check_call`), and the whole call,
+    input validation included, runs in :func:`fail_together`."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         comm = world(self.distributed)
         with fail_together(comm):
+            check_call(comm, self, method.__name__, args[0] if args else None)
             return method(self, *args, comm=comm, **kwargs)
 
     return wrapper

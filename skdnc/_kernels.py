@@ -90,26 +90,40 @@ class Kernel:
             return math.exp(-0.5 * r * r)
         return math.exp(-(r ** float(self.exponent)))
 
-    def check_scale(self, X, dtype, *, seed=0, n_pairs=2000):
-        """Stop inputs whose distances overflow, and warn about a bandwidth far
-        off the data's scale, before any kernel matrix is built.
+    def check_scale(self, X, dtype, *, reg=None, seed=0, n_pairs=2000, n_rows=256):
+        """Stop inputs whose kernel overflows or is numerically constant, and warn
+        about a kernel that is the identity or that the ridge swamps, before any
+        kernel matrix is built.
+
+        The check is independent of the solver: the kernel (``bandwidth="auto"``
+        resolved with :meth:`at_scale`) is evaluated by the code and in the
+        precision of the solves on a seeded sample of ``n_rows`` training rows, and
+        its entries between distinct rows are compared with the kernel at their
+        true distances, computed scale-free in float64.
 
         Parameters
         ----------
         X : ndarray or torch.Tensor of shape (n, d)
-            The (centred) training data; only its largest entry and the sampled
-            pairs are read.
+            The (centred) training data.
         dtype : numpy dtype
             Precision of the computation.
+        reg : float, optional
+            The ridge of the solves; ``None`` skips the comparison with it.
         seed : int, default=0
-            Seed of the random pairs whose median distance is taken.
+            Seed of the random pairs whose median distance is taken, and of the
+            sampled rows.
         n_pairs : int, default=2000
+        n_rows : int, default=256
 
         Raises
         ------
         ValueError
             When squared distances (up to :math:`4 d^2 \\max|x|^2` with a metric
-            normalised to a largest entry of 1) overflow ``dtype``.
+            normalised to a largest entry of 1) overflow ``dtype``, or when the
+            median distance squares to below ``tiny / eps`` of ``dtype`` (the
+            kernel matrix would be numerically all ones whatever the bandwidth,
+            and the model constant): the scale of ``X``; when the kernel is not
+            finite (a bandwidth so small that its inverse overflows).
 
         Warns
         -----
@@ -117,10 +131,13 @@ class Kernel:
             When the kernel at the median distance between training points is
             below the precision's epsilon (the kernel matrix is numerically the
             identity: predictions away from the training points fall to zero) or
-            within it of 1 (numerically all ones: the points cannot be told apart).
+            within it of 1 (numerically all ones: the points cannot be told
+            apart), or when ``n`` times its distance from 1 is below a tenth of
+            ``reg`` (the ridge swamps the kernel's variation: a nearly constant
+            predictor). Each names the bandwidth and the data's distances.
         """
         finfo = np.finfo(dtype)
-        d = X.shape[1]
+        n, d = X.shape
         if isinstance(X, torch.Tensor):
             largest = float(X.abs().max()) if X.numel() else 0.0
         else:
@@ -137,30 +154,70 @@ class Kernel:
                     else "."
                 )
             )
-        if isinstance(self.bandwidth, str):  # "auto" follows the data's scale
-            return
         median = median_distance(X, seed=seed, n_pairs=n_pairs)
-        if median is None:
+        if median is None:  # fewer than two distinct rows: nothing to tell apart
             return
-        value = self.profile(median)
+        name = np.dtype(dtype).name
+        if median * median < finfo.tiny / finfo.eps:
+            raise ValueError(
+                f"X's distances (median {median:.3g} after centring) square to "
+                f"below the precision of {name} (squares under "
+                f"{finfo.tiny / finfo.eps:.3g}): the kernel matrix would be "
+                "numerically all ones, whatever the bandwidth, and the model "
+                "constant. Standardise X (e.g. with StandardScaler)"
+                + (" or compute in float64." if finfo.bits < 64 else ".")
+            )
+        kernel = self.at_scale(X, seed=seed, n_pairs=n_pairs)
+        bandwidth = f"bandwidth={kernel.bandwidth:.3g}" + (
+            " (bandwidth='auto')" if isinstance(self.bandwidth, str) else ""
+        )
+        rows = np.random.default_rng(seed).permutation(n)[: min(n, n_rows)]
+        sample = np.unique(to_numpy(X[np.sort(rows)], np.float64), axis=0)
+        if len(sample) < 2:
+            return
+        sample = torch.tensor(sample.astype(dtype))
+        try:
+            K = kernel_matrix(sample, sample, None, kernel, self_offset=0).double()
+        except (OverflowError, ZeroDivisionError):  # 1 / L**p in Python floats
+            K = None
+        if K is None or not bool(torch.isfinite(K).all()) or (K.diagonal() != 1).any():
+            raise ValueError(
+                f"The kernel is not finite in {name} with {bandwidth}: its inverse "
+                f"overflows. The median distance between training points is "
+                f"{median:.3g}; choose a bandwidth near it."
+            )
+        distinct = ~torch.eye(len(sample), dtype=torch.bool)
+        typical = float(torch.quantile(K[distinct], 0.5))
         advice = (
             f"the median distance between training points is {median:.3g} and "
-            f"bandwidth={self.bandwidth:g}. Standardise X, or choose a bandwidth "
-            "near the data's distances."
+            f"{bandwidth}. Standardise X, or choose a bandwidth near the data's "
+            "distances."
         )
-        if value < finfo.eps:
+        if typical < finfo.eps:
             warnings.warn(
                 "The kernel matrix is numerically the identity (the kernel at "
-                f"typical distances is {value:.3g}): predictions away from the "
+                f"typical distances is {typical:.3g}): predictions away from the "
                 f"training points fall to 0; {advice}",
                 UserWarning,
                 stacklevel=4,
             )
-        elif 1.0 - value < finfo.eps:
+            return
+        gap = 1.0 - typical
+        if gap < finfo.eps:
             warnings.warn(
                 "The kernel matrix is numerically all ones (the kernel at typical "
-                f"distances is 1 - {1.0 - value:.3g}): the training points cannot "
-                f"be told apart; {advice}",
+                f"distances is 1 - {gap:.3g}): the training points cannot be told "
+                f"apart and the model is nearly constant; {advice}",
+                UserWarning,
+                stacklevel=4,
+            )
+        elif reg is not None and n * gap < 0.1 * reg:
+            warnings.warn(
+                f"The ridge swamps the kernel: reg={reg:g} is above ten times the "
+                f"kernel's variation over the training points ({n} points x "
+                f"{gap:.3g}, the kernel's distance from 1 at typical distances, "
+                f"= {n * gap:.3g}), so the predictor is nearly constant; {advice} "
+                "Or lower reg.",
                 UserWarning,
                 stacklevel=4,
             )
@@ -242,7 +299,12 @@ def median_distance(X, *, seed=0, n_pairs=2000):
     i, j = rng.integers(0, n, size=(2, n_pairs))
     keep = i != j
     diffs = to_numpy(X[i[keep]], np.float64) - to_numpy(X[j[keep]], np.float64)
-    distances = np.sqrt(np.einsum("ij,ij->i", diffs, diffs))
+    # Scaled by the largest difference, so that no square under- or overflows.
+    scale = float(np.abs(diffs).max()) if diffs.size else 0.0
+    if scale == 0.0 or not np.isfinite(scale):
+        return None
+    diffs /= scale
+    distances = scale * np.sqrt(np.einsum("ij,ij->i", diffs, diffs))
     distances = distances[distances > 0]
     if distances.size == 0:
         return None

@@ -1,5 +1,6 @@
 """Recursive Feature Machines: kernel ridge regression alternating with the AGOP."""
 
+import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -24,7 +25,7 @@ from skdnc._backend import (
     to_tensor,
 )
 from skdnc._base import atomic_fit, check_class_labels, uses_cuda
-from skdnc._distributed import collective, fail_together, world
+from skdnc._distributed import check_call, collective, fail_together, world
 from skdnc._kernels import Kernel, overflow_limit
 from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
@@ -39,6 +40,62 @@ from skdnc._solvers import REG_GRID, check_reg, kernel_predict
 #: one), a grid of ridge values falls back to its value nearest to this one on a
 #: log scale: the fixed default of the classifier.
 NO_SPLIT_REG = 1e-3
+
+
+def target_scale(Y, dtype, *, exact=False):
+    """The power of two nearest ``max|Y|``, by which the fit divides its targets.
+
+    Kernel ridge regression is linear in its targets, and the AGOP, normalised,
+    does not see their scale: the solves and the validation scores run on
+    ``Y / scale``, whose squares neither overflow nor underflow, and the dual
+    coefficients are multiplied back. Dividing by a power of two is exact, so at
+    any scale the fit is the one at scale 1.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n, K)
+        The encoded (centred) targets, finite.
+    dtype : numpy dtype
+        Precision of the computation.
+    exact : bool, default=False
+        Return 1 (targets used as they are; an unnormalised AGOP sees their
+        scale), after the same check.
+
+    Returns
+    -------
+    scale : float
+
+    Raises
+    ------
+    ValueError
+        When ``max|Y|`` exceeds the square root of ``dtype``'s largest number:
+        squared errors, R^2 and the dual coefficients overflow.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._rfm import target_scale
+    >>> target_scale(np.array([[-3e-200], [5e-201]]), np.float64) == 2.0**-663
+    True
+    """
+    largest = float(np.max(np.abs(Y))) if Y.size else 0.0
+    limit = math.sqrt(float(np.finfo(dtype).max))
+    if largest > limit:
+        raise ValueError(
+            f"y holds values up to {largest:.3g} (after centring): their squares "
+            f"overflow {np.dtype(dtype).name} beyond {limit:.3g}, and so would the "
+            "squared errors and the dual coefficients of the fit. Standardise y "
+            "(e.g. TransformedTargetRegressor(regressor, "
+            "transformer=StandardScaler()))"
+            + (
+                " or compute in float64 (dtype='float64')."
+                if np.finfo(dtype).bits < 64
+                else "."
+            )
+        )
+    if exact or largest == 0.0:
+        return 1.0
+    return 2.0 ** round(math.log2(largest))
 
 
 class _BaseRFM(BaseEstimator):
@@ -177,12 +234,16 @@ class _BaseRFM(BaseEstimator):
         Y_np = self._encode_targets(y)
         if comm is not None:
             comm.check_same("X and y", X, Y_np)
+        # Solves and validation scores run on Y / scale (exact: a power of 2).
+        y_scale = target_scale(Y_np, np_dtype, exact=self.agop_normalization is None)
+        Y_np = Y_np / y_scale
         n, d = X.shape
         # Kernels and AGOPs are translation invariant; centring the data makes the
         # quadratic-form distances far more accurate in float32.
         self.X_offset_ = X.mean(axis=0, dtype=np.float64).astype(np_dtype)
         X = (X - self.X_offset_).astype(X.dtype, copy=False)
-        kernel.check_scale(X, np_dtype)
+        regs = REG_GRID if params["reg"] == "auto" else params["reg"]
+        kernel.check_scale(X, np_dtype, reg=float(np.min(regs)))
 
         M0 = None
         if self.warm_start and hasattr(self, "M_"):
@@ -283,7 +344,7 @@ class _BaseRFM(BaseEstimator):
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
         self.M_ = to_numpy(M)
-        self.dual_coef_ = to_numpy(alpha)
+        self.dual_coef_ = to_numpy(alpha) * np_dtype(y_scale)
         self.centers_ = to_numpy(Xt)
         self.n_iter_ = n_rounds
         self.history_ = history
@@ -740,6 +801,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         """
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
+            check_call(comm, self, "fit", None)  # fit compares X and y itself
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
             self.classes_, y_index = check_class_labels(y, owner="RFMClassifier")
             return self._fit(X, y_index, comm)
@@ -981,6 +1043,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         """
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
+            check_call(comm, self, "fit", None)  # fit compares X and y itself
             X, y = validate_data(
                 self,
                 X,

@@ -1,11 +1,18 @@
 """The main job, ``python -m skdnc``: table, figures and JSON on tiny settings."""
 
 import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import skdnc
+import skdnc.__main__
 from skdnc.__main__ import build_parser, log_linear_fit, main
 
 
@@ -115,6 +122,7 @@ def test_log_linear_fit():
     assert factor == pytest.approx(0.5) and r2 == pytest.approx(1.0)
     # No logarithm of 0: NaN, not the R^2 = 1.0 of a degenerate fit.
     assert np.isnan(log_linear_fit([1.0, 0.0, 0.0])).all()
+    assert np.isnan(log_linear_fit([0.5])).all()  # one layer: no line, no warning
 
 
 def _no_constants(name):
@@ -186,12 +194,16 @@ def test_to_json_turns_non_finite_numbers_into_null():
     }
 
 
-def test_a_run_with_non_finite_results_exits_non_zero(tmp_path, capsys):
-    """Five samples of five classes: NC1 is 0 at every layer, so its per-layer
-    factor (a log-linear fit) is not finite; the outputs are still written."""
+def test_a_run_with_non_finite_results_exits_non_zero(tmp_path, capsys, monkeypatch):
+    """A per-layer NC1 factor that is not finite (the log-linear fit of NC1 values
+    of 0, here stubbed) makes the command exit with 1; the outputs are still
+    written."""
+    monkeypatch.setattr(
+        skdnc.__main__, "log_linear_fit", lambda values: (np.nan, np.nan)
+    )
     out = tmp_path / "tiny"
     status = main(
-        ["--n-samples", "5", "--L", "2", "--no-cv", "--quiet", "--output", str(out)]
+        ["--n-samples", "20", "--L", "2", "--no-cv", "--quiet", "--output", str(out)]
     )
     assert status == 1
     assert "results are not finite (per-layer NC1 factor)" in capsys.readouterr().err
@@ -226,3 +238,114 @@ def test_main_on_a_generated_mnist_folder(generated_mnist, tmp_path):
     assert results["config"]["n_samples"] == 60
     assert results["config"]["n_features"] == 784
     assert results["history"]["layer"] == [1, 2]
+
+
+# -- every argument's bad values: a usage error before any work or output ------------
+BAD_ARGUMENTS = [
+    (["--seed", "-1"], "'-1' is not a seed"),
+    (["--seed", "4294967296"], "is not a seed"),
+    (["--seed", "x"], "'x' is not a seed"),
+    (["--n-samples", "5000"], "more than the 1797 training points of digits"),
+    (["--n-samples", "0"], "'0' is not a positive integer"),
+    (["--n-samples", "19", "--no-cv"], "at least 20 points are needed"),
+    (["--n-samples", "40"], "5 of each of its 10 classes for --cv-folds 5"),
+    (["--preset", "paper"], "--preset paper holds the settings"),
+    (["--preset", "paper", "--n-samples", "100"], "it does not apply to digits"),
+    (["--preset", "fast"], "invalid choice: 'fast'"),
+    (["--threads", "100000"], "more than the"),
+    (["--threads", "0"], "'0' is not a positive integer"),
+    (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda'"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--L", "0"], "'0' is not a positive integer"),
+    (["--L", "1.5"], "'1.5' is not a positive integer"),
+    (["--feature-map", "tanh"], "invalid choice: 'tanh'"),
+    (["--kernel", "rbf"], "invalid choice: 'rbf'"),
+    (["--width", "-3"], "'-3' is not a positive integer"),
+    (["--gamma", "0"], "'0' is not a positive number"),
+    (["--bandwidth", "inf"], "'inf' is not a positive number"),
+    (["--bandwidth", "-2"], "'-2' is not a positive number"),
+    (["--reg", "nan"], "'nan' is not a non-negative number"),
+    (["--reg=-1e-3"], "'-1e-3' is not a non-negative number"),
+    (["--agop-samples", "0"], "'0' is not a positive integer"),
+    (["--dtype", "float16"], "invalid choice: 'float16'"),
+    (["--gram-layers", "5", "--L", "3"], "--gram-layers must be between 1"),
+    (["--gram-layers", "0"], "'0' is not a positive integer"),
+    (["--cv-folds", "1"], "'1' is less than 2"),
+    (["--cv-folds", "many"], "'many' is not a positive integer"),
+    (["--no-such-option"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS)
+def test_every_bad_argument_is_a_usage_error_before_any_output(
+    argv, message, tmp_path, capsys
+):
+    """Exit status 2 with argparse's message, nothing loaded, no folder created."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--output", str(out), "--quiet"])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err, captured.err
+    assert "Deep RFM on" not in captured.out
+    assert not out.exists()
+
+
+def test_output_paths_that_cannot_be_folders(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for output in (blocker, blocker / "a" / "b"):
+        with pytest.raises(SystemExit) as stop:
+            main(["--output", str(output), "--L", "1", "--no-cv"])
+        assert stop.value.code == 2
+        assert "is not a writable folder" in capsys.readouterr().err
+    assert blocker.is_file()
+
+
+def test_missing_data_set_files_exit_2_without_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(
+        ["--dataset", "mnist", "--data-root", str(tmp_path / "none")]
+        + ["--n-samples", "60", "--no-cv", "--quiet", "--output", str(out)]
+    )
+    assert status == 2
+    assert "The 'mnist' data set is not available" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    out = tmp_path / "run"
+    old = os.umask(0o027)
+    try:
+        status = main(
+            ["--n-samples", "20", "--L", "1", "--no-cv", "--quiet"]
+            + ["--output", str(out)]
+        )
+    finally:
+        os.umask(old)
+    assert status == 0
+    files = sorted(out.iterdir())
+    assert len(files) == 4
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threads", "100000"], "is more than the"),
+        (["--seed", "-1"], "is not a seed"),
+    ],
+)
+def test_the_command_process_ends_with_a_usage_error(argv, message, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "skdnc", *argv, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(skdnc.__file__).parents[1])},
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()

@@ -25,7 +25,7 @@ from sklearn.model_selection import cross_val_score
 
 import skdnc._rfm_core
 from skdnc import DeepRFMTransformer, RFMClassifier, RFMRegressor
-from skdnc._distributed import DistributedFitError, row_shard, world
+from skdnc._distributed import DistributedFitError, check_call, row_shard, world
 from skdnc._kernels import Kernel
 from skdnc._solvers import fit_kernel_regression
 
@@ -132,13 +132,13 @@ def _record_error(results, key, fn):
         results[key] = (type(exc).__name__, str(exc), time.monotonic() - tic)
 
 
-def _init_group(rank, port):
+def _init_group(rank, port, timeout=PG_TIMEOUT):
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=2,
-        timeout=timedelta(seconds=PG_TIMEOUT),
+        timeout=timedelta(seconds=timeout),
     )
 
 
@@ -207,18 +207,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    """The results of the two ranks (dicts), from one spawn of two processes."""
-    out_dir = tmp_path_factory.mktemp("ranks")
+def _spawn_ranks(worker, port_arg, out_dir, seconds):
+    """Run ``worker(rank, port_arg, out_dir)`` on two spawned processes and return
+    the results each pickled into ``out_dir``; the test fails (and the ranks are
+    killed) after ``seconds``, so that a hang cannot block the suite."""
     context = mp.start_processes(
-        _worker,
-        args=((_free_port(), _free_port()), str(out_dir)),
+        worker,
+        args=(port_arg, str(out_dir)),
         nprocs=2,
         join=False,
         start_method="spawn",
     )
-    deadline = time.monotonic() + 6 * PG_TIMEOUT
+    deadline = time.monotonic() + seconds
     while not context.join(timeout=1):
         if time.monotonic() > deadline:  # a hang: end the ranks and fail
             for process in context.processes:
@@ -230,6 +230,14 @@ def ranks(tmp_path_factory):
             results.append(pickle.load(f))
         assert "crash" not in results[-1], results[-1]["crash"]
     return results
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """The results of the two ranks (dicts), from one spawn of two processes."""
+    out_dir = tmp_path_factory.mktemp("ranks")
+    ports = (_free_port(), _free_port())
+    return _spawn_ranks(_worker, ports, out_dir, 6 * PG_TIMEOUT)
 
 
 def _assert_close(actual, expected, rtol=1e-6):
@@ -344,3 +352,132 @@ def test_cross_validation_on_a_dask_cluster():
             scores = cross_val_score(clf, X, y, cv=3, n_jobs=2)
     assert np.isfinite(expected).all() and expected.min() > 0.8
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-12)
+
+
+# -- every rank makes the same call (issue 25, class 8) -------------------------------
+# Ranks that make different calls, or the same call with different parameters or
+# data shapes, raise a ValueError on every rank naming the rank and the
+# difference, instead of waiting in mismatched collectives for the process
+# group's timeout; a call made on one rank alone ends at that timeout with a
+# message that says so. A short timeout and a deadline on the processes make a
+# hang fail the test instead of blocking the suite.
+#: The process group's timeout of the call checks (seconds): short, so that the
+#: call on one rank alone ends soon.
+CALL_TIMEOUT = 8
+CALL_CG = {
+    "solver": "cg",
+    "solver_params": {"tol": 1e-8, "rank": 50},
+    "random_state": 0,
+}
+
+
+def _call_worker(rank, port, out_dir):
+    """One rank of the call checks: agreed calls, calls that differ between the
+    ranks, and a call on rank 0 alone (last: it leaves the group broken)."""
+    torch.set_num_threads(1)
+    results = {}
+    try:
+        _init_group(rank, port, CALL_TIMEOUT)
+        X, y = load_digits(return_X_y=True)
+        X, y = X[:80] / 16, y[:80]
+        # Per-rank parameters (memory_budget, verbose, device) may differ.
+        budget = None if rank == 0 else 0.5
+        clf = RFMClassifier(max_iter=1, memory_budget=budget, **CALL_CG).fit(X, y)
+        results["agreed"] = clf.predict(X[:10])
+        _record_error(
+            results,
+            "max_iter",
+            lambda: RFMClassifier(max_iter=1 + rank, **CALL_CG).fit(X, y),
+        )
+        _record_error(
+            results,
+            "deep_width",
+            lambda: DeepRFMTransformer(L=1, width=8 + rank, **CALL_CG).fit(X, y),
+        )
+        _record_error(
+            results,
+            "method",
+            lambda: clf.predict(X) if rank == 0 else clf.fit(X, y),
+        )
+        _record_error(results, "rows", lambda: clf.predict(X[: 10 + 10 * rank]))
+        _record_error(
+            results,
+            "estimator",
+            lambda: (RFMClassifier if rank == 0 else RFMRegressor)(**CALL_CG).fit(X, y),
+        )
+        # The group still works after the refused calls.
+        results["after"] = clf.predict(X[:10])
+        # Rank 0 predicts alone: it waits for the process group's timeout.
+        if rank == 0:
+            _record_error(results, "alone", lambda: clf.predict(X))
+        else:
+            time.sleep(CALL_TIMEOUT + 3)
+    except Exception:  # noqa: BLE001 - reported to the parent
+        results["crash"] = traceback.format_exc()
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+        pickle.dump(results, f)
+    os._exit(0)
+
+
+@pytest.fixture(scope="module")
+def call_ranks(tmp_path_factory):
+    """The two ranks' results of the call checks (:func:`_call_worker`)."""
+    out_dir = tmp_path_factory.mktemp("calls")
+    return _spawn_ranks(_call_worker, _free_port(), out_dir, 12 * CALL_TIMEOUT)
+
+
+def _refused(results, case):
+    """The ValueError of every rank for ``case``, raised well before the
+    timeout."""
+    messages = []
+    for rank in results:
+        kind, message, seconds = rank[case]
+        assert kind == "ValueError", (case, kind, message)
+        assert seconds < CALL_TIMEOUT / 2, (case, seconds)
+        messages.append(message)
+    return messages
+
+
+def test_same_calls_agree_and_per_rank_parameters_may_differ(call_ranks):
+    np.testing.assert_array_equal(call_ranks[0]["agreed"], call_ranks[1]["agreed"])
+    np.testing.assert_array_equal(call_ranks[0]["after"], call_ranks[0]["agreed"])
+    np.testing.assert_array_equal(call_ranks[1]["after"], call_ranks[1]["agreed"])
+
+
+def test_a_different_max_iter_per_rank_fails_on_every_rank(call_ranks):
+    zero, one = _refused(call_ranks, "max_iter")
+    for message in (zero, one):
+        assert "rank 1's max_iter differs from rank 0's" in message
+    assert "rank 0 has max_iter=1" in zero and "rank 1 has max_iter=2" in one
+    zero, one = _refused(call_ranks, "deep_width")
+    assert "rank 1's width differs" in zero and "rank 1 has width=9" in one
+
+
+def test_a_different_method_per_rank_fails_on_every_rank(call_ranks):
+    zero, one = _refused(call_ranks, "method")
+    assert "rank 1's method differs from rank 0's" in zero
+    assert "rank 0 called '_decision'" in zero and "rank 1 called 'fit'" in one
+
+
+def test_a_different_data_shape_or_estimator_fails_on_every_rank(call_ranks):
+    for message in _refused(call_ranks, "rows"):
+        assert (
+            "rank 1's number of rows of X differs from rank 0's (20 against 10)"
+            in message
+        )
+    for message in _refused(call_ranks, "estimator"):
+        assert "rank 1's estimator differs" in message
+
+
+def test_a_call_on_one_rank_alone_ends_at_the_timeout_saying_why(call_ranks):
+    kind, message, seconds = call_ranks[0]["alone"]
+    assert kind == DistributedFitError.__name__
+    assert "not every rank made the same call within the process group's timeout" in (
+        message
+    )
+    assert "RFMClassifier._decision" in message
+    assert seconds < 3 * CALL_TIMEOUT
+
+
+def test_a_single_process_checks_nothing():
+    check_call(None, RFMClassifier(), "fit", np.zeros((3, 2)))

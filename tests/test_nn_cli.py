@@ -1,10 +1,15 @@
 """The ``python -m skdnc.nn`` command, run in-process on digits with tiny settings."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import skdnc
 from skdnc.nn.__main__ import DIGITS_DEFAULTS, PAPER_DEFAULTS, main, parse, settings
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -164,3 +169,107 @@ def test_command_on_a_generated_mnist_folder(generated_mnist, tmp_path):
     assert status == 0
     results = json.loads((tmp_path / "nn_results_mlp_mnist.json").read_text())
     assert results["config"]["input_shape"] == [784]
+
+
+# -- every argument's bad values: a usage error before any work or output ------------
+BAD_ARGUMENTS = [
+    (["--seeds", "-1"], "'-1' is not a seed"),
+    (["--seeds", "0", "2.5"], "'2.5' is not a seed"),
+    (["--n-samples", "5000"], "more than the 1740 class-balanced points of digits"),
+    (["--n-samples", "7"], "at least 20 points are needed"),
+    (["--n-samples", "0"], "'0' is not a positive integer"),
+    (["--preset", "paper"], "it does not apply to digits"),
+    (["--dataset", "mnist", "--n-samples", "70000"], "than the 60000 training"),
+    (["--dataset", "svhn", "--n-samples", "19"], "at least 20 points are needed"),
+    (["--threads", "100000"], "more than the"),
+    (["--threads", "-1"], "'-1' is not a positive integer"),
+    (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda'"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--arch", "lenet"], "invalid choice: 'lenet'"),
+    (["--epochs", "0"], "'0' is not a positive integer"),
+    (["--lr", "0"], "'0' is not a positive number"),
+    (["--lr", "nan"], "'nan' is not a positive number"),
+    (["--momentum=-0.5"], "'-0.5' is not a non-negative number"),
+    (["--batch-size", "0"], "'0' is not a positive integer"),
+    (["--init-scale", "inf"], "'inf' is not a positive number"),
+    (["--width", "0"], "'0' is not a positive integer"),
+    (["--depth", "0"], "'0' is not a positive integer"),
+    (["--measure-every", "0"], "'0' is not a positive integer"),
+    (["--model", "os:system"], "calling system() without arguments failed"),
+    (["--model", "../x:f"], "is not of the form package.module:factory"),
+    (["--model", "os"], "is not of the form package.module:factory"),
+    (["--model", "no_such_module_25:f"], "cannot import module"),
+    (["--model", "os:no_such_factory"], "has no attribute 'no_such_factory'"),
+    (["--model", "os:sep"], "'sep' is a str, not a function"),
+    (["--model", "collections:OrderedDict"], "not a torch.nn.Module"),
+    (["--checkpoint", "w.pt"], "--checkpoint needs --model"),
+    (["--model", "torch.nn:Identity", "--checkpoint", "none.pt"], "no such file"),
+    (["--input", "cube"], "invalid choice: 'cube'"),
+    (["--no-such-option"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_ARGUMENTS)
+def test_every_bad_argument_is_a_usage_error_before_any_output(
+    argv, message, tmp_path, capsys
+):
+    """Exit status 2 with argparse's message, nothing trained, no folder created."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--output", str(out), "--quiet"])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err, captured.err
+    assert " samples of shape " not in captured.out
+    assert not out.exists()
+
+
+def test_the_paper_preset_on_a_small_subset_warns_of_too_few_steps(tmp_path, capsys):
+    """The paper's MLP on 5,000 MNIST points for 90 epochs: 40 batches an epoch,
+    3,600 steps against the paper's 500 x 391 = 195,500."""
+    out = ["--output", str(tmp_path / "run")]
+    argv = ["--dataset", "mnist", "--n-samples", "5000", "--epochs", "90", *out]
+    args = parse(argv)
+    assert settings(args)["init_scale"] == 0.2
+    err = capsys.readouterr().err
+    assert "warning: this run takes 3,600 SGD steps" in err
+    assert "2% of the 195,500" in err
+    for quiet in (
+        ["--dataset", "mnist", *out],  # the paper's own run
+        ["--dataset", "mnist", "--n-samples", "5000", "--epochs", "2500", *out],
+        ["--n-samples", "200", "--epochs", "2", *out],  # the demo preset
+    ):
+        parse(quiet)
+        assert "warning" not in capsys.readouterr().err, quiet
+
+
+def test_missing_data_set_files_exit_2_without_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(
+        ["--dataset", "cifar10", "--data-root", str(tmp_path / "none")]
+        + ["--n-samples", "60", "--epochs", "1", "--quiet", "--output", str(out)]
+    )
+    assert status == 2
+    assert "The 'cifar10' data set is not available" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n-samples", "7"], "at least 20 points are needed"),
+        (["--model", "os:system"], "calling system() without arguments failed"),
+    ],
+)
+def test_the_command_process_ends_with_a_usage_error(argv, message, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "skdnc.nn", *argv, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(skdnc.__file__).parents[1])},
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()

@@ -40,14 +40,18 @@ from torch import nn
 
 from skdnc._backend import resolve_device
 from skdnc._cli import (
+    TRAIN_SIZES,
     CommandResult,
     HelpFormatter,
+    check_n_samples,
+    check_preset,
     common_parser,
     nonnegative_float,
     parse_args,
     platform_info,
     positive_float,
     positive_int,
+    seed,
 )
 from skdnc._cli import main as run_command
 from skdnc._display import CollapseDisplay, SVDSplitDisplay, TrainingHistoryDisplay
@@ -99,7 +103,7 @@ def build_parser():
     add("--epochs", type=positive_int, help="training epochs " + _preset_help("epochs"))
     add(
         "--seeds",
-        type=int,
+        type=seed,
         nargs="+",
         help="random seeds, one run each " + _preset_help("seeds"),
     )
@@ -165,10 +169,46 @@ def _preset_help(key):
     return describe(network_settings, key, ARCHITECTURES, show)
 
 
+def _preset(args):
+    return args.preset or default_preset("nn", args.dataset)
+
+
 def preset_defaults(args):
     """Parser defaults from the preset for the chosen data set and network."""
-    preset = args.preset or default_preset("nn", args.dataset)
-    return network_settings(preset, args.dataset, args.arch)
+    return network_settings(_preset(args), args.dataset, args.arch)
+
+
+#: A run of the paper's preset with fewer SGD steps than this share of the
+#: paper's (its epochs over 50,000 points) gets a warning.
+FEW_STEPS = 0.25
+
+
+def few_steps_warning(args):
+    """The warning for a run of ``--preset paper`` whose SGD steps (epochs times
+    batches an epoch) are far below the paper's, or ``None``.
+
+    The paper's schedule (learning rate, init scale, epochs) is tuned for
+    50,000 points: on a 5,000-point subset its MLP takes 40 steps an epoch and,
+    with init scale 0.2, stays at the constant predictor.
+    """
+    if _preset(args) != "paper" or args.model is not None:
+        return None
+    paper = network_settings("paper", args.dataset, args.arch)
+    batches = -(-paper["n_samples"] // paper["batch_size"])
+    paper_steps = paper["epochs"] * batches
+    n = min(args.n_samples, TRAIN_SIZES[args.dataset][0])
+    steps = args.epochs * -(-n // args.batch_size)
+    if steps >= FEW_STEPS * paper_steps:
+        return None
+    return (
+        f"warning: this run takes {steps:,} SGD steps ({args.epochs} epochs of "
+        f"{-(-n // args.batch_size)} batches of {args.batch_size} on {n:,} "
+        f"points), {steps / paper_steps:.0%} of the {paper_steps:,} of the paper's "
+        f"{args.arch} preset ({paper['epochs']} epochs on {paper['n_samples']:,} "
+        "points): its learning rate and init scale are tuned for those, and a "
+        "network may not leave the constant predictor. Raise --epochs (or "
+        "--lr) to keep the number of steps."
+    )
 
 
 def parse(argv=None):
@@ -180,6 +220,9 @@ def parse(argv=None):
     """
     parser = build_parser()
     args = parse_args(parser, argv, preset_defaults)
+    check_preset(parser, args)
+    preset = {"name": _preset(args), "n_samples": preset_defaults(args)["n_samples"]}
+    check_n_samples(parser, args, preset, balanced=args.dataset == "digits")
     args.user_model = None
     if args.checkpoint is not None and args.model is None:
         parser.error("--checkpoint needs --model, the function that builds the net.")
@@ -188,6 +231,9 @@ def parse(argv=None):
             args.user_model = load_user_model(args.model, args.checkpoint)
         except ValueError as exc:
             parser.error(str(exc))
+    warning = few_steps_warning(args)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     return args
 
 
@@ -217,10 +263,11 @@ def load_user_model(spec, checkpoint=None):
         not fit the model.
     """
     module_name, sep, attr = str(spec).partition(":")
-    if not sep or not module_name or not attr:
+    dotted = module_name.split(".") + attr.split(".")
+    if not sep or not all(part.isidentifier() for part in dotted):
         raise ValueError(
-            f"--model {spec!r} is not of the form package.module:factory (e.g. "
-            "mypkg.nets:build_model)."
+            f"--model {spec!r} is not of the form package.module:factory of "
+            "Python names (e.g. mypkg.nets:build_model)."
         )
     try:
         obj = importlib.import_module(module_name)
@@ -239,7 +286,13 @@ def load_user_model(spec, checkpoint=None):
         raise ValueError(
             f"--model {spec!r}: {attr!r} is a {type(obj).__name__}, not a function."
         )
-    model = obj()
+    try:
+        model = obj()
+    except Exception as exc:  # the user's factory: any error is a bad --model
+        raise ValueError(
+            f"--model {spec!r}: calling {attr}() without arguments failed "
+            f"({type(exc).__name__}: {exc})."
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"--model {spec!r}: the factory returned a {type(model).__name__}, not "

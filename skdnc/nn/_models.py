@@ -11,13 +11,19 @@ Initialisation follows the paper's code (``nc_nn.py``): hidden layers get
 :math:`1/\\sqrt{d_{in}}`); the readout keeps PyTorch's default init, and so does the
 first head layer behind a ResNet18 or VGG11 backbone. In the plain MLP every hidden
 layer, the first included, gets the scaled init, as in the paper's code.
+
+Every builder creates its modules on the ``meta`` device (no memory, no random
+draws) and then initialises each parameter on the CPU with the distribution
+PyTorch or torchvision would give it, drawn from one :class:`torch.Generator`
+seeded by ``random_state``: a seeded build never reads or advances torch's global
+generator, so builds in concurrent threads give the same weights as alone.
 """
 
-from contextlib import contextmanager
+import math
 from numbers import Integral, Real
 
 import torch
-from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from torch import nn
 
 from skdnc._backend import make_generator
@@ -67,43 +73,95 @@ class HeadedNetwork(nn.Module):
 
 
 def _head(in_features, n_classes, width, depth, init_scale, scale_first):
-    """Hidden blocks and readout of the bias-free MLP head."""
-    layers = []
+    """Hidden blocks and readout of the bias-free MLP head, and the rules of the
+    hidden layers that get the scaled Xavier init."""
+    layers, rules = [], {}
     d = in_features
     for index in range(depth):
         linear = nn.Linear(d, width, bias=False)
         if index > 0 or scale_first:
-            nn.init.xavier_uniform_(linear.weight, gain=init_scale)
+            rules[linear] = _xavier(init_scale)
         layers.append(nn.Sequential(linear, nn.ReLU()))
         d = width
-    return layers, nn.Linear(d, n_classes, bias=False)
+    return layers, nn.Linear(d, n_classes, bias=False), rules
 
 
-@contextmanager
-def _seeded(random_state):
-    """Seed torch's global RNG for an init, restoring its state afterwards.
+def _xavier(gain):
+    """The paper's init of the head's hidden layers: ``xavier_uniform_(gain)``."""
 
-    ``nn.Linear`` and torchvision draw their init from the global generator; with a
-    ``random_state`` the draws come from a forked, seeded state and the caller's
-    global state is left as it was. ``None`` draws from the global generator.
+    def init(module, generator):
+        nn.init.xavier_uniform_(module.weight, gain=gain, generator=generator)
+
+    return init
+
+
+def _torchvision_conv(module, generator):
+    """torchvision's init of the ResNet and VGG convolutions: He normal over the
+    fan-out, biases 0."""
+    nn.init.kaiming_normal_(
+        module.weight, mode="fan_out", nonlinearity="relu", generator=generator
+    )
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _pytorch_default(module, generator):
+    """``reset_parameters`` of the module, with the random draws from
+    ``generator``: for ``Linear`` and ``Conv2d`` the weights are
+    :math:`U(\\pm 1/\\sqrt{fan_{in}})` (``kaiming_uniform_(a=sqrt(5))``) and so are
+    the biases; batch norms get weights 1, biases 0 and fresh running statistics.
     """
-    if random_state is None:
-        yield
-        return
-    seed = make_generator(random_state).initial_seed()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+        if module.bias is not None:
+            bound = 1.0 / math.sqrt(module.weight[0].numel())
+            nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+    elif isinstance(module, nn.BatchNorm2d):
+        module.reset_parameters()
+    elif next(module.parameters(recurse=False), None) is not None:
+        raise TypeError(f"No init rule for {type(module).__name__}.")
+
+
+def _materialise(model, random_state, rules):
+    """Allocate a model built on the meta device and initialise it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Built under ``torch.device("meta")``.
+    random_state : int, RandomState instance or None
+        Seeds the generator of every draw; ``None`` draws from torch's global
+        generator.
+    rules : dict
+        ``{module: init(module, generator)}`` for the modules whose init differs
+        from PyTorch's default (:func:`_pytorch_default`).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        On the CPU, every parameter and buffer set.
+    """
+    generator = None if random_state is None else make_generator(random_state)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for module in model.modules():
+            rules.get(module, _pytorch_default)(module, generator)
+    return model
+
+
+_BUILDER_CONSTRAINTS = {
+    "n_classes": [Interval(Integral, 1, None, closed="left")],
+    "width": [Interval(Integral, 1, None, closed="left")],
+    "depth": [Interval(Integral, 1, None, closed="left")],
+    "init_scale": [Interval(Real, 0, None, closed="neither")],
+    "random_state": ["random_state"],
+}
 
 
 @validate_params(
     {
         "in_features": [Interval(Integral, 1, None, closed="left")],
-        "n_classes": [Interval(Integral, 1, None, closed="left")],
-        "width": [Interval(Integral, 1, None, closed="left")],
-        "depth": [Interval(Integral, 1, None, closed="left")],
-        "init_scale": [Interval(Real, 0, None, closed="neither")],
-        "random_state": ["random_state"],
+        **_BUILDER_CONSTRAINTS,
     },
     prefer_skip_nested_validation=True,
 )
@@ -146,11 +204,21 @@ def make_mlp(
     >>> len(net.head_layers), net(torch.zeros(3, 64)).shape
     (5, torch.Size([3, 10]))
     """
-    with _seeded(random_state):
-        layers, readout = _head(in_features, n_classes, width, depth, init_scale, True)
-    return HeadedNetwork(nn.Flatten(), layers, readout)
+    with torch.device("meta"):
+        layers, readout, rules = _head(
+            in_features, n_classes, width, depth, init_scale, True
+        )
+        model = HeadedNetwork(nn.Flatten(), layers, readout)
+    return _materialise(model, random_state, rules)
 
 
+@validate_params(
+    {
+        "in_channels": [Interval(Integral, 1, None, closed="left")],
+        **_BUILDER_CONSTRAINTS,
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_resnet18(
     in_channels=3,
     n_classes=10,
@@ -186,16 +254,27 @@ def make_resnet18(
     """
     from torchvision.models import resnet18
 
-    with _seeded(random_state):
+    with torch.device("meta"):
         backbone = resnet18(weights=None)
         backbone.conv1 = nn.Conv2d(
             in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False
         )
         backbone.fc = nn.Identity()
-        layers, readout = _head(512, n_classes, width, depth, init_scale, False)
-    return HeadedNetwork(backbone, layers, readout)
+        layers, readout, rules = _head(512, n_classes, width, depth, init_scale, False)
+        model = HeadedNetwork(backbone, layers, readout)
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d) and module is not backbone.conv1:
+            rules[module] = _torchvision_conv
+    return _materialise(model, random_state, rules)
 
 
+@validate_params(
+    {
+        "in_channels": [Interval(Integral, 1, None, closed="left")],
+        **_BUILDER_CONSTRAINTS,
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_vgg11(
     in_channels=3,
     n_classes=10,
@@ -231,22 +310,31 @@ def make_vgg11(
     """
     from torchvision.models.vgg import cfgs, make_layers
 
-    with _seeded(random_state):
+    with torch.device("meta"):
         # vgg11(weights=None).features, initialised as torchvision's VGG does,
         # without allocating its 120M-parameter classifier.
         features = make_layers(cfgs["A"])[:15]
-        for module in features.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(
-                    module.weight, mode="fan_out", nonlinearity="relu"
-                )
-                nn.init.zeros_(module.bias)
         features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1, bias=False)
         backbone = nn.Sequential(*features, nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten())
-        layers, readout = _head(512 * 16, n_classes, width, depth, init_scale, False)
-    return HeadedNetwork(backbone, layers, readout)
+        layers, readout, rules = _head(
+            512 * 16, n_classes, width, depth, init_scale, False
+        )
+        model = HeadedNetwork(backbone, layers, readout)
+    for module in features[1:].modules():
+        if isinstance(module, nn.Conv2d):
+            rules[module] = _torchvision_conv
+    return _materialise(model, random_state, rules)
 
 
+#: Smallest height and width of an image for each backbone (VGG11's truncated
+#: backbone halves them three times).
+MIN_IMAGE_SIZE = {"resnet18": 1, "vgg11": 8}
+
+
+@validate_params(
+    {"arch": [StrOptions(set(ARCHITECTURES))], "input_shape": ["array-like"]},
+    prefer_skip_nested_validation=False,
+)
 def make_model(arch, input_shape, n_classes=10, **kwargs):
     """Build one of :data:`ARCHITECTURES` for inputs of shape ``input_shape``.
 
@@ -263,18 +351,29 @@ def make_model(arch, input_shape, n_classes=10, **kwargs):
     -------
     model : HeadedNetwork
     """
-    input_shape = tuple(int(s) for s in input_shape)
+    shape = tuple(input_shape)
+    if not shape or not all(
+        isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in shape
+    ):
+        raise ValueError(
+            f"input_shape must be a tuple of positive integers; got {input_shape!r}."
+        )
+    input_shape = tuple(int(s) for s in shape)
     if arch == "mlp":
         in_features = 1
         for s in input_shape:
             in_features *= s
         return make_mlp(in_features, n_classes, **kwargs)
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {ARCHITECTURES}; got {arch!r}.")
     if len(input_shape) != 3:
         raise ValueError(
             f"arch={arch!r} needs image inputs of shape (c, h, w); got input_shape="
             f"{input_shape}."
+        )
+    if min(input_shape[1:]) < MIN_IMAGE_SIZE[arch]:
+        size = MIN_IMAGE_SIZE[arch]
+        raise ValueError(
+            f"arch={arch!r} needs images of at least {size}x{size} pixels; got "
+            f"input_shape={input_shape}."
         )
     build = make_resnet18 if arch == "resnet18" else make_vgg11
     return build(input_shape[0], n_classes, **kwargs)
