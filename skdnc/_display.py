@@ -12,8 +12,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from sklearn.utils.validation import check_is_fitted
 
 from skdnc._backend import normalize_rows
+from skdnc._histories import aggregate_histories
 from skdnc.metrics._collapse import STAGES
-from skdnc.nn import aggregate_histories
 
 #: How each metric of :data:`skdnc.metrics.METRIC_NAMES` is labelled on an axis.
 METRIC_LABELS = {

@@ -22,9 +22,11 @@ from sklearn.utils.validation import check_consistent_length
 from tqdm.auto import tqdm
 
 from skdnc._backend import iter_row_blocks, make_generator, resolve_device
+from skdnc._histories import aggregate_histories
 from skdnc._rfm_core import class_targets
+from skdnc.nn._collapse_probe import layer_collapse
 from skdnc.nn._common import as_input, eval_mode, model_dtype, run_model
-from skdnc.nn._probe import layer_collapse, probe_network
+from skdnc.nn._network_probe import probe_network
 
 __all__ = [
     "ProbeCallback",
@@ -523,64 +525,3 @@ def train_seeds(build_model, X, y, *, seeds=(0, 1, 2), **kwargs):
         history.config["seed"] = int(seed)
         histories.append(history)
     return histories
-
-
-_CURVES = (
-    "loss",
-    "accuracy",
-    "nc1",
-    "nc2",
-    "nc3",
-    "nc4",
-    "nfa_correlation",
-    "nfa_correlation_uncentered",
-    "nfa_correlation_agop",
-    "right_share",
-    "within_share",
-    "between_share",
-)
-
-
-def aggregate_histories(histories):
-    """Mean and standard deviation over seeds of every recorded curve.
-
-    Parameters
-    ----------
-    histories : list of TrainingHistory
-        Runs with the same measured epochs.
-
-    Returns
-    -------
-    summary : dict
-        ``"epochs"``, ``"n_seeds"``, and for each curve ``key`` (``"loss"``,
-        ``"nc1"``, ``"nfa_correlation"``, ...) ``key + "_mean"`` and ``key + "_std"``
-        as nested lists (std with ``ddof=1``, 0 for one seed). ``"final_nfa_mean"``
-        and ``"final_nfa_std"`` are the paper's statistic: mean and (unbiased) std
-        of the last measurement's sqrt-AGOP NFA correlation over seeds x layers.
-
-    Examples
-    --------
-    >>> from skdnc.nn import TrainingHistory, aggregate_histories
-    >>> a = TrainingHistory(epochs=[0, 1], loss=[1.0, 0.5], accuracy=[0.1, 0.9])
-    >>> b = TrainingHistory(epochs=[0, 1], loss=[1.0, 0.7], accuracy=[0.1, 0.7])
-    >>> aggregate_histories([a, b])["loss_mean"]
-    [1.0, 0.6]
-    """
-    if not histories:
-        raise ValueError("histories is empty.")
-    epochs = histories[0].epochs
-    if any(h.epochs != epochs for h in histories):
-        raise ValueError("All histories must have the same measured epochs.")
-    ddof = 1 if len(histories) > 1 else 0
-    summary = {"epochs": list(epochs), "n_seeds": len(histories)}
-    for key in _CURVES:
-        if key not in ("loss", "accuracy") and not all(h.probes for h in histories):
-            continue
-        stack = np.stack([h.curve(key) for h in histories])
-        summary[key + "_mean"] = stack.mean(axis=0).tolist()
-        summary[key + "_std"] = stack.std(axis=0, ddof=ddof).tolist()
-    if all(h.probes for h in histories):
-        final = np.concatenate([h.curve("nfa_correlation")[-1] for h in histories])
-        summary["final_nfa_mean"] = float(final.mean())
-        summary["final_nfa_std"] = float(final.std(ddof=1)) if len(final) > 1 else 0.0
-    return summary
