@@ -17,13 +17,17 @@ from torch import nn
 
 from skdnc._backend import resolve_device, to_numpy
 from skdnc.nn._common import (
+    _is_multi,
+    as_batches,
     as_input,
+    batch_length,
     eval_mode,
     model_device,
     model_dtype,
     run_model,
     select_output,
 )
+from skdnc.nn._detect import find_layers
 
 __all__ = ["GRADIENTS", "REDUCTIONS"]
 
@@ -36,8 +40,13 @@ _validate_probe_params = validate_params(
     prefer_skip_nested_validation=True,
 )
 
-#: Feature-map reductions of :func:`layer_collapse` and :func:`probe_network`.
-REDUCTIONS = ("flatten", "avgpool")
+#: Reductions of :func:`layer_collapse` and :func:`probe_network`: of feature maps
+#: ``(n, c, h, w)`` (``"flatten"``, ``"avgpool"``) and of token sequences
+#: ``(n, tokens, dim)`` (``"flatten"``, ``"cls"`` = ``"first"``, ``"last"``,
+#: ``"mean"``).
+REDUCTIONS = ("flatten", "avgpool", "cls", "first", "last", "mean")
+
+_TOKEN_REDUCTIONS = ("cls", "first", "last", "mean")
 
 #: Gradients of :func:`layer_agops` and :func:`probe_network`.
 GRADIENTS = ("layer", "total")
@@ -103,6 +112,7 @@ class _Capture:
         self.inputs, self.right, self.outputs = [None] * n, [None] * n, [None] * n
         self.perts, self.returned, self.ran = [None] * n, [None] * n, [False] * n
         self.pending = []
+        self.mask = None
 
     def check(self):
         lists = [self.ran]
@@ -183,30 +193,139 @@ class _Capture:
                 return
 
 
-def _check_options(reduction, gradient=None):
+def _check_options(reduction, gradient=None, attention_mask=None):
     if not (callable(reduction) or reduction in REDUCTIONS):
         raise ValueError(
             f"reduction must be one of {REDUCTIONS} or a callable; got {reduction!r}."
+        )
+    if attention_mask is not None and reduction not in ("mean", "last"):
+        raise ValueError(
+            "attention_mask applies to reduction='mean' or 'last'; got "
+            f"reduction={reduction!r}."
         )
     if gradient is not None and gradient not in GRADIENTS:
         raise ValueError(f"gradient must be one of {GRADIENTS}; got {gradient!r}.")
 
 
-def _reduce(Z, reduction):
-    """Features ``(n, d)`` from a layer output under the stated reduction."""
+def _reduce(Z, reduction, mask=None, where="the output"):
+    """Features ``(n, d)`` from a layer output under the stated reduction.
+
+    A 2-D output is used as it is, whatever the reduction: reductions act on a
+    token or spatial axis. ``mask`` (``(n, tokens)``, nonzero for real tokens)
+    restricts ``"mean"`` and ``"last"`` to the real tokens.
+    """
+    if Z.ndim <= 2:
+        return Z[:, None] if Z.ndim == 1 else Z
+    shape = tuple(Z.shape)
     if callable(reduction):
         Z = reduction(Z)
-    elif Z.ndim > 2 and reduction == "flatten":
+    elif reduction == "flatten":
         Z = Z.flatten(1)
-    elif Z.ndim > 2:
+    elif reduction == "avgpool":
+        if Z.ndim == 3:
+            raise ValueError(
+                f"reduction='avgpool' averages the spatial axes of (n, c, h, w) "
+                f"feature maps; {where} has shape {shape}. For token sequences "
+                "(n, tokens, dim) use reduction='mean' (the mean over tokens), "
+                "'cls' (the first token) or 'last'; for (n, channels, length) maps "
+                "pass reduction=lambda z: z.mean(2)."
+            )
         Z = Z.mean(dim=tuple(range(2, Z.ndim)))
+    else:
+        Z = _reduce_tokens(Z, reduction, mask, where)
     if Z.ndim == 1:
         Z = Z[:, None]
     if Z.ndim != 2:
         raise ValueError(
-            f"The reduction must give (n_samples, n_features); got {tuple(Z.shape)}."
+            f"The reduction must give (n_samples, n_features); got {tuple(Z.shape)} "
+            f"from {where} of shape {shape}."
         )
     return Z
+
+
+def _reduce_tokens(Z, reduction, mask, where):
+    """``"cls"``/``"first"``, ``"last"`` or ``"mean"`` of ``(n, tokens, dim)``."""
+    if Z.ndim != 3:
+        raise ValueError(
+            f"reduction={reduction!r} takes token sequences (n, tokens, dim); "
+            f"{where} has shape {tuple(Z.shape)}. Use 'flatten' or 'avgpool' for "
+            "feature maps."
+        )
+    if mask is not None and tuple(mask.shape) != tuple(Z.shape[:2]):
+        raise ValueError(
+            f"The attention mask has shape {tuple(mask.shape)}, but {where} has "
+            f"{tuple(Z.shape[:2])} (n, tokens)."
+        )
+    if reduction in ("cls", "first"):
+        return Z[:, 0]
+    if mask is None:
+        return Z[:, -1] if reduction == "last" else Z.mean(dim=1)
+    keep = (mask != 0).to(Z.dtype)
+    count = keep.sum(dim=1)
+    if bool((count == 0).any()):
+        raise ValueError("The attention mask holds a sequence without any token.")
+    if reduction == "last":
+        position = torch.arange(Z.shape[1], device=Z.device)
+        last = (keep * (position + 1)).argmax(dim=1)
+        return Z[torch.arange(Z.shape[0], device=Z.device), last]
+    return (Z * keep[..., None]).sum(dim=1) / count[:, None]
+
+
+def _batch_mask(x, attention_mask):
+    """The ``(n, tokens)`` attention mask of a batch of inputs, or None."""
+    if attention_mask is None:
+        return None
+    if callable(attention_mask):
+        mask = attention_mask(x)
+    elif isinstance(x, dict) and attention_mask in x:
+        mask = x[attention_mask]
+    else:
+        raise ValueError(
+            f"attention_mask={attention_mask!r} names no input: it is the key of a "
+            "dict input (e.g. 'attention_mask') or a callable batch -> (n, tokens) "
+            "mask."
+        )
+    mask = torch.as_tensor(mask)
+    if mask.ndim != 2:
+        raise ValueError(
+            f"The attention mask must be (n, tokens); got shape {tuple(mask.shape)}."
+        )
+    return mask
+
+
+def _peek(batches):
+    """The first batch's inputs (None for an empty stream), and a source of
+    batches whose first iteration yields that batch again, so a one-shot
+    iterator is not consumed by the peek."""
+    it = batches()
+    head = next(it, None)
+    pending = [it]
+
+    def again():
+        if pending:
+            rest = pending.pop()
+            if head is not None:
+                yield head
+            yield from rest
+        else:
+            yield from batches()
+
+    if head is None:
+        raise ValueError(
+            "X holds no samples: the data (a DataLoader or iterable of batches) "
+            "yielded no batches."
+        )
+    return head[0], again
+
+
+def _setup(model, X, y, batch_size, device, layers=None, *, find=True):
+    """What every probe starts with: the device, the data as batches (the first
+    one peeked), and the layers found on it."""
+    device = _resolve_device(model, device)
+    batches, _ = as_batches(X, y, batch_size)
+    first, batches = _peek(batches)
+    found = find_layers(model, layers, X=first) if find else None
+    return device, batches, first, found
 
 
 def _labels(y):
@@ -241,10 +360,11 @@ def _sweep(
     output_fn,
     model_output,
     on_batch,
+    attention_mask=None,
 ):
     """Run ``model`` over the batches in eval mode with the capture hooks; call
-    ``on_batch(cap, out, y)`` for each. Hooks are removed and the model's mode
-    restored whatever happens."""
+    ``on_batch(cap, out, y)`` for each (``cap.mask``: the batch's attention mask).
+    Hooks are removed and the model's mode restored whatever happens."""
     dtype = model_dtype(model)
     first = True
     with (
@@ -254,6 +374,7 @@ def _sweep(
         for xb, yb in batches():
             cap.reset()
             xb = as_input(xb, device, dtype)
+            cap.mask = _batch_mask(xb, attention_mask)
             with torch.set_grad_enabled(gradient is not None):
                 out = run_model(model, xb, model_output)
                 cap.check()
@@ -296,6 +417,7 @@ def _gradient_sweep(
     stages=False,
     output_fn=None,
     on_batch=None,
+    attention_mask=None,
 ):
     """``G_l`` summed over outputs and positions, averaged over samples."""
     G = [None] * len(found)
@@ -317,6 +439,7 @@ def _gradient_sweep(
         output_fn=output_fn,
         model_output=model_output,
         on_batch=step,
+        attention_mask=attention_mask,
     )
     if count[0] == 0:
         raise ValueError("X holds no samples.")
@@ -330,9 +453,11 @@ def _resolve_device(model, device):
 def _unlabelled(X, y):
     """``(X, y)`` for :func:`as_batches` where labels are not needed."""
     if y is None and (
-        isinstance(X, (torch.Tensor, np.ndarray)) or hasattr(X, "__array__")
+        isinstance(X, (torch.Tensor, np.ndarray))
+        or hasattr(X, "__array__")
+        or _is_multi(X)
     ):
-        return X, np.zeros(len(X))
+        return X, np.zeros(batch_length(X))
     if y is None:
         return _InputsOnly(X), None
     return X, y

@@ -10,20 +10,15 @@ from torch import nn
 from skdnc._backend import import_pandas
 from skdnc.metrics import CollapseAccumulator
 from skdnc.nn._capture import (
+    _batch_mask,
     _check_options,
     _labels,
     _reduce,
-    _resolve_device,
+    _setup,
     _validate_probe_params,
 )
-from skdnc.nn._common import (
-    as_batches,
-    as_input,
-    eval_mode,
-    model_dtype,
-    select_output,
-)
-from skdnc.nn._detect import _as_list, find_layers
+from skdnc.nn._common import as_input, eval_mode, forward, model_dtype, select_output
+from skdnc.nn._detect import _as_list, _not_run, find_layers
 
 __all__ = ["CollapseProbe", "layer_collapse"]
 
@@ -94,9 +89,9 @@ class CollapseProbe:
         )
 
 
-def _named_modules(model, layers):
+def _named_modules(model, layers, first):
     if layers is None:
-        return [(layer.name, layer.output) for layer in find_layers(model)]
+        return [(layer.name, layer.output) for layer in find_layers(model, X=first)]
     names = {id(m): name for name, m in model.named_modules()}
     out = []
     for item in _as_list(layers):
@@ -128,6 +123,7 @@ def layer_collapse(
     pinv=True,
     batch_size=256,
     device=None,
+    attention_mask=None,
 ):
     """NC1 and NC2 of the outputs of any named modules, streamed over batches.
 
@@ -137,7 +133,8 @@ def layer_collapse(
         Run in eval mode without gradients; its mode is restored and the hooks
         removed afterwards.
     X : array-like, torch.Tensor, DataLoader or iterable of (x, y) batches
-        Inputs in the model's input shape, or batches of inputs and labels.
+        Inputs in the model's input shape, or batches of inputs and labels; a
+        tuple or dict of inputs as for :func:`probe_network`.
     y : array-like of shape (n_samples,), default=None
         Class labels for array input; ``None`` when ``X`` yields ``(x, y)``.
     layers : str, module or list, default=None
@@ -145,12 +142,13 @@ def layer_collapse(
         ``"layer1"``, ``"features.3"``, ``"encoder.layers.0"``; ``""`` is the
         model itself) or submodules. ``None``: the outputs of the layers
         :func:`find_layers` detects.
-    reduction : {"flatten", "avgpool"} or callable, default="flatten"
-        How an output with more than two axes becomes vectors: ``"flatten"``
-        (every entry a feature) or ``"avgpool"`` (global average pooling: the mean
-        over every axis after the channel axis 1, as ``AdaptiveAvgPool2d(1)``). A
-        callable maps the batch tensor to ``(n, d)``; token sequences
-        ``(n, T, d)`` want ``lambda z: z.mean(1)`` or ``lambda z: z[:, 0]``.
+    reduction : {"flatten", "avgpool", "cls", "first", "last", "mean"} or \
+callable, default="flatten"
+        How an output with a token or spatial axis becomes vectors; 2-D outputs
+        are used as they are. ``"avgpool"`` is global average pooling of feature
+        maps ``(n, c, h, w)`` (as ``AdaptiveAvgPool2d(1)``), refused on 3-D
+        outputs; token sequences ``(n, tokens, dim)`` take ``"cls"``/``"first"``,
+        ``"last"`` or ``"mean"``. See :func:`probe_network`.
     output_fn : int, str, callable or dict, default=None
         Selects the tensor from a module that returns a tuple or dict (an index
         or key, or a callable); a dict maps layer names to selectors. Without it
@@ -161,6 +159,9 @@ def layer_collapse(
         Rows per batch for array input.
     device : str or torch.device, default=None
         ``None``: where the model's parameters are.
+    attention_mask : str or callable, default=None
+        The token mask of ``reduction="mean"`` or ``"last"``, see
+        :func:`probe_network`.
 
     Returns
     -------
@@ -186,10 +187,9 @@ def layer_collapse(
     >>> probe.layer_names, probe.n_features.tolist()
     (['1', '3'], [4, 3])
     """
-    _check_options(reduction)
-    modules = _named_modules(model, layers)
-    device = _resolve_device(model, device)
-    batches, _ = as_batches(X, y, batch_size)
+    _check_options(reduction, attention_mask=attention_mask)
+    device, batches, first, _ = _setup(model, X, y, batch_size, device, find=False)
+    modules = _named_modules(model, layers, first)
     dtype = model_dtype(model)
     accs = [CollapseAccumulator() for _ in modules]
 
@@ -200,14 +200,17 @@ def layer_collapse(
 
     def sweep(update):
         captured = [None] * len(modules)
+        mask = [None]
 
         def hook_for(index, name):
             def hook(module, args, out):
                 if captured[index] is None:
-                    out = select_output(
-                        out, selector(name), f"module {name!r}", "output_fn"
+                    where = f"module {name!r}"
+                    out = select_output(out, selector(name), where, "output_fn")
+                    Z = _reduce(
+                        out.detach(), reduction, mask[0], f"the output of {where}"
                     )
-                    captured[index] = _reduce(out.detach(), reduction).clone()
+                    captured[index] = Z.clone()
 
             return hook
 
@@ -218,13 +221,15 @@ def layer_collapse(
             with eval_mode(model), torch.no_grad():
                 for xb, yb in batches():
                     captured[:] = [None] * len(modules)
-                    model(as_input(xb, device, dtype))
+                    xb = as_input(xb, device, dtype)
+                    mask[0] = _batch_mask(xb, attention_mask)
+                    forward(model, xb)
                     labels = _labels(yb)
                     for index, Z in enumerate(captured):
                         if Z is None:
+                            name = modules[index][0]
                             raise ValueError(
-                                f"Module {modules[index][0]!r} did not run in the "
-                                "model's forward pass."
+                                f"Module {name!r}: {_not_run(name, model)}."
                             )
                         update(accs[index], Z, labels)
         finally:

@@ -13,11 +13,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from skdnc.nn._common import (
+    as_input,
+    eval_mode,
+    first_rows,
+    forward,
+    model_device,
+    model_dtype,
+)
 from skdnc.nn._models import HeadedNetwork
 
 __all__ = ["find_layers", "weight_matrix"]
 
 _WEIGHT_TYPES = (nn.Linear, nn.Conv2d)
+
+# Every module with a weight matrix or filter bank: named when not probed.
+_ALL_WEIGHTS = (nn.Linear, nn.modules.conv._ConvNd)
 
 _ACTIVATIONS = (
     nn.ReLU,
@@ -61,23 +72,62 @@ def weight_matrix(module):
 
     ``nn.Linear``: its weight ``(d_out, d_in)``. ``nn.Conv2d``: the filters as a
     ``c_out x (c_in q r)`` matrix, in the ``(c_in, q, r)`` order of
-    :func:`torch.nn.functional.unfold` patches.
+    :func:`torch.nn.functional.unfold` patches (dilation and stride change
+    which input pixels a patch holds, not the matrix).
+
+    Raises
+    ------
+    ValueError
+        For a grouped or transposed convolution, or any other module: their
+        weight tensors are not the matrix of the layer's map (a transposed
+        convolution stores ``(c_in, c_out, q, r)``, a grouped one block-diagonal
+        filters), and reshaping them would give a wrong matrix silently.
     """
+    reason = unprobed_reason(module)
+    if reason is not None or not isinstance(module, _WEIGHT_TYPES):
+        raise ValueError(
+            f"weight_matrix takes an nn.Linear or an ungrouped nn.Conv2d; got "
+            f"{reason or type(module).__name__}."
+        )
     W = module.weight.detach().to("cpu", torch.float64)
     return W.reshape(W.shape[0], -1)
+
+
+def unprobed_reason(module):
+    """Why a weight module cannot be probed (its AGOP is not ``W'GW`` of
+    :func:`weight_matrix`), or None for an ``nn.Linear`` or ungrouped
+    ``nn.Conv2d``."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return (
+            f"a transposed convolution ({type(module).__name__}), whose patch AGOP "
+            "is not implemented"
+        )
+    if isinstance(module, nn.Conv2d):
+        if module.groups == 1:
+            return None
+        return (
+            f"a grouped convolution (groups={module.groups}), whose filters are "
+            "block-diagonal"
+        )
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return f"a {type(module).__name__} (only Linear and Conv2d are probed)"
+    return None
 
 
 @dataclass
 class _Layer:
     """A probed layer: the weight module holding :math:`W_l` (``linear``, an
     ``nn.Linear`` or ``nn.Conv2d``), the module whose output is the layer's output,
-    and the block whose input the total gradient is taken with respect to."""
+    and the block whose input the total gradient is taken with respect to.
+    ``bare``: the named item is the weight module itself, so the layer's output is
+    its pre-activation."""
 
     name: str
     linear: nn.Module
     output: nn.Module
     block: nn.Module = None
     weight_name: str = ""
+    bare: bool = False
 
     @property
     def kind(self):
@@ -92,78 +142,189 @@ def _as_list(layers):
 
 
 def _check_weight(name, module):
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
+    reason = unprobed_reason(module)
+    if reason is not None:
         raise ValueError(
-            f"Layer {name!r} is a grouped convolution (groups={module.groups}); its "
-            "filters are block-diagonal and the patch AGOP W'GW does not apply. "
-            "Probe its output with layer_collapse instead."
+            f"Layer {name!r} is {reason}: the patch AGOP W'GW of its weight does "
+            "not apply. Probe its output with layer_collapse instead."
         )
 
 
-def _pairs(model, kind):
-    """Weight modules of ``kind`` followed (after norms/dropout) by an activation."""
-    found = []
-    for parent_name, parent in model.named_modules():
-        children = list(parent.named_children())
-        for i, (child_name, child) in enumerate(children):
-            if not isinstance(child, kind):
-                continue
-            if isinstance(child, nn.Conv2d) and child.groups != 1:
-                continue
-            j = i + 1
-            while j < len(children) and isinstance(children[j][1], _PASS_THROUGH):
-                j += 1
-            if j < len(children) and isinstance(children[j][1], _ACTIVATIONS):
-                full = f"{parent_name}.{child_name}" if parent_name else child_name
-                found.append(_Layer(full, child, children[j][1], child, full))
+class _Trace:
+    """One forward pass on a few samples, recording which modules run, in which
+    order, and which activation module consumes each weight layer's output.
+
+    A weight layer's output is followed through normalisation and dropout modules
+    (by tensor identity: the tensor a module returns is the one the next takes);
+    the first activation module whose input is that tensor is the layer's
+    activation. A sum, a concatenation or a function in ``forward`` breaks the
+    chain, so a residual branch ``relu(bn(conv(h)) + h)`` has no activation.
+    """
+
+    def __init__(self, model, x):
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.order = {}  # id(module) -> rank of its first call
+        self.last = {}  # id(module) -> rank of its last call
+        self.calls = 0
+        self.consumers = {}  # weight name -> activation names, in call order
+        self.keep = []  # the traced tensors, alive so that their ids stay unique
+        origin = {}  # id(tensor) -> name of the weight layer it comes from
+
+        def pre(module, args):
+            rank = self.calls = self.calls + 1
+            self.order.setdefault(id(module), rank)
+            self.last[id(module)] = rank
+
+        def post(module, args, out):
+            name = self.names[id(module)]
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            source = origin.get(id(first)) if first is not None else None
+            if isinstance(module, _ALL_WEIGHTS) and isinstance(out, torch.Tensor):
+                origin.setdefault(id(out), name)
+                self.keep.append(out)
+            elif source is not None and isinstance(module, _PASS_THROUGH):
+                if isinstance(out, torch.Tensor):
+                    origin[id(out)] = source
+                    self.keep.append(out)
+            elif source is not None and isinstance(module, _ACTIVATIONS):
+                found = self.consumers.setdefault(source, [])
+                if name not in found:
+                    found.append(name)
+
+        handles = []
+        try:
+            for module in model.modules():
+                handles.append(module.register_forward_pre_hook(pre))
+                handles.append(module.register_forward_hook(post))
+            with eval_mode(model), torch.no_grad():
+                forward(model, x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.keep = []
+
+    def ran(self, module):
+        return id(module) in self.order
+
+    def first_run(self, modules):
+        """The module of ``modules`` called first in the forward pass, or None."""
+        ran = [m for m in modules if self.ran(m)]
+        return min(ran, key=lambda m: self.order[id(m)]) if ran else None
+
+    def weights(self, model):
+        """``(name, module)`` of every weight module, in call order (those that
+        did not run last, in registration order)."""
+        items = [
+            (n, m) for n, m in model.named_modules() if isinstance(m, _ALL_WEIGHTS)
+        ]
+        return sorted(items, key=lambda i: self.order.get(id(i[1]), len(self.order)))
+
+
+class _RegistrationOrder(_Trace):
+    """The pairing without data: a weight module followed among its siblings
+    (after normalisation or dropout modules) by an activation module, in
+    registration order, which may differ from execution order."""
+
+    def __init__(self, model):
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.order = {id(m): k for k, m in enumerate(model.modules())}
+        self.last = self.order
+        self.consumers = {}
+        for parent_name, parent in model.named_modules():
+            children = list(parent.named_children())
+            for i, (child_name, child) in enumerate(children):
+                if not isinstance(child, _ALL_WEIGHTS):
+                    continue
+                j = i + 1
+                while j < len(children) and isinstance(children[j][1], _PASS_THROUGH):
+                    j += 1
+                if j < len(children) and isinstance(children[j][1], _ACTIVATIONS):
+                    prefix = f"{parent_name}." if parent_name else ""
+                    self.consumers[prefix + child_name] = [prefix + children[j][0]]
+
+
+def _not_run(name, model):
+    """Why a weight module did not run as a module, for the messages."""
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    if isinstance(parent, nn.MultiheadAttention):
+        return (
+            "it did not run as a module: nn.MultiheadAttention applies its "
+            "out_proj weight through F.multi_head_attention_forward, never calling "
+            "the module (name the attention block, e.g. a TransformerEncoderLayer, "
+            "or measure the MultiheadAttention's output with layer_collapse and "
+            "output_fn=0)"
+        )
+    return "it did not run as a module in the model's forward pass"
+
+
+def _traced_detect(model, trace):
+    """The MLP layers of ``model`` in execution order, or its convolutional layers
+    if it has none, with every weight module left out named with the reason."""
+    weights = trace.weights(model)
+    modules = dict(model.named_modules())
+    reasons, pairs = {}, {nn.Linear: [], nn.Conv2d: []}
+    for name, module in weights:
+        consumers = trace.consumers.get(name, [])
+        if unprobed_reason(module) is not None:
+            reasons[name] = unprobed_reason(module)
+        elif not trace.ran(module):
+            reasons[name] = _not_run(name, model)
+        elif len(consumers) > 1:
+            reasons[name] = (
+                f"its output feeds several activation modules {consumers}; name the "
+                "pair to probe, e.g. layers=[(weight_layer, activation)]"
+            )
+        elif not consumers:
+            reasons[name] = (
+                "no activation module takes its output (a residual sum, a "
+                "concatenation, a functional activation such as F.relu, or none)"
+            )
+        else:
+            kind = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+            act = modules[consumers[0]]
+            pairs[kind].append(_Layer(name, module, act, module, name))
+    kind = nn.Linear if pairs[nn.Linear] else nn.Conv2d
+    found = pairs[kind]
+    if kind is nn.Linear:
+        for layer in pairs[nn.Conv2d]:
+            reasons[layer.name] = (
+                "a convolution of a model whose MLP layers are the ones detected"
+            )
+    linears = [n for n, m in weights if isinstance(m, nn.Linear) and trace.ran(m)]
+    if linears and linears[-1] in reasons and "no activation" in reasons[linears[-1]]:
+        del reasons[linears[-1]]  # the readout: its NFA is 1 by construction
+    _report(found, kind, reasons, weights)
     return found
 
 
-def _detect(model):
-    """The MLP layers of ``model``, or its convolutional layers if it has none."""
-    kind = nn.Linear
-    found = _pairs(model, nn.Linear)
+def _report(found, kind, reasons, weights):
+    """The error (nothing found) or warning (some left out) of detection."""
+    by_reason = {}
+    for name, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(name)
+    why = "; ".join(f"{names}: {reason}" for reason, names in by_reason.items())
     if not found:
-        kind = nn.Conv2d
-        found = _pairs(model, nn.Conv2d)
-    probed = {id(layer.linear) for layer in found}
-    skipped = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in probed
-    ]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if linears and linears[-1] in skipped:
-        skipped.remove(linears[-1])  # the readout: its NFA is 1 by construction
-    if not found:
-        listed = [n for n, m in model.named_modules() if isinstance(m, _WEIGHT_TYPES)]
+        listed = [n for n, _ in weights]
         raise ValueError(
-            "No MLP layers found: no nn.Linear or nn.Conv2d is followed (after "
-            "normalisation or dropout modules) by an activation module; functional "
-            "activations (F.relu in forward) are invisible to detection. Linear and "
-            f"Conv2d modules of the model: {listed or 'none'}. Name the layers, or "
-            "the blocks that hold them, with layers=[...]."
+            "No MLP layers found: no nn.Linear or nn.Conv2d passes its output "
+            "(through normalisation or dropout modules) to an activation module; "
+            "functional activations (F.relu in forward) are invisible to "
+            f"detection. Weight modules of the model: {listed or 'none'}"
+            f"{' (' + why + ')' if why else ''}. Name the layers, or the blocks "
+            "that hold them, with layers=[...], or a (weight_layer, activation) "
+            "pair."
         )
-    if skipped:
-        also = (
-            ", or they are convolutions of a model whose MLP layers are the ones "
-            "detected"
-            if kind is nn.Linear
-            else ""
-        )
+    if reasons:
         warnings.warn(
-            f"Probing {len(found)} {kind.__name__} layers; these Linear/Conv2d "
-            f"modules are not probed: {skipped}. No activation module follows them "
-            "(a functional activation, a residual sum, or a grouped convolution)"
-            f"{also}. Name them, or the blocks around them, with layers=[...] to "
-            "probe them.",
+            f"Probing {len(found)} {kind.__name__} layers; these weight modules are "
+            f"not probed: {list(reasons)}. Why: {why}. Name them, or the blocks "
+            "around them, with layers=[...] to probe them.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return found
 
 
-def find_layers(model, layers=None):
+def find_layers(model, layers=None, *, X=None):
     """The layers of ``model`` that the probes measure.
 
     Parameters
@@ -172,23 +333,41 @@ def find_layers(model, layers=None):
     layers : str, module or list, default=None
         ``None``: the blocks of ``model.head_layers`` for the
         :class:`HeadedNetwork` models of :mod:`skdnc.nn`; for any other model,
-        its MLP layers: every ``nn.Linear`` followed by an activation module
-        (ReLU, GELU, ...) among its siblings, with normalisation (BatchNorm,
-        LayerNorm, ...) and dropout modules allowed in between, in the order of
-        ``model.named_modules()``; in a model without MLP layers, every
-        ``nn.Conv2d`` followed by an activation in the same way. A warning lists
-        every ``Linear`` (or, for a conv-only model, ``Conv2d``) left out, except
-        a final ``Linear``, the readout. Convolutions alongside MLP layers, and
-        layers whose activation is a function in ``forward`` (``F.relu``), are
-        probed when named. Otherwise a name, a module, or a list whose items are
+        its MLP layers: every ``nn.Linear`` whose output an activation module
+        (ReLU, GELU, ...) takes, with normalisation (BatchNorm, LayerNorm, ...)
+        and dropout modules allowed in between, in the order they run; in a
+        model without MLP layers, every ``nn.Conv2d`` paired in the same way.
+        With ``X`` the pairing follows a forward pass (which module takes which
+        tensor); without it, the registration order of siblings, which may
+        differ from execution order (a squeeze-excitation block, a
+        ``TransformerEncoderLayer`` with an activation module). A warning names
+        every weight module left out and why (no activation takes its output, it
+        is a grouped or transposed convolution, it did not run as a module as
+        ``MultiheadAttention.out_proj``), except a final ``Linear``, the readout.
+        Convolutions alongside MLP layers, and layers whose activation is a
+        function in ``forward`` (``F.relu``), are probed when named. Otherwise a
+        name, a module, or a list whose items are
 
         * a module name (as in ``model.named_modules()``, dotted for nested
           modules) or a module: an ``nn.Linear``/``nn.Conv2d`` (the layer's output
-          is then its pre-activation), or a block such as
-          ``Sequential(Linear, ReLU)``, a ResNet stage or a residual block, whose
-          first ``nn.Linear``/``nn.Conv2d`` holds :math:`W_l` and whose output is
-          the layer's output;
+          is then its pre-activation, and :func:`probe_network` warns that its
+          SVD split is degenerate), or a block such as
+          ``Sequential(Linear, ReLU)``, a ResNet stage, a residual block or a
+          transformer block, whose first ``nn.Linear``/``nn.Conv2d`` to run (with
+          ``X``; the first registered without it) holds :math:`W_l` and whose
+          output is the layer's output. In a transformer block that is the MLP's
+          first ``Linear``: ``MultiheadAttention.out_proj`` never runs as a
+          module (a warning says so);
         * a pair ``(weight_layer, activation)`` of names or modules.
+
+        Grouped (depthwise) and transposed convolutions, and ``Conv1d``/
+        ``Conv3d``, are refused with an error: their AGOP is not ``W'GW`` of
+        :func:`weight_matrix`. Dilated and strided ``Conv2d`` are probed (their
+        patches are the dilated, strided windows).
+    X : array-like, tensor, or tuple or dict of them, default=None
+        Inputs in the model's input shape; the first few rows run through the
+        model once to pair layers by execution order and to check that the named
+        modules run. The probes pass their first batch.
 
     Returns
     -------
@@ -208,6 +387,10 @@ def find_layers(model, layers=None):
     [('0', 'GELU')]
     """
     names = {id(m): name for name, m in model.named_modules()}
+    trace = None
+    if X is not None:
+        x = as_input(first_rows(X, 4), model_device(model), model_dtype(model))
+        trace = _Trace(model, x)
 
     def resolve(item):
         if isinstance(item, str):
@@ -226,7 +409,7 @@ def find_layers(model, layers=None):
 
     if layers is None:
         if not isinstance(model, HeadedNetwork):
-            return _detect(model)
+            return _traced_detect(model, trace or _RegistrationOrder(model))
         layers = list(model.head_layers)
     found = []
     for item in _as_list(layers):
@@ -239,16 +422,65 @@ def find_layers(model, layers=None):
         else:
             name, output = resolve(item)
             block = output
-            linear = next(
-                (m for m in output.modules() if isinstance(m, _WEIGHT_TYPES)), None
-            )
+            linear = _block_weight(model, name, output, trace)
         if not isinstance(linear, _WEIGHT_TYPES):
             raise ValueError(
                 f"Layer {name!r} holds no nn.Linear or nn.Conv2d. To measure "
                 "collapse at its output, use layer_collapse."
             )
         _check_weight(name, linear)
-        found.append(_Layer(name, linear, output, block, names[id(linear)]))
+        if trace is not None:
+            _check_runs(model, name, names[id(linear)], linear, output, trace)
+        layer = _Layer(name, linear, output, block, names[id(linear)])
+        layer.bare = output is linear
+        found.append(layer)
     if not found:
         raise ValueError("layers must name at least one layer.")
     return found
+
+
+def _block_weight(model, name, block, trace):
+    """The weight module of a named block: its first ``Linear``/``Conv2d`` to run
+    (the first registered without a trace), or None."""
+    weights = [m for m in block.modules() if isinstance(m, _WEIGHT_TYPES)]
+    if trace is None or not weights:
+        return weights[0] if weights else None
+    first = trace.first_run(weights)
+    if first is None:
+        return weights[0]  # _check_runs says it did not run
+    if first is not weights[0]:
+        names = {id(m): n for n, m in model.named_modules()}
+        skipped = names[id(weights[0])]
+        warnings.warn(
+            f"Block {name!r}: its first registered weight layer {skipped!r} is not "
+            f"probed ({_not_run(skipped, model)}); W_l is that of "
+            f"{names[id(first)]!r}, the first weight layer that runs as a module.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return first
+
+
+def _check_runs(model, name, weight_name, linear, output, trace):
+    """A named layer's weight module and output module run, in that order."""
+    if not trace.ran(linear):
+        raise ValueError(
+            f"Layer {name!r}: {weight_name!r} {_not_run(weight_name, model)}."
+        )
+    if not trace.ran(output):
+        raise ValueError(
+            f"Layer {name!r}: its output module did not run in the model's forward "
+            "pass."
+        )
+    inside = any(m is linear for m in output.modules())
+    if not inside and trace.last[id(output)] < trace.order[id(linear)]:
+        takes = trace.consumers.get(weight_name)
+        hint = (
+            f" The activation that takes its output is {takes[0]!r}." if takes else ""
+        )
+        raise ValueError(
+            f"Layer {name!r}: its output module {trace.names[id(output)]!r} runs "
+            f"only before {weight_name!r} (registration order is not execution "
+            f"order).{hint} Name a (weight_layer, activation) pair that runs in "
+            "this order."
+        )

@@ -39,12 +39,12 @@ from skdnc._linalg import psd_eigh, psd_power
 from skdnc.nn._capture import (
     _check_options,
     _gradient_sweep,
-    _resolve_device,
+    _setup,
     _unlabelled,
     _validate_probe_params,
 )
-from skdnc.nn._common import as_batches, as_input, eval_mode, model_dtype, run_model
-from skdnc.nn._detect import find_layers, weight_matrix
+from skdnc.nn._common import as_input, eval_mode, model_dtype, run_model
+from skdnc.nn._detect import weight_matrix
 
 __all__ = ["layer_agops", "nfa_correlation"]
 
@@ -182,10 +182,10 @@ def layer_agops(
     >>> [tuple(A.shape) for A in layer_agops(net, X)]
     [(9, 9)]
     """
-    found = find_layers(model, layers)
     _check_options("flatten", gradient)
-    device = _resolve_device(model, device)
-    batches, _ = as_batches(*_unlabelled(X, y), batch_size)
+    device, batches, _, found = _setup(
+        model, *_unlabelled(X, y), batch_size, device, layers
+    )
     if method == "preactivation":
         G = _gradient_sweep(
             model,
@@ -244,6 +244,11 @@ def _jacobian_agops(model, batches, found, *, device, gradient, model_output):
     with eval_mode(model):
         for xb, _ in batches():
             xb = as_input(xb, device, dtype)
+            if not isinstance(xb, torch.Tensor):
+                raise ValueError(
+                    "method='jacobian' takes one input tensor per batch; the model "
+                    "takes a tuple or dict of inputs: use method='preactivation'."
+                )
             count += len(xb)
             for index, layer in enumerate(found):
                 target = layer.block if gradient == "total" else layer.linear

@@ -13,6 +13,7 @@ Every measurement streams over batches: class statistics accumulate in
 """
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,12 +27,11 @@ from skdnc.nn._capture import (
     _gradient_sweep,
     _labels,
     _reduce,
-    _resolve_device,
+    _setup,
     _sweep,
     _validate_probe_params,
 )
-from skdnc.nn._common import as_batches
-from skdnc.nn._detect import find_layers, weight_matrix
+from skdnc.nn._detect import weight_matrix
 from skdnc.nn._layer_agop import _gram_correlation, _sqrt_factor
 from skdnc.nn._readout import _find_readout, _Readout
 
@@ -70,8 +70,8 @@ class NetworkProbe:
     layer_kinds : list of str
         ``"linear"`` or ``"conv2d"`` for each layer.
     reduction : str
-        How feature maps were reduced to vectors (``"flatten"``, ``"avgpool"`` or
-        ``"callable"``).
+        How outputs with a token or spatial axis were reduced to vectors (one of
+        :data:`~skdnc.nn.REDUCTIONS`, or ``"callable"``).
     gradient : str
         ``"layer"`` or ``"total"``, see :func:`layer_agops`.
     nc3 : float
@@ -233,6 +233,7 @@ def _collapse_pass(
     model_output,
     reduction,
     readout=None,
+    attention_mask=None,
 ):
     """Second pass: the within-class scatter in the class-mean span (pinv NC1,
     when ``accs`` is given) and the readout's NC4 count (when ``readout`` is)."""
@@ -245,7 +246,8 @@ def _collapse_pass(
             return
         for index in range(len(found)):
             for k, Z in enumerate(cap.stage_features(index)):
-                accs[index][k].partial_fit_within(_reduce(Z, reduction), labels)
+                Z = _reduce(Z, reduction, cap.mask, _where(found[index], k))
+                accs[index][k].partial_fit_within(Z, labels)
 
     _sweep(
         model,
@@ -257,7 +259,54 @@ def _collapse_pass(
         output_fn=output_fn,
         model_output=model_output,
         on_batch=step,
+        attention_mask=attention_mask,
     )
+
+
+def _where(layer, stage):
+    return f"the {STAGES[stage]} stage of layer {layer.name!r}"
+
+
+def _warn_bare(found):
+    bare = [layer.name for layer in found if layer.bare]
+    if bare:
+        warnings.warn(
+            f"Layers {bare} are bare weight layers: the output of each is its "
+            "pre-activation W h + b, so its 'output' stage differs from its "
+            "'projection' stage W h only by the bias and the SVD split measures no "
+            "activation. Name the block around it, or a (weight_layer, activation) "
+            "pair.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_nan_nfa(found, nfa, G, model, readout_name):
+    """A NaN NFA correlation names the layer and its cause."""
+    for index, layer in enumerate(found):
+        if not np.isnan(nfa[index]):
+            continue
+        W = weight_matrix(layer.linear)
+        if not bool(W.any()):
+            cause = "its weight is zero, so W'W is zero"
+        elif not bool(G[index].any()):
+            cause = (
+                "the model output does not depend on it on these data (zero "
+                "gradients, so the AGOP is zero)"
+            )
+            readout = model.get_submodule(readout_name) if readout_name else None
+            if readout is not None and not bool(readout.weight.detach().any()):
+                cause += (
+                    f": the readout {readout_name!r} has zero weights, as "
+                    "torchvision initialises a ViT's head"
+                )
+        else:
+            cause = "W'W or the AGOP has constant entries"
+        warnings.warn(
+            f"The NFA correlation of layer {layer.name!r} is NaN: {cause}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @_validate_probe_params
@@ -277,6 +326,7 @@ def probe_network(
     model_output=None,
     init_model=None,
     readout="auto",
+    attention_mask=None,
 ):
     """Measure AGOP, NFA, collapse by SVD stage and the readout's NC3 and NC4.
 
@@ -288,7 +338,10 @@ def probe_network(
     X : array-like, torch.Tensor, DataLoader or iterable of (x, y) batches
         Inputs in the model's input shape (e.g. ``(n, c, h, w)`` for a conv net),
         or batches of inputs and labels; everything is accumulated one batch at a
-        time, in float64.
+        time, in float64. Integer inputs (``uint8`` images) are converted to the
+        model's dtype without scaling. A tuple of arrays is passed to the model
+        as ``model(*x)`` and a dict as ``model(**x)`` (sliced into batches
+        together; batches of a DataLoader may hold tuples or dicts as well).
     y : array-like of shape (n_samples,), default=None
         Class labels for array input; ``None`` when ``X`` yields ``(x, y)``.
     layers : str, module or list, default=None
@@ -301,12 +354,18 @@ def probe_network(
     return_agops : bool, default=False
         Keep the dense AGOP of every layer (``d_l x d_l``; large behind a VGG
         backbone).
-    reduction : {"flatten", "avgpool"} or callable, default="flatten"
-        How a feature map ``(n, c, h, w)`` becomes the vectors the collapse is
-        measured on: ``"flatten"`` (``c h w`` features) or ``"avgpool"`` (the mean
-        over every axis after the channel axis: ``c`` features). A callable maps
-        the batch tensor to ``(n, d)`` (e.g. ``lambda z: z.mean(1)`` for token
-        sequences ``(n, T, d)``). 2-D features are used as they are.
+    reduction : {"flatten", "avgpool", "cls", "first", "last", "mean"} or \
+callable, default="flatten"
+        How an output with a token or spatial axis becomes the vectors the
+        collapse is measured on; a 2-D output ``(n, d)`` is used as it is,
+        whatever the reduction (a callable too). Feature maps ``(n, c, h, w)``:
+        ``"flatten"`` (``c h w`` features) or ``"avgpool"`` (the mean over every
+        axis after the channel axis: ``c`` features; refused on 3-D outputs,
+        where it cannot tell tokens from channels). Token sequences
+        ``(n, tokens, dim)``: ``"cls"`` or ``"first"`` (the first token, a ViT's
+        class token), ``"last"`` (the last token, or the last real one with
+        ``attention_mask``), ``"mean"`` (the mean over tokens, or over the real
+        ones) or ``"flatten"``. A callable maps the batch tensor to ``(n, d)``.
     gradient : {"layer", "total"}, default="layer"
         Gradient of the AGOP, see :func:`layer_agops`.
     nc1_pinv : bool, default=False
@@ -321,6 +380,10 @@ def probe_network(
         The same architecture at initialisation: gives
         ``nfa_correlation_init``, the correlation of each layer's
         :math:`W^\\top W` with that at initialisation.
+    attention_mask : str or callable, default=None
+        For ``reduction="mean"`` or ``"last"`` on token sequences: the key of a
+        dict input holding the ``(n, tokens)`` mask (nonzero for real tokens, as
+        ``"attention_mask"`` of a tokenizer), or a callable ``batch -> mask``.
     readout : "auto", str or None, default="auto"
         The network's linear classifier, whose NC3 and NC4 are measured:
         ``"auto"`` takes the last ``nn.Linear`` registered in the model (the
@@ -347,7 +410,10 @@ def probe_network(
     -----
     UserWarning
         When a probed layer is the network's linear readout (its NFA is 1 by
-        construction), and from :func:`find_layers` when layers are left out.
+        construction), when a named layer is a bare weight layer (its SVD split
+        is degenerate), when an NFA correlation is NaN (the message names the
+        layer and the cause, e.g. a zero weight), and from :func:`find_layers`
+        when layers are left out.
 
     Notes
     -----
@@ -372,10 +438,9 @@ def probe_network(
     >>> probe.nc1.shape, probe.nfa_correlation.shape
     ((3, 3), (3,))
     """
-    found = find_layers(model, layers)
-    _check_options(reduction, gradient)
-    device = _resolve_device(model, device)
-    batches, _ = as_batches(X, y, batch_size)
+    _check_options(reduction, gradient, attention_mask)
+    device, batches, _, found = _setup(model, X, y, batch_size, device, layers)
+    _warn_bare(found)
     L = len(found)
     accs = [[CollapseAccumulator() for _ in STAGES] for _ in found]
     readout_name, module = _find_readout(model, readout)
@@ -387,7 +452,8 @@ def probe_network(
         labels = _labels(yb)
         for index in range(L):
             for k, Z in enumerate(cap.stage_features(index)):
-                accs[index][k].partial_fit(_reduce(Z, reduction), labels)
+                Z = _reduce(Z, reduction, cap.mask, _where(found[index], k))
+                accs[index][k].partial_fit(Z, labels)
         if head is not None:
             head.collect(out, labels)
 
@@ -402,6 +468,7 @@ def probe_network(
             stages=True,
             output_fn=output_fn,
             on_batch=collect,
+            attention_mask=attention_mask,
         )
         measured = head is not None and head.finish_means()
         if nc1_pinv or measured:
@@ -415,6 +482,7 @@ def probe_network(
                 model_output=model_output,
                 reduction=reduction,
                 readout=head if measured else None,
+                attention_mask=attention_mask,
             )
     nc3 = nc4 = float("nan")
     if measured:
@@ -452,6 +520,7 @@ def probe_network(
         )
         if return_agops:
             agops.append((B.T @ B).numpy())
+    _warn_nan_nfa(found, nfa[0], G, model, readout_name)
     return NetworkProbe(
         layer_names=[layer.name for layer in found],
         nc1=nc1,
