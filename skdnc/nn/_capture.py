@@ -207,12 +207,15 @@ def _check_options(reduction, gradient=None, attention_mask=None):
         raise ValueError(f"gradient must be one of {GRADIENTS}; got {gradient!r}.")
 
 
-def _reduce(Z, reduction, mask=None, where="the output"):
+def _reduce(Z, reduction, mask=None, where="the output", channel_axis=1):
     """Features ``(n, d)`` from a layer output under the stated reduction.
 
     A 2-D output is used as it is, whatever the reduction: reductions act on a
     token or spatial axis. ``mask`` (``(n, tokens)``, nonzero for real tokens)
-    restricts ``"mean"`` and ``"last"`` to the real tokens.
+    restricts ``"mean"`` and ``"last"`` to the real tokens. ``channel_axis``:
+    1 for a convolution's ``(n, c, h, w)``, -1 for a ``Linear`` applied to a
+    channels-last map ``(n, h, w, c)`` (ConvNeXt, Swin), whose ``"avgpool"``
+    averages the axes between.
     """
     if Z.ndim <= 2:
         return Z[:, None] if Z.ndim == 1 else Z
@@ -230,7 +233,8 @@ def _reduce(Z, reduction, mask=None, where="the output"):
                 "'cls' (the first token) or 'last'; for (n, channels, length) maps "
                 "pass reduction=lambda z: z.mean(2)."
             )
-        Z = Z.mean(dim=tuple(range(2, Z.ndim)))
+        channel = channel_axis % Z.ndim
+        Z = Z.mean(dim=tuple(a for a in range(1, Z.ndim) if a != channel))
     else:
         Z = _reduce_tokens(Z, reduction, mask, where)
     if Z.ndim == 1:

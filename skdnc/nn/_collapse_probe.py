@@ -90,22 +90,29 @@ class CollapseProbe:
 
 
 def _named_modules(model, layers, first):
+    """``(name, module, channel axis)`` of the measured modules: the channel axis
+    of ``"avgpool"`` is the last for a ``Linear`` (and a detected Linear layer's
+    activation), which acts on the last axis, else 1."""
     if layers is None:
-        return [(layer.name, layer.output) for layer in find_layers(model, X=first)]
+        return [
+            (layer.name, layer.output, -1 if layer.kind == "linear" else 1)
+            for layer in find_layers(model, X=first)
+        ]
     names = {id(m): name for name, m in model.named_modules()}
     out = []
     for item in _as_list(layers):
         if isinstance(item, str):
             try:
-                out.append((item, model.get_submodule(item)))
+                module = model.get_submodule(item)
             except AttributeError as exc:
                 raise ValueError(f"model has no submodule named {item!r}.") from exc
         elif isinstance(item, nn.Module) and id(item) in names:
-            out.append((names[id(item)], item))
+            item, module = names[id(item)], item
         else:
             raise TypeError(
                 f"layers must hold submodule names or submodules; got {item!r}."
             )
+        out.append((item, module, -1 if isinstance(module, nn.Linear) else 1))
     if not out:
         raise ValueError("layers must name at least one module.")
     return out
@@ -202,13 +209,17 @@ callable, default="flatten"
         captured = [None] * len(modules)
         mask = [None]
 
-        def hook_for(index, name):
+        def hook_for(index, name, channel_axis):
             def hook(module, args, out):
                 if captured[index] is None:
                     where = f"module {name!r}"
                     out = select_output(out, selector(name), where, "output_fn")
                     Z = _reduce(
-                        out.detach(), reduction, mask[0], f"the output of {where}"
+                        out.detach(),
+                        reduction,
+                        mask[0],
+                        f"the output of {where}",
+                        channel_axis,
                     )
                     captured[index] = Z.clone()
 
@@ -216,8 +227,9 @@ callable, default="flatten"
 
         handles = []
         try:
-            for index, (name, module) in enumerate(modules):
-                handles.append(module.register_forward_hook(hook_for(index, name)))
+            for index, (name, module, axis) in enumerate(modules):
+                hook = hook_for(index, name, axis)
+                handles.append(module.register_forward_hook(hook))
             with eval_mode(model), torch.no_grad():
                 for xb, yb in batches():
                     captured[:] = [None] * len(modules)
@@ -240,7 +252,7 @@ callable, default="flatten"
     if pinv:
         sweep(lambda acc, Z, labels: acc.partial_fit_within(Z, labels))
     return CollapseProbe(
-        layer_names=[name for name, _ in modules],
+        layer_names=[name for name, _, _ in modules],
         nc1=np.array([acc.nc1() for acc in accs]),
         nc1_pinv=np.array([acc.nc1("pinv") for acc in accs]) if pinv else None,
         nc2=np.array([acc.nc2() for acc in accs]),

@@ -19,14 +19,15 @@ __all__ = [
     "InputShapeError",
     "as_batches",
     "batch_length",
+    "check_inputs",
     "check_scores",
     "eval_mode",
-    "first_rows",
     "forward",
     "model_device",
     "model_dtype",
     "run_model",
     "select_output",
+    "take",
 ]
 
 
@@ -87,10 +88,18 @@ def _map(X, fn):
     return fn(X)
 
 
-def first_rows(x, k):
-    """The first ``k`` samples of a batch of inputs (of each input of a tuple or
-    dict)."""
-    return _map(x, lambda v: v[:k])
+def take(x, rows):
+    """The samples ``rows`` (an index, slice or index tensor) of a batch of
+    inputs, of each input of a tuple or dict."""
+    return _map(x, lambda v: v[rows])
+
+
+def check_inputs(X, name="X"):
+    """Inputs a network can take: dense, real, one sample per row, not empty
+    (each input of a tuple or dict)."""
+    for v in _items(X) if _is_multi(X) else [X]:
+        _check_values(v, name)
+        _check_rows(v, name)
 
 
 def batch_length(x):

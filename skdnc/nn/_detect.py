@@ -16,10 +16,10 @@ from torch import nn
 from skdnc.nn._common import (
     as_input,
     eval_mode,
-    first_rows,
     forward,
     model_device,
     model_dtype,
+    take,
 )
 from skdnc.nn._models import HeadedNetwork
 
@@ -155,10 +155,11 @@ class _Trace:
     order, and which activation module consumes each weight layer's output.
 
     A weight layer's output is followed through normalisation and dropout modules
-    (by tensor identity: the tensor a module returns is the one the next takes);
-    the first activation module whose input is that tensor is the layer's
-    activation. A sum, a concatenation or a function in ``forward`` breaks the
-    chain, so a residual branch ``relu(bn(conv(h)) + h)`` has no activation.
+    (by tensor identity: the tensor a module returns is the one the next takes,
+    unchanged since: an in-place ``h += identity`` changes its version); the first
+    activation module whose input is that tensor is the layer's activation. A
+    sum, a concatenation or a function in ``forward`` breaks the chain, so a
+    residual branch ``relu(bn(conv(h)) + h)`` has no activation.
     """
 
     def __init__(self, model, x):
@@ -168,26 +169,38 @@ class _Trace:
         self.calls = 0
         self.consumers = {}  # weight name -> activation names, in call order
         self.keep = []  # the traced tensors, alive so that their ids stay unique
-        origin = {}  # id(tensor) -> name of the weight layer it comes from
+        origin = {}  # id(tensor) -> (weight layer it comes from, tensor version)
+        source = {}  # id(module) -> weight layer its current input comes from
+
+        def traced(t):
+            """The weight layer an unmodified traced tensor comes from, or None."""
+            if not isinstance(t, torch.Tensor) or id(t) not in origin:
+                return None
+            name, version = origin[id(t)]
+            return name if t._version == version else None
+
+        def mark(t, name):
+            if isinstance(t, torch.Tensor):
+                origin[id(t)] = (name, t._version)
+                self.keep.append(t)
 
         def pre(module, args):
             rank = self.calls = self.calls + 1
             self.order.setdefault(id(module), rank)
             self.last[id(module)] = rank
+            # checked before the module runs: an in-place activation bumps it
+            source[id(module)] = traced(args[0]) if args else None
 
         def post(module, args, out):
             name = self.names[id(module)]
-            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            source = origin.get(id(first)) if first is not None else None
-            if isinstance(module, _ALL_WEIGHTS) and isinstance(out, torch.Tensor):
-                origin.setdefault(id(out), name)
-                self.keep.append(out)
-            elif source is not None and isinstance(module, _PASS_THROUGH):
-                if isinstance(out, torch.Tensor):
-                    origin[id(out)] = source
-                    self.keep.append(out)
-            elif source is not None and isinstance(module, _ACTIVATIONS):
-                found = self.consumers.setdefault(source, [])
+            came_from = source.pop(id(module), None)
+            if isinstance(module, _ALL_WEIGHTS):
+                if traced(out) is None:
+                    mark(out, name)
+            elif came_from is not None and isinstance(module, _PASS_THROUGH):
+                mark(out, came_from)
+            elif came_from is not None and isinstance(module, _ACTIVATIONS):
+                found = self.consumers.setdefault(came_from, [])
                 if name not in found:
                     found.append(name)
 
@@ -389,7 +402,7 @@ def find_layers(model, layers=None, *, X=None):
     names = {id(m): name for name, m in model.named_modules()}
     trace = None
     if X is not None:
-        x = as_input(first_rows(X, 4), model_device(model), model_dtype(model))
+        x = as_input(take(X, slice(0, 4)), model_device(model), model_dtype(model))
         trace = _Trace(model, x)
 
     def resolve(item):

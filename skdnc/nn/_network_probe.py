@@ -245,8 +245,7 @@ def _collapse_pass(
         if accs is None:
             return
         for index in range(len(found)):
-            for k, Z in enumerate(cap.stage_features(index)):
-                Z = _reduce(Z, reduction, cap.mask, _where(found[index], k))
+            for k, Z in _stage_features(cap, found, reduction, index):
                 accs[index][k].partial_fit_within(Z, labels)
 
     _sweep(
@@ -263,8 +262,15 @@ def _collapse_pass(
     )
 
 
-def _where(layer, stage):
-    return f"the {STAGES[stage]} stage of layer {layer.name!r}"
+def _stage_features(cap, found, reduction, index):
+    """The reduced features of every stage of layer ``index`` in this batch."""
+    layer = found[index]
+    for k, Z in enumerate(cap.stage_features(index)):
+        # a Linear acts on the last axis: its input, projection and, unless the
+        # output is a block's, its activation are channels-last
+        last = layer.kind == "linear" and (k < 2 or layer.output is not layer.block)
+        where = f"the {STAGES[k]} stage of layer {layer.name!r}"
+        yield k, _reduce(Z, reduction, cap.mask, where, -1 if last else 1)
 
 
 def _warn_bare(found):
@@ -451,8 +457,7 @@ callable, default="flatten"
     def collect(cap, out, yb):
         labels = _labels(yb)
         for index in range(L):
-            for k, Z in enumerate(cap.stage_features(index)):
-                Z = _reduce(Z, reduction, cap.mask, _where(found[index], k))
+            for k, Z in _stage_features(cap, found, reduction, index):
                 accs[index][k].partial_fit(Z, labels)
         if head is not None:
             head.collect(out, labels)
