@@ -436,12 +436,13 @@ def find_layers(model, layers=None, *, X=None):
             name, output = resolve(item)
             block = output
             linear = _block_weight(model, name, output, trace)
+        if isinstance(linear, _ALL_WEIGHTS):
+            _check_weight(name, linear)
         if not isinstance(linear, _WEIGHT_TYPES):
             raise ValueError(
                 f"Layer {name!r} holds no nn.Linear or nn.Conv2d. To measure "
                 "collapse at its output, use layer_collapse."
             )
-        _check_weight(name, linear)
         if trace is not None:
             _check_runs(model, name, names[id(linear)], linear, output, trace)
         layer = _Layer(name, linear, output, block, names[id(linear)])
@@ -455,7 +456,7 @@ def find_layers(model, layers=None, *, X=None):
 def _block_weight(model, name, block, trace):
     """The weight module of a named block: its first ``Linear``/``Conv2d`` to run
     (the first registered without a trace), or None."""
-    weights = [m for m in block.modules() if isinstance(m, _WEIGHT_TYPES)]
+    weights = [m for m in block.modules() if isinstance(m, _ALL_WEIGHTS)]
     if trace is None or not weights:
         return weights[0] if weights else None
     first = trace.first_run(weights)
