@@ -12,8 +12,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from sklearn.utils.validation import check_consistent_length, check_is_fitted
 
 from skdnc._backend import normalize_rows
+from skdnc._histories import aggregate_histories
 from skdnc.metrics._collapse import STAGES
-from skdnc.nn import aggregate_histories
 
 #: How each metric of :data:`skdnc.metrics.METRIC_NAMES` is labelled on an axis.
 METRIC_LABELS = {
@@ -402,8 +402,10 @@ class _HistoryDisplay:
 
         Parameters
         ----------
-        histories : list of TrainingHistory
-            Runs with probes at the same epochs (one per seed).
+        histories : list of TrainingHistory or ProbeCallback
+            Runs with probes at the same epochs (one per seed). A
+            :class:`~skdnc.nn.ProbeCallback` is drawn as it is: it records no
+            loss, so the loss panel says so.
         ax : matplotlib Axes or array of them, default=None
         title : str, default=None
             Followed by the number of seeds.
@@ -438,7 +440,7 @@ class TrainingHistoryDisplay(_HistoryDisplay):
     ----------
     lines_ : dict
         ``{name: matplotlib.lines.Line2D}`` of every mean curve: ``"within_share"``,
-        ``"between_share"``, ``"loss"`` and ``("nfa", layer)``.
+        ``"between_share"``, ``"loss"`` (when recorded) and ``("nfa", layer)``.
     axes_ : list of matplotlib Axes
     figure_ : matplotlib Figure
     """
@@ -476,10 +478,13 @@ class TrainingHistoryDisplay(_HistoryDisplay):
             )
         axes[1].set_title("NFA: corr($W_l^\\top W_l$, AGOP$_l^{1/2}$)")
         axes[1].legend(fontsize=7)
-        self.lines_["loss"], _ = _band(
-            axes[2], epochs, s["loss_mean"], s["loss_std"], color="black"
-        )
-        _log_scale_if_positive(axes[2], s["loss_mean"])
+        if "loss_mean" in s:
+            self.lines_["loss"], _ = _band(
+                axes[2], epochs, s["loss_mean"], s["loss_std"], color="black"
+            )
+            _log_scale_if_positive(axes[2], s["loss_mean"])
+        else:
+            axes[2].text(0.5, 0.5, "no loss recorded", ha="center", va="center")
         axes[2].set_title("training loss")
         for axis in axes:
             axis.set_xlabel("epoch")

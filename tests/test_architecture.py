@@ -17,7 +17,7 @@ import skdnc
 #: Rows from the bottom up.
 LAYERS = (
     ("skdnc._backend",),
-    ("skdnc._linalg", "skdnc._base", "skdnc._distributed"),
+    ("skdnc._linalg", "skdnc._base", "skdnc._distributed", "skdnc._histories"),
     ("skdnc.metrics",),
     ("skdnc.datasets", "skdnc._kernels"),
     ("skdnc._agop",),
@@ -31,6 +31,20 @@ LAYERS = (
     ("skdnc",),
 )
 PACKAGES = ("skdnc.metrics", "skdnc.nn")
+#: Inside ``skdnc.nn``, rows from the bottom up: one concept per module, each
+#: importing only the rows below it.
+NN_LAYERS = (
+    ("skdnc.nn._common", "skdnc.nn._models"),
+    ("skdnc.nn._detect",),
+    ("skdnc.nn._capture",),
+    ("skdnc.nn._readout", "skdnc.nn._layer_agop"),
+    ("skdnc.nn._network_probe", "skdnc.nn._collapse_probe"),
+    ("skdnc.nn._train",),
+    ("skdnc.nn",),
+    ("skdnc.nn.__main__",),
+)
+#: No module of ``skdnc.nn`` holds more than this many lines.
+MAX_NN_LINES = 600
 ROOT = Path(skdnc.__file__).resolve().parent
 
 
@@ -82,6 +96,40 @@ def _skdnc_imports(tree):
 MODULES = sorted(ROOT.rglob("*.py"))
 
 
+def _nn_row(module):
+    """Row of a module of ``skdnc.nn`` in NN_LAYERS (its own module for a name
+    imported from one)."""
+    for row, names in enumerate(NN_LAYERS):
+        if module in names:
+            return row
+    raise AssertionError(f"{module} is not placed in NN_LAYERS")
+
+
+def test_every_nn_module_is_placed_and_small():
+    nn_root = ROOT / "nn"
+    for path in sorted(nn_root.glob("*.py")):
+        module = _module_name(path)
+        _nn_row(module)
+        lines = len(path.read_text().splitlines())
+        assert lines <= MAX_NN_LINES, f"{module} has {lines} lines"
+
+
+def test_nothing_below_nn_imports_it():
+    """The Displays and the rest of the package below ``skdnc.nn`` never import
+    it (the seeds' aggregation lives in skdnc._histories)."""
+    nn_row = _entry("skdnc.nn")[0]
+    for path in MODULES:
+        module = _module_name(path)
+        if module.startswith("skdnc.nn") or module in ("skdnc._nfa", "skdnc"):
+            continue
+        if _entry(module)[0] > _entry("skdnc._display")[0]:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for target, line, _ in _skdnc_imports(tree):
+            assert not target.startswith("skdnc.nn"), f"{module}:{line} {target}"
+    assert _entry("skdnc._histories")[0] < nn_row
+
+
 def test_every_module_is_placed():
     for path in MODULES:
         _entry(_module_name(path))
@@ -101,6 +149,11 @@ def test_imports_point_down(path):
             continue
         target_row, target_entry = _entry(target)
         if target_entry == entry and entry in PACKAGES + ("skdnc",):
+            if entry == "skdnc.nn":
+                assert _nn_row(target) < _nn_row(module), (
+                    f"{module}:{line} imports {target}, which is not below it in "
+                    "NN_LAYERS."
+                )
             continue  # inside one package
         assert target_row < row, (
             f"{module}:{line} imports {target} ({target_entry}, row {target_row}), "

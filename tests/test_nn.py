@@ -337,7 +337,8 @@ def test_probe_named_linear_layers_only():
     net = _generic_net()
     X = _randn(30, 5, seed=4)
     y = np.arange(30) % 3
-    probe = probe_network(net, X, y, layers=["0", "2"])
+    with pytest.warns(UserWarning, match="bare weight"):
+        probe = probe_network(net, X, y, layers=["0", "2"])
     assert probe.layer_names == ["0", "2"]
     np.testing.assert_allclose(probe.nc1[:, 1], probe.nc1[:, 2], rtol=1e-10)
 

@@ -128,7 +128,8 @@ def test_conv_nfa_grows_with_training_on_digits(digit_images):
         nn.Linear(16 * 64, 10),
     )
     init = copy.deepcopy(net)
-    before = probe_network(net, X, y, layers=["0", "2"])
+    with pytest.warns(UserWarning, match="bare weight"):
+        before = probe_network(net, X, y, layers=["0", "2"])
     history = train_network(
         net,
         X,
@@ -142,7 +143,8 @@ def test_conv_nfa_grows_with_training_on_digits(digit_images):
         progress=False,
         random_state=1,
     )
-    after = probe_network(net, X, y, layers=["0", "2"], init_model=init)
+    with pytest.warns(UserWarning, match="bare weight"):
+        after = probe_network(net, X, y, layers=["0", "2"], init_model=init)
     assert history.accuracy[-1] == 1.0
     assert np.isfinite(before.nfa_correlation).all()
     # The NFA correlation rises with training, by a margin of 0.015 on the mean.

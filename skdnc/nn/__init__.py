@@ -8,7 +8,12 @@ probes for any :class:`torch.nn.Module` whose MLP layers are named
 paper's experiment and writes its figures.
 """
 
+from skdnc.metrics._collapse import STAGES
+from skdnc.nn._capture import GRADIENTS, REDUCTIONS
+from skdnc.nn._collapse_probe import CollapseProbe, layer_collapse
 from skdnc.nn._common import InputShapeError
+from skdnc.nn._detect import find_layers, weight_matrix
+from skdnc.nn._layer_agop import layer_agops, nfa_correlation
 from skdnc.nn._models import (
     ARCHITECTURES,
     HeadedNetwork,
@@ -17,19 +22,7 @@ from skdnc.nn._models import (
     make_resnet18,
     make_vgg11,
 )
-from skdnc.nn._probe import (
-    GRADIENTS,
-    REDUCTIONS,
-    STAGES,
-    CollapseProbe,
-    NetworkProbe,
-    find_layers,
-    layer_agops,
-    layer_collapse,
-    nfa_correlation,
-    probe_network,
-    weight_matrix,
-)
+from skdnc.nn._network_probe import NetworkProbe, probe_network
 from skdnc.nn._train import (
     ProbeCallback,
     TrainingHistory,

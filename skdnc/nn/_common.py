@@ -1,9 +1,14 @@
 """What training and probing share: the model's dtype and device, eval mode, the
-data as batches (arrays, tensors, DataLoaders), and checked model outputs."""
+data as batches (arrays, tensors, DataLoaders), and checked model outputs.
+
+A model's input is a tensor, or several: a tuple of arrays is passed as
+``model(*x)`` and a dict as ``model(**x)``, sliced into batches together.
+"""
 
 from contextlib import contextmanager
 
 import numpy as np
+import scipy.sparse
 import torch
 from sklearn.utils.validation import check_consistent_length
 
@@ -13,12 +18,16 @@ from skdnc._base import NonFiniteError
 __all__ = [
     "InputShapeError",
     "as_batches",
+    "batch_length",
+    "check_inputs",
     "check_scores",
     "eval_mode",
+    "forward",
     "model_device",
     "model_dtype",
     "run_model",
     "select_output",
+    "take",
 ]
 
 
@@ -60,6 +69,82 @@ def _is_array(X):
     return isinstance(X, (torch.Tensor, np.ndarray)) or hasattr(X, "__array__")
 
 
+def _is_multi(X):
+    """Several inputs of one batch: a tuple or a dict of arrays or tensors."""
+    items = X.values() if isinstance(X, dict) else X if isinstance(X, tuple) else ()
+    return bool(items) and all(_is_array(v) for v in items)
+
+
+def _items(X):
+    return list(X.values()) if isinstance(X, dict) else list(X)
+
+
+def _map(X, fn):
+    """``fn`` applied to every input of a tuple or dict of inputs, or to ``X``."""
+    if isinstance(X, dict) and _is_multi(X):
+        return {k: fn(v) for k, v in X.items()}
+    if isinstance(X, tuple) and _is_multi(X):
+        return tuple(fn(v) for v in X)
+    return fn(X)
+
+
+def take(x, rows):
+    """The samples ``rows`` (an index, slice or index tensor) of a batch of
+    inputs, of each input of a tuple or dict."""
+    return _map(x, lambda v: v[rows])
+
+
+def check_inputs(X, name="X"):
+    """Inputs a network can take: dense, real, one sample per row, not empty
+    (each input of a tuple or dict)."""
+    for v in _items(X) if _is_multi(X) else [X]:
+        _check_values(v, name)
+        _check_rows(v, name)
+
+
+def batch_length(x):
+    """Number of samples in a batch of inputs (of its first input)."""
+    return len(_items(x)[0]) if _is_multi(x) else len(x)
+
+
+def _check_values(X, name):
+    """Refuse what a network cannot take: sparse, complex or 1-D inputs."""
+    if scipy.sparse.issparse(X) or (
+        isinstance(X, torch.Tensor) and X.layout != torch.strided
+    ):
+        raise TypeError(
+            f"{name} is a sparse matrix; the networks take dense inputs. Pass "
+            f"{name}.toarray() (scipy) or {name}.to_dense() (torch), or a "
+            "DataLoader of dense batches."
+        )
+    complex_ = (
+        X.is_complex()
+        if isinstance(X, torch.Tensor)
+        else np.iscomplexobj(X)
+        if _is_array(X)
+        else False
+    )
+    if complex_:
+        raise TypeError(
+            f"{name} holds complex numbers; the networks take real inputs and would "
+            f"drop the imaginary part. Pass {name}.real, abs({name}), or the real "
+            "and imaginary parts as two channels."
+        )
+
+
+def _check_rows(X, name):
+    """Arrays of one sample per row, at least one sample."""
+    shape = tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
+    if len(shape) < 2:
+        raise ValueError(
+            f"{name} must hold one sample per row, shape (n_samples, ...) in the "
+            f"model's input shape; got shape {shape}. For a single feature pass "
+            f"{name}.reshape(-1, 1)."
+        )
+    if shape[0] == 0:
+        raise ValueError(f"{name} holds no samples (shape {shape}).")
+
+
 def as_batches(X, y, batch_size, *, name="X"):
     """The data as a re-iterable source of ``(x, y)`` batches, and its length.
 
@@ -79,8 +164,17 @@ def as_batches(X, y, batch_size, *, name="X"):
     n_samples : int or None
         ``None`` for a stream whose length is unknown.
     """
+    multi = _is_multi(X)
+    if not multi:
+        _check_values(X, name)
     if y is None:
-        if _is_array(X) or isinstance(X, (list, tuple)) and X and _is_number(X[0]):
+        if (
+            multi
+            or _is_array(X)
+            or isinstance(X, (list, tuple))
+            and X
+            and _is_number(X[0])
+        ):
             raise ValueError(
                 f"y is required when {name} is an array or a tensor. Pass y, or pass "
                 f"{name} as a DataLoader (or any iterable) of (x, y) batches."
@@ -110,23 +204,30 @@ def as_batches(X, y, batch_size, *, name="X"):
         stream.used = False
         return stream, None
     if isinstance(X, torch.utils.data.DataLoader) or not (
-        _is_array(X) or isinstance(X, (list, tuple))
+        multi or _is_array(X) or isinstance(X, (list, tuple))
     ):
         raise ValueError(
             f"{name} is a {type(X).__name__} (batches of (x, y)), so the labels come "
             "from its batches: pass y=None."
         )
-    if not isinstance(X, torch.Tensor):
-        X = np.asarray(X)
+
+    def array(v, label):
+        v = v if isinstance(v, torch.Tensor) else np.asarray(v)
+        _check_values(v, label)
+        _check_rows(v, label)
+        return v
+
+    X = _map(X, lambda v: array(v, name))
     y = np.asarray(y) if not isinstance(y, torch.Tensor) else y
-    check_consistent_length(X, y)
-    size = len(X) if not batch_size else int(batch_size)
+    check_consistent_length(*(_items(X) if multi else [X]), y)
+    n = batch_length(X)
+    size = n if not batch_size else int(batch_size)
 
     def arrays():
-        for rows in iter_row_blocks(len(X), size):
-            yield X[rows], y[rows]
+        for rows in iter_row_blocks(n, size):
+            yield _map(X, lambda v: v[rows]), y[rows]
 
-    return arrays, len(X)
+    return arrays, n
 
 
 def _is_number(v):
@@ -141,7 +242,16 @@ def as_input(x, device, dtype):
     NonFiniteError
         When the batch holds NaN or infinity, or values beyond the range of the
         model's ``dtype`` (the message says which).
+
+    Notes
+    -----
+    Integer inputs (``uint8`` images as torchvision's ``PILToTensor`` gives them)
+    are converted to the model's dtype as they are, without scaling. A tuple or
+    dict of inputs is converted input by input.
     """
+    if _is_multi(x):
+        return _map(x, lambda v: as_input(v, device, dtype))
+    _check_values(x, "X")
     if isinstance(x, torch.Tensor):
         t = x.detach().to(device=device, dtype=dtype)
         source = x
@@ -209,14 +319,32 @@ def check_scores(out):
 
 def run_model(model, x, model_output=None):
     """``model(x)`` with its output selected and checked; shape errors explained."""
+    return check_scores(
+        select_output(forward(model, x), model_output, "the model", "model_output")
+    )
+
+
+def _shapes(x):
+    if _is_multi(x):
+        return str(_map(x, lambda v: tuple(v.shape)))
+    return str(tuple(x.shape)) if hasattr(x, "shape") else type(x).__name__
+
+
+def forward(model, x):
+    """``model(x)``, ``model(*x)`` for a tuple of inputs or ``model(**x)`` for a
+    dict, with torch's shape errors explained (the inputs' shapes and the fix in
+    an :class:`InputShapeError`)."""
     try:
-        out = model(x)
+        if isinstance(x, dict):
+            return model(**x)
+        if isinstance(x, tuple):
+            return model(*x)
+        return model(x)
     except RuntimeError as exc:
         if isinstance(exc, InputShapeError):
             raise
         raise InputShapeError(
-            f"The model could not run on a batch of shape {tuple(x.shape)}: {exc} "
+            f"The model could not run on a batch of shape {_shapes(x)}: {exc} "
             "Inputs must be in the model's input shape, e.g. (n, c, h, w) for a "
             "convolutional network (NFAProbe: pass input_shape=(c, h, w))."
         ) from exc
-    return check_scores(select_output(out, model_output, "the model", "model_output"))

@@ -3,7 +3,7 @@
 Every model built here is a :class:`HeadedNetwork`: ``backbone`` (a feature
 extractor, or a flatten for the MLP), ``head_layers`` (an :class:`torch.nn.ModuleList`
 of ``Sequential(Linear(bias=False), ReLU())`` blocks, the "named MLP layers" that
-the probes of :mod:`skdnc.nn._probe` measure) and ``readout`` (the last ``Linear``).
+the probes of :mod:`skdnc.nn` measure) and ``readout`` (the last ``Linear``).
 
 Initialisation follows the paper's code (``nc_nn.py``): hidden layers get
 ``xavier_uniform_(gain=init_scale)``, i.e. :math:`U(\\pm g\\sqrt{6/(d_{in}+d_{out})})`

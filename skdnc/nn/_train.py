@@ -8,6 +8,7 @@ layer. Histories save to and load from JSON; several seeds aggregate to means an
 standard deviations.
 """
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
@@ -22,9 +23,21 @@ from sklearn.utils.validation import check_consistent_length
 from tqdm.auto import tqdm
 
 from skdnc._backend import iter_row_blocks, make_generator, resolve_device
+from skdnc._histories import aggregate_histories
 from skdnc._rfm_core import class_targets
-from skdnc.nn._common import as_input, eval_mode, model_dtype, run_model
-from skdnc.nn._probe import layer_collapse, probe_network
+from skdnc.nn._collapse_probe import layer_collapse
+from skdnc.nn._common import (
+    as_input,
+    batch_length,
+    check_inputs,
+    eval_mode,
+    forward,
+    model_dtype,
+    run_model,
+    select_output,
+    take,
+)
+from skdnc.nn._network_probe import probe_network
 
 __all__ = [
     "ProbeCallback",
@@ -156,15 +169,16 @@ def _loss_function(loss):
     )
 
 
-def _evaluate(model, X, targets, y_index, loss_fn, batch_size):
+def _evaluate(model, X, targets, y_index, loss_fn, batch_size, model_output):
     """Training loss and accuracy over all points, in eval mode, no grad."""
     loss, correct = 0.0, 0
+    n = batch_length(X)
     with eval_mode(model), torch.no_grad():
-        for rows in iter_row_blocks(len(X), batch_size):
-            out = run_model(model, X[rows])
+        for rows in iter_row_blocks(n, batch_size):
+            out = run_model(model, take(X, rows), model_output)
             loss += float(loss_fn(out, targets[rows])) * len(out)
             correct += int((out.argmax(1) == y_index[rows]).sum())
-    return loss / len(X), correct / len(X)
+    return loss / n, correct / n
 
 
 @validate_params(
@@ -201,6 +215,7 @@ def train_network(
     optimizer=None,
     loss="mse",
     callbacks=(),
+    model_output=None,
 ):
     """Train ``model`` in place with mini-batches (SGD on the MSE to +-1 one-hot
     targets by default).
@@ -211,7 +226,9 @@ def train_network(
         Moved to ``device`` and trained in place; its train/eval mode is restored
         at the end. Its dtype (float32 or float64) is the compute dtype.
     X : array-like or torch.Tensor of shape (n_samples, ...)
-        Training inputs in the model's input shape.
+        Training inputs in the model's input shape (integer inputs such as
+        ``uint8`` images are converted to the model's dtype without scaling);
+        a tuple of arrays is passed as ``model(*x)``, a dict as ``model(**x)``.
     y : array-like of shape (n_samples,)
         Class labels. Integers in ``[0, n_outputs)`` index the model's outputs
         directly; other labels are sorted, and there must be one per output.
@@ -252,6 +269,10 @@ def train_network(
     callbacks : sequence of callable, default=()
         Each is called as ``callback(model, epoch)`` before training (epoch 0)
         and after every epoch, e.g. a :class:`ProbeCallback`.
+    model_output : int, str or callable, default=None
+        Selects the scores from a model that returns a tuple or dict (an index
+        or key, e.g. ``"logits"``, or a callable), for the loss, the accuracy
+        and the probes.
 
     Returns
     -------
@@ -277,13 +298,14 @@ def train_network(
     """
     device = resolve_device(device)
     loss_fn, pm1 = _loss_function(loss)
-    if not isinstance(X, torch.Tensor) and not hasattr(X, "__len__"):
+    if not isinstance(X, (torch.Tensor, tuple, dict)) and not hasattr(X, "__len__"):
         raise ValueError(
             "train_network trains on arrays X and y; with a DataLoader, write the "
             "loop and call a ProbeCallback in it."
         )
+    check_inputs(X)
     y = np.asarray(y)
-    check_consistent_length(X, y)
+    check_consistent_length(np.empty(batch_length(X)), y)
     if y.dtype.kind in "fc":
         assert_all_finite(y, input_name="y")
     check_classification_targets(y)
@@ -291,7 +313,7 @@ def train_network(
     dtype = model_dtype(model)
     Xt = as_input(X, device, dtype)
     with eval_mode(model), torch.no_grad():
-        n_outputs = run_model(model, Xt[:1]).shape[1]
+        n_outputs = run_model(model, take(Xt, slice(0, 1)), model_output).shape[1]
     classes, y_index = _output_labels(y, n_outputs)
     index_t = torch.as_tensor(y_index, device=device)
     if pm1:
@@ -323,7 +345,7 @@ def train_network(
             "weight_decay": float(weight_decay),
             "batch_size": int(batch_size),
             "measure_every": measure_every,
-            "n_samples": len(X),
+            "n_samples": batch_length(X),
             "classes": classes.tolist(),
             "optimizer": "SGD" if optimizer is None else type(opt).__name__,
             "loss": loss if isinstance(loss, str) else _name(loss),
@@ -340,7 +362,9 @@ def train_network(
         )
 
     def measure(epoch):
-        value, acc = _evaluate(model, Xt, targets, index_t, loss_fn, probe_batch_size)
+        value, acc = _evaluate(
+            model, Xt, targets, index_t, loss_fn, probe_batch_size, model_output
+        )
         if not np.isfinite(value):
             raise diverged(epoch)
         history.epochs.append(int(epoch))
@@ -349,14 +373,19 @@ def train_network(
         if probe:
             try:
                 result = probe_network(
-                    model, Xt, y_index, layers=layers, batch_size=probe_batch_size
+                    model,
+                    Xt,
+                    y_index,
+                    layers=layers,
+                    batch_size=probe_batch_size,
+                    model_output=model_output,
                 )
             except FloatingPointError as exc:  # hidden features overflowed
                 raise diverged(epoch) from exc
             history.probes.append(result.to_dict())
 
     was_training = model.training
-    n = len(Xt)
+    n = batch_length(Xt)
     try:
         measure(0)
         for callback in callbacks:
@@ -374,7 +403,9 @@ def train_network(
             for rows in iter_row_blocks(n, batch_size):
                 idx = order[rows]
                 opt.zero_grad(set_to_none=True)
-                value = loss_fn(model(Xt[idx]), targets[idx])
+                out = forward(model, take(Xt, idx))
+                out = select_output(out, model_output, "the model", "model_output")
+                value = loss_fn(out, targets[idx])
                 value.backward()
                 opt.step()
                 total += float(value.detach()) * len(idx)
@@ -389,6 +420,18 @@ def train_network(
     finally:
         model.train(was_training)
     return history
+
+
+def _keywords(fn):
+    return {
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name != "layers"
+    }
+
+
+_PROBE_KEYWORDS = _keywords(probe_network)
+_COLLAPSE_KEYWORDS = _keywords(layer_collapse)
 
 
 class ProbeCallback:
@@ -414,8 +457,9 @@ class ProbeCallback:
     collapse_layers : str, module or list, default=None
         Modules whose output collapse :func:`layer_collapse` measures.
     **kwargs
-        Passed to :func:`probe_network` and :func:`layer_collapse` (e.g.
-        ``reduction="avgpool"``, ``batch_size=256``, ``init_model=``).
+        Passed to :func:`probe_network` and :func:`layer_collapse`, each taking
+        those of its keywords (e.g. ``reduction="avgpool"``, ``batch_size=256``,
+        ``init_model=``); a keyword neither takes is a ``TypeError`` here.
 
     Attributes
     ----------
@@ -451,6 +495,13 @@ class ProbeCallback:
     ):
         if int(every) < 1:
             raise ValueError(f"every must be a positive integer; got {every!r}.")
+        unknown = sorted(set(kwargs) - _PROBE_KEYWORDS - _COLLAPSE_KEYWORDS)
+        if unknown:
+            raise TypeError(
+                f"ProbeCallback got unexpected keyword arguments {unknown}: it "
+                "passes keywords to probe_network and layer_collapse, which take "
+                f"{sorted(_PROBE_KEYWORDS | _COLLAPSE_KEYWORDS)}."
+            )
         self.X, self.y, self.every = X, y, int(every)
         self.layers, self.collapse_layers, self.kwargs = layers, collapse_layers, kwargs
         self.epochs, self.probes, self.collapse = [], [], []
@@ -459,20 +510,19 @@ class ProbeCallback:
         if int(epoch) % self.every:
             return
         self.epochs.append(int(epoch))
-        probe_kwargs = {k: v for k, v in self.kwargs.items() if k != "pinv"}
+        probe_kwargs = {k: v for k, v in self.kwargs.items() if k in _PROBE_KEYWORDS}
         if self.layers is not False:
             result = probe_network(
                 model, self.X, self.y, layers=self.layers, **probe_kwargs
             )
             self.probes.append(result.to_dict())
         if self.collapse_layers is not None:
-            keep = ("reduction", "output_fn", "pinv", "batch_size", "device")
             result = layer_collapse(
                 model,
                 self.X,
                 self.y,
                 layers=self.collapse_layers,
-                **{k: v for k, v in self.kwargs.items() if k in keep},
+                **{k: v for k, v in self.kwargs.items() if k in _COLLAPSE_KEYWORDS},
             )
             self.collapse.append(result.to_dict())
 
@@ -523,64 +573,3 @@ def train_seeds(build_model, X, y, *, seeds=(0, 1, 2), **kwargs):
         history.config["seed"] = int(seed)
         histories.append(history)
     return histories
-
-
-_CURVES = (
-    "loss",
-    "accuracy",
-    "nc1",
-    "nc2",
-    "nc3",
-    "nc4",
-    "nfa_correlation",
-    "nfa_correlation_uncentered",
-    "nfa_correlation_agop",
-    "right_share",
-    "within_share",
-    "between_share",
-)
-
-
-def aggregate_histories(histories):
-    """Mean and standard deviation over seeds of every recorded curve.
-
-    Parameters
-    ----------
-    histories : list of TrainingHistory
-        Runs with the same measured epochs.
-
-    Returns
-    -------
-    summary : dict
-        ``"epochs"``, ``"n_seeds"``, and for each curve ``key`` (``"loss"``,
-        ``"nc1"``, ``"nfa_correlation"``, ...) ``key + "_mean"`` and ``key + "_std"``
-        as nested lists (std with ``ddof=1``, 0 for one seed). ``"final_nfa_mean"``
-        and ``"final_nfa_std"`` are the paper's statistic: mean and (unbiased) std
-        of the last measurement's sqrt-AGOP NFA correlation over seeds x layers.
-
-    Examples
-    --------
-    >>> from skdnc.nn import TrainingHistory, aggregate_histories
-    >>> a = TrainingHistory(epochs=[0, 1], loss=[1.0, 0.5], accuracy=[0.1, 0.9])
-    >>> b = TrainingHistory(epochs=[0, 1], loss=[1.0, 0.7], accuracy=[0.1, 0.7])
-    >>> aggregate_histories([a, b])["loss_mean"]
-    [1.0, 0.6]
-    """
-    if not histories:
-        raise ValueError("histories is empty.")
-    epochs = histories[0].epochs
-    if any(h.epochs != epochs for h in histories):
-        raise ValueError("All histories must have the same measured epochs.")
-    ddof = 1 if len(histories) > 1 else 0
-    summary = {"epochs": list(epochs), "n_seeds": len(histories)}
-    for key in _CURVES:
-        if key not in ("loss", "accuracy") and not all(h.probes for h in histories):
-            continue
-        stack = np.stack([h.curve(key) for h in histories])
-        summary[key + "_mean"] = stack.mean(axis=0).tolist()
-        summary[key + "_std"] = stack.std(axis=0, ddof=ddof).tolist()
-    if all(h.probes for h in histories):
-        final = np.concatenate([h.curve("nfa_correlation")[-1] for h in histories])
-        summary["final_nfa_mean"] = float(final.mean())
-        summary["final_nfa_std"] = float(final.std(ddof=1)) if len(final) > 1 else 0.0
-    return summary
