@@ -625,7 +625,7 @@ class _MetricsRecorder:
             nc3 = nc4 = float("nan")
             if self.readout:
                 K = len(self.classes)
-                W, b = _ridge_readout(Z, self.y_index, K, READOUT_RIDGE)
+                W, b = _ridge_readout(stats._X, self.y_index, K, READOUT_RIDGE)
                 nc3, nc4 = _readout_scores(stats, W, b)
             report = {
                 "nc1": _nc1_trace(stats),
