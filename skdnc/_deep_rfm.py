@@ -67,9 +67,13 @@ class DeepRFMTransformer(
     class labels, computes the Average Gradient Outer Product ``M`` of that machine
     with respect to the layer's input, and maps the data through a random feature
     map applied after ``M^{1/2}``. Projecting onto the AGOP at every layer drives
-    deep neural collapse: the within-class variability (NC1) of the layer inputs
-    falls exponentially with depth and the class means approach a simplex ETF
-    (NC2). Runs on torch, on a GPU when there is one.
+    deep neural collapse. What was measured: the within-class variability (NC1) of
+    the layer inputs falls by a roughly constant factor a layer at first (0.40 to
+    0.45 on 500 digits with ReLU features; about 0.46 on MNIST with the paper's
+    settings), faster after that on MNIST, and from about layer 15 it stays at a
+    floor set by float64 round-off; the class means approach a simplex ETF (NC2)
+    down to a floor set by the width. The user guide gives the measurements. Runs
+    on torch, on a GPU when there is one.
 
     Parameters
     ----------

@@ -18,7 +18,9 @@ samples in class ``c``, class means ``mu_c`` and a global mean ``mu_G``,
 Nothing here forms a ``d x d`` matrix unless asked to (``ClassStatistics.Sigma_W``
 and ``Sigma_B``): traces are sums of squared distances, and the pseudo-inverse form
 of NC1 is computed in the span of the centred class means, so 4096-wide features
-cost ``O(N d K)``.
+cost ``O(N d K)``. The moments are taken on ``X`` divided by a power of two (see
+:class:`ClassStatistics`), so the metrics, which do not depend on the scale of
+``X``, give the same value at any scale at which ``X`` is finite.
 """
 
 import warnings
@@ -478,7 +480,9 @@ def nc1_score(X, y, *, kind="trace", global_mean="class_means", scaling="standar
     Notes
     -----
     Both forms are invariant to ``X -> c X Q + b`` (``c > 0``, ``Q`` orthogonal)
-    but not to general invertible linear maps. The trace form costs ``O(N d)``.
+    but not to general invertible linear maps; computed on ``X`` divided by a
+    power of two, they keep that invariance at any ``c`` for which ``c X`` is
+    finite (``X * 1e-300`` and ``X * 1e300`` included). The trace form costs ``O(N d)``.
     The pinv form uses ``Sigma_B = H'H/K`` with ``H`` the ``K x d`` matrix of
     centred class means: from the SVD ``H / sqrt(K) = U S V'`` (``O(K^2 d)``),
     ``tr(Sigma_W Sigma_B^+) = sum_j (v_j' Sigma_W v_j) / s_j^2`` with
@@ -747,7 +751,8 @@ def neural_collapse_report(X, y, *, global_mean="class_means", gram_correlation=
     report : dict
         Python scalars: ``n_samples``, ``n_features``, ``n_classes``,
         ``global_mean``, ``trace_within`` (``tr Sigma_W``), ``trace_between``
-        (``tr Sigma_B``), ``nc1`` (trace form), ``nc1_pinv`` (Papyan's form),
+        (``tr Sigma_B``; both in the units of ``X`` squared, ``inf`` or 0 beyond
+        float64's range), ``nc1`` (trace form), ``nc1_pinv`` (Papyan's form),
         ``nc1_paper_code`` (``nc1 / K``), ``nc2`` (ETF, Frobenius), ``nc2_mse``
         (ETF, mean squared entry, as in the paper's code), ``nc2_orthogonal``,
         ``nc2_orthogonal_mse``, ``cdnv`` and, if asked for,
