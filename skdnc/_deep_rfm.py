@@ -170,9 +170,13 @@ class DeepRFMTransformer(
         TensorFloat-32 tensor cores (see :class:`RFMClassifier`); the kernels'
         distance products always run in full float32. No effect on the CPU.
     memory_budget : float, default=None
-        Memory, in GiB, one computation may use; ``None``: 80% of a GPU's free
-        memory or half of the available RAM. In a distributed fit, the budget of
-        each rank.
+        Memory, in GiB, for the large buffers of one computation (a layer's
+        kernel matrix or its row blocks, the AGOP's and the random features'
+        row blocks); not the copies of the data, what torch and BLAS page in on
+        first use, or the allocator's retained memory (see
+        :ref:`memory_budget_bounds`).
+        ``None``: 80% of a GPU's free memory or half of the available
+        RAM. In a distributed fit, the budget of each rank.
     distributed : {"auto", False}, default="auto"
         ``"auto"``: when :mod:`torch.distributed` is initialised with more than
         one rank, split :meth:`fit` and :meth:`transform` over the ranks of the

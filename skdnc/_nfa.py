@@ -309,18 +309,23 @@ def probe_rfm(est, X, y_index):
 
 def _warn_zero_agop(est, X):
     """Warn that the NFA correlations of an RFM are NaN because its AGOP on ``X``
-    is zero, naming the two ways this happens."""
-    here = np.abs(np.asarray(X, dtype=np.float64)).max()
-    seen = np.abs(np.asarray(est.centers_) + np.asarray(est.X_offset_)).max()
+    is zero, naming the two ways this happens (with the figures the estimator
+    has: an object with only ``M_`` and ``agop`` gets the sentence alone)."""
+    here = f"largest |x| {np.abs(np.asarray(X, dtype=np.float64)).max():.3g} here"
+    if hasattr(est, "centers_") and hasattr(est, "X_offset_"):
+        seen = np.abs(np.asarray(est.centers_) + np.asarray(est.X_offset_)).max()
+        here += f", {seen:.3g} in training"
+    bandwidth = getattr(est, "bandwidth_", None)
+    bandwidth = "" if bandwidth is None else f" ({bandwidth:.3g})"
     warnings.warn(
         "The NFA correlations are undefined (NaN): the AGOP of the fitted "
         f"{type(est).__name__} on X is zero. Its kernel between X and the "
         "training points underflows to 0 (except at distance 0), so its "
         "predictions are flat around every sample of X. Either X lies far from "
-        f"the training data, e.g. on another scale (largest |x| {here:.3g} here, "
-        f"{seen:.3g} in training), or the bandwidth ({est.bandwidth_:.3g}) is far "
-        "below the distances between points. Probe the model on data like its "
-        "training data, fitted with a bandwidth near the data's distances.",
+        f"the training data, e.g. on another scale ({here}), or the bandwidth"
+        f"{bandwidth} is far below the distances between points. Probe the model "
+        "on data like its training data, fitted with a bandwidth near the data's "
+        "distances.",
         UndefinedMetricWarning,
         stacklevel=6,
     )

@@ -340,3 +340,13 @@ def test_rfm_probed_far_from_its_training_data_says_why_it_is_nan(digits):
     assert np.isnan(probe.nfa_correlation_).all()
     # Collapse is measured all the same, and is scale-free.
     assert probe.nc1_[0, 0] == pytest.approx(nc1_score(X, y), rel=1e-12)
+
+
+def test_a_zero_agop_of_any_rfm_like_object_is_explained(digits):
+    # An object with only M_ and agop(X) (no centres, no bandwidth) gets the
+    # same explanation, without the figures it cannot give.
+    X, y = digits
+    S = np.eye(64)
+    with pytest.warns(UndefinedMetricWarning, match="on another scale"):
+        probe = NFAProbe(_ScaledStandInRFM(S, 1.0, 0.0)).fit(X, y)
+    assert np.isnan(probe.nfa_correlation_).all()
