@@ -5,12 +5,13 @@ One fresh process per budget (:func:`_util.run_worker`): the worker makes the da
 set, fits ``RFMClassifier(memory_budget=B)`` with the defaults (``solver="auto"``:
 the exact solve at 0.5 GiB, where the 0.48 GiB kernel matrix fits, conjugate
 gradients with the kernel in row blocks at 0.25 GiB) and reports the peak growth
-(:class:`_util.PeakMemory`) and the growth already held before the first solve
-(the data's copies, the code and workspaces that torch and BLAS page in on first
-use, freed memory the allocator keeps), which the budget does not count.
+(:class:`_util.PeakMemory`) and the growth already held when each planned step (a
+kernel solve, an AGOP step) starts: the data's copies, the code and workspaces
+that torch and BLAS page in on first use, freed memory the allocator keeps, which
+the budget does not count.
 
 The target (``--check``) is the documented bound: growth at most the budget plus
-0.15 GiB. ``--quick`` runs n = 3,000 with budgets 0.08 GiB (conjugate gradients)
+0.2 GiB. ``--quick`` runs n = 3,000 with budgets 0.08 GiB (conjugate gradients)
 and 0.1 GiB (the exact solve).
 """
 
@@ -30,12 +31,12 @@ from _util import (
     run_worker,
 )
 
-SLACK_GIB = 0.15  # the documented allowance beyond the budget
+SLACK_GIB = 0.2  # the documented allowance beyond the budget
 
 
 def one_fit(n, d, budget):
-    """Peak RSS growth of one fit (in this process), and what was held before the
-    first kernel solve."""
+    """Peak RSS growth of one fit (in this process), and the growth already held
+    when each kernel solve and each AGOP step starts (the first and the largest)."""
     import numpy as np
     import torch
 
@@ -46,17 +47,19 @@ def one_fit(n, d, budget):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, d))
     y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
-    held = {}
-    solve = core.fit_kernel_regression
+    held = []
 
-    def first_solve(*args, **kwargs):  # the RSS held when the first solve starts
-        if not held:
+    def holding(step):  # records the resident set when a planned step starts
+        def wrapped(*args, **kwargs):
             with open("/proc/self/status") as f:
                 rss = next(int(s.split()[1]) for s in f if s.startswith("VmRSS"))
-            held["bytes"] = rss * 1024 - pm.baseline
-        return solve(*args, **kwargs)
+            held.append(rss * 1024 - pm.baseline)
+            return step(*args, **kwargs)
 
-    core.fit_kernel_regression = first_solve
+        return wrapped
+
+    for name in ("fit_kernel_regression", "fit_kernel_regression_path", "agop_step"):
+        setattr(core, name, holding(getattr(core, name)))
     tic = time.perf_counter()
     with PeakMemory() as pm:
         model = RFMClassifier(memory_budget=budget, device="cpu", random_state=0)
@@ -67,7 +70,8 @@ def one_fit(n, d, budget):
         "budget_gib": budget,
         "peak_growth_gib": pm.peak_bytes / GIB,
         "ratio": pm.peak_bytes / (budget * GIB),
-        "held_before_first_solve_gib": held.get("bytes", 0) / GIB,
+        "held_at_first_step_gib": held[0] / GIB if held else 0.0,
+        "held_at_any_step_max_gib": max(held, default=0) / GIB,
         "kernel_matrix_gib": n * n * 8 / GIB,
         "exact_reset": pm.exact,
         "fit_s": time.perf_counter() - tic,
@@ -104,7 +108,8 @@ def main(argv=None):
             [
                 f"{budget:g}",
                 f"{fit['kernel_matrix_gib']:.3f}",
-                f"{fit['held_before_first_solve_gib']:.3f}",
+                f"{fit['held_at_first_step_gib']:.3f}",
+                f"{fit['held_at_any_step_max_gib']:.3f}",
                 f"{fit['peak_growth_gib']:.3f}",
                 f"{fit['ratio']:.2f}x",
                 f"{fit['fit_s']:.0f}",
@@ -116,7 +121,8 @@ def main(argv=None):
             budget + SLACK_GIB,
             unit=" GiB",
         )
-    headers = ["budget GiB", "kernel GiB", "held GiB", "peak GiB", "ratio", "fit s"]
+    headers = ["budget GiB", "kernel GiB", "held first", "held max", "peak GiB"]
+    headers += ["ratio", "fit s"]
     print(format_table(headers, rows))
     report["fits"] = fits
     return finish(report, targets, args, "bench_memory_budget")

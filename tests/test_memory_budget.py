@@ -4,7 +4,7 @@ In a fresh process (a resident-set high-water mark only grows), prediction and
 the AGOP of a fitted RFM on 50,000 points would need a 50,000 x 1,000 kernel block
 (381 MiB) if they ignored the budget; with ``memory_budget=0.01`` GiB the peak
 growth of each call must stay within the budget plus the allowance the
-documentation gives for what the budget does not count (0.15 GiB: copies of the
+documentation gives for what the budget does not count (0.2 GiB: copies of the
 data, code and workspaces paged in on first use, the allocator's retained memory).
 """
 
@@ -68,9 +68,9 @@ def _run(budget_gib):
     reason="needs Linux's /proc/self/clear_refs to reset the high-water mark",
 )
 def test_prediction_and_agop_blocks_stay_within_the_budget():
-    budget, allowance = 0.01 * 2**30, 0.15 * 2**30
+    budget, allowance = 0.01 * 2**30, 0.2 * 2**30
     unguarded = 50000 * 1000 * 8  # one kernel block of every test point
-    assert unguarded > 2 * (budget + allowance)  # so the test can fail
+    assert unguarded > 1.5 * (budget + allowance)  # so the test can fail
     growth = _run(0.01)
     for call, peak in growth.items():
         assert peak <= budget + allowance, (call, peak / 2**20)
