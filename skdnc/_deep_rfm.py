@@ -67,9 +67,13 @@ class DeepRFMTransformer(
     class labels, computes the Average Gradient Outer Product ``M`` of that machine
     with respect to the layer's input, and maps the data through a random feature
     map applied after ``M^{1/2}``. Projecting onto the AGOP at every layer drives
-    deep neural collapse: the within-class variability (NC1) of the layer inputs
-    falls exponentially with depth and the class means approach a simplex ETF
-    (NC2). Runs on torch, on a GPU when there is one.
+    deep neural collapse. What was measured: the within-class variability (NC1) of
+    the layer inputs falls by a roughly constant factor a layer at first (0.40 to
+    0.45 on 500 digits with ReLU features; about 0.46 on MNIST with the paper's
+    settings), faster after that on MNIST, and from about layer 15 it stays at a
+    floor set by float64 round-off; the class means approach a simplex ETF (NC2)
+    down to a floor set by the width. The user guide gives the measurements. Runs
+    on torch, on a GPU when there is one.
 
     Parameters
     ----------
@@ -166,9 +170,13 @@ class DeepRFMTransformer(
         TensorFloat-32 tensor cores (see :class:`RFMClassifier`); the kernels'
         distance products always run in full float32. No effect on the CPU.
     memory_budget : float, default=None
-        Memory, in GiB, one computation may use; ``None``: 80% of a GPU's free
-        memory or half of the available RAM. In a distributed fit, the budget of
-        each rank.
+        Memory, in GiB, for the large buffers of one computation (a layer's
+        kernel matrix or its row blocks, the AGOP's and the random features'
+        row blocks); not the copies of the data, what torch and BLAS page in on
+        first use, or the allocator's retained memory (see
+        :ref:`memory_budget_bounds`).
+        ``None``: 80% of a GPU's free memory or half of the available
+        RAM. In a distributed fit, the budget of each rank.
     distributed : {"auto", False}, default="auto"
         ``"auto"``: when :mod:`torch.distributed` is initialised with more than
         one rank, split :meth:`fit` and :meth:`transform` over the ranks of the
@@ -626,7 +634,7 @@ class _MetricsRecorder:
             nc3 = nc4 = float("nan")
             if self.readout:
                 K = len(self.classes)
-                W, b = _ridge_readout(Z, self.y_index, K, READOUT_RIDGE)
+                W, b = _ridge_readout(stats._X, self.y_index, K, READOUT_RIDGE)
                 nc3, nc4 = _readout_scores(stats, W, b)
             report = {
                 "nc1": _nc1_trace(stats),

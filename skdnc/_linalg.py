@@ -1,8 +1,11 @@
-"""Symmetric positive semi-definite matrices: eigendecomposition and powers.
+"""Symmetric positive semi-definite matrices: eigendecomposition and powers; units.
 
 The AGOP and the kernel matrices are PSD; their eigendecompositions (for the
 powers ``M^p`` the estimators apply, and for the Nystrom preconditioner) are taken
-here, in float64.
+here, in float64. :func:`rescale` divides arrays by a power of two before squares
+or Gram matrices of them are formed, which is what keeps the scale-free
+statistics (the neural-collapse metrics, the NFA correlation) from overflowing or
+underflowing at any scale of the data.
 """
 
 import functools
@@ -10,6 +13,70 @@ import functools
 import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
+
+
+def power_of_two_unit(*arrays):
+    """The power of two ``u`` with ``1 <= max |a| / u < 2`` over all ``arrays``.
+
+    Parameters
+    ----------
+    *arrays : ndarray or torch.Tensor
+        Finite values.
+
+    Returns
+    -------
+    unit : float
+        ``1.0`` when every entry is zero (or the arrays are empty).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._linalg import power_of_two_unit
+    >>> power_of_two_unit(np.array([3.0, -5.0])), power_of_two_unit(np.zeros(2))
+    (4.0, 1.0)
+    """
+    largest = 0.0
+    for A in arrays:
+        if A.size if isinstance(A, np.ndarray) else A.numel():
+            largest = max(largest, float(abs(A).max()))
+    if not 0.0 < largest < np.inf:
+        return 1.0
+    return float(np.ldexp(1.0, int(np.frexp(largest)[1]) - 1))
+
+
+def rescale(*arrays):
+    """Divide ``arrays`` by their common :func:`power_of_two_unit`.
+
+    Dividing by a power of two is exact (short of the subnormal range), so a
+    quantity that does not depend on the scale of the data (a ratio of traces, a
+    correlation, a cosine) computed on the results equals the one computed on the
+    arrays themselves wherever that does not overflow or underflow, and stays
+    finite where it would: the largest magnitude is in ``[1, 2)``, so squares and
+    Gram matrices of up to ``2^1020`` terms are within float64's range.
+
+    Parameters
+    ----------
+    *arrays : ndarray or torch.Tensor
+        Finite floating-point values.
+
+    Returns
+    -------
+    unit : float
+        The power of two.
+    *scaled : ndarray or torch.Tensor
+        ``a / unit`` for every array, new arrays unless ``unit`` is 1 (then the
+        arrays themselves).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._linalg import rescale
+    >>> unit, scaled = rescale(np.array([3 * 2.0**900, -(2.0**900)]))
+    >>> unit == 2.0**901, scaled.tolist()
+    (True, [1.5, -0.5])
+    """
+    unit = power_of_two_unit(*arrays)
+    return (unit, *(A if unit == 1.0 else A / unit for A in arrays))
 
 
 def psd_power(M, power=0.5):

@@ -10,6 +10,7 @@ RFM into the same :class:`~skdnc.nn.NetworkProbe` result.
 """
 
 import copy
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -30,7 +32,7 @@ from skdnc._base import (
     atomic_fit,
     check_class_labels,
 )
-from skdnc._linalg import psd_power
+from skdnc._linalg import psd_power, rescale
 from skdnc.metrics import nc1_score, nc2_score
 from skdnc.metrics._collapse import STAGES
 from skdnc.nn import NetworkProbe, nfa_correlation, probe_network
@@ -264,7 +266,10 @@ def _stage_scores(stages, y_index):
 
 
 def _nfa_triple(F, sqrt_agop, agop):
-    """The three NFA correlations of a feature matrix ``F``."""
+    """The three NFA correlations of a feature matrix ``F``, each matrix rescaled
+    first (a correlation does not depend on it), so that an AGOP of tiny or huge
+    entries gives its correlation, not an underflow's NaN."""
+    F, sqrt_agop, agop = (rescale(A)[1] for A in (F, sqrt_agop, agop))
     return (
         nfa_correlation(F, sqrt_agop),
         nfa_correlation(F, sqrt_agop, centered=False),
@@ -291,12 +296,39 @@ def probe_rfm(est, X, y_index):
     """
     M = torch.tensor(np.asarray(est.M_), dtype=torch.float64)
     A = torch.tensor(np.asarray(est.agop(X)), dtype=torch.float64)
+    if not bool(A.any()):
+        _warn_zero_agop(est, X)
+    A = rescale(A)[1]  # a power of two, which the correlations do not see
     nfa = _nfa_triple(M, psd_power(A, 0.5), A)
     X64 = torch.tensor(np.asarray(X, dtype=np.float64))
     sqrt_M = psd_power(M, 0.5)
     projection = X64 * sqrt_M if M.ndim == 1 else X64 @ sqrt_M
     nc1, nc2 = _stage_scores([X64.numpy(), projection.numpy(), None], y_index)
     return _network_probe(["rfm"], [nc1], [nc2], [nfa])
+
+
+def _warn_zero_agop(est, X):
+    """Warn that the NFA correlations of an RFM are NaN because its AGOP on ``X``
+    is zero, naming the two ways this happens (with the figures the estimator
+    has: an object with only ``M_`` and ``agop`` gets the sentence alone)."""
+    here = f"largest |x| {np.abs(np.asarray(X, dtype=np.float64)).max():.3g} here"
+    if hasattr(est, "centers_") and hasattr(est, "X_offset_"):
+        seen = np.abs(np.asarray(est.centers_) + np.asarray(est.X_offset_)).max()
+        here += f", {seen:.3g} in training"
+    bandwidth = getattr(est, "bandwidth_", None)
+    bandwidth = "" if bandwidth is None else f" ({bandwidth:.3g})"
+    warnings.warn(
+        "The NFA correlations are undefined (NaN): the AGOP of the fitted "
+        f"{type(est).__name__} on X is zero. Its kernel between X and the "
+        "training points underflows to 0 (except at distance 0), so its "
+        "predictions are flat around every sample of X. Either X lies far from "
+        f"the training data, e.g. on another scale ({here}), or the bandwidth"
+        f"{bandwidth} is far below the distances between points. Probe the model "
+        "on data like its training data, fitted with a bandwidth near the data's "
+        "distances.",
+        UndefinedMetricWarning,
+        stacklevel=6,
+    )
 
 
 def probe_deep_rfm(est, X, y_index):

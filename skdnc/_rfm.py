@@ -563,7 +563,12 @@ _RFM_DOC_PARAMETERS = """
         keeps every product in full float32. No effect on the CPU or in
         float64.
     memory_budget : float, default=None
-        Memory, in GiB, that one computation may use; blocks are sized from it.
+        Memory, in GiB, for the large buffers of one computation: the kernel
+        matrix of the exact solve, the Nystrom factor and kernel row blocks of
+        conjugate gradients, the row blocks of the AGOP and of prediction. Not
+        counted: the copies of the data, what torch and BLAS page in on first
+        use, and freed memory the allocator keeps: up to 0.15 GiB more for
+        8,000 points of 100 features (see :ref:`memory_budget_bounds`).
         ``None``: 80% of a GPU's free memory, or half of the available RAM.
         In a distributed fit, the budget of each rank.
     distributed : {"auto", False}, default="auto"

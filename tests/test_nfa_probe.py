@@ -5,8 +5,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from sklearn.base import BaseEstimator, clone
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import NotFittedError, UndefinedMetricWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from torch import nn
@@ -120,7 +122,7 @@ def test_errors(digits):
         NFAProbe(make_mlp(64, 10, width=4), batch_size=0).fit(X, y)
 
 
-# -- RFM and Deep RFM ---------------------------------------------------------------
+# -- RFM and Deep RFM --------------------------------------------------------------
 class _StandInRFM(BaseEstimator):
     """M_ = S and AGOP = S^2: the NFA with AGOP^{1/2} holds exactly."""
 
@@ -274,3 +276,77 @@ def test_dataframe_fitted_estimators_are_probed_without_name_warnings(digits):
         probe = NFAProbe(est).fit(df, y)
         np.testing.assert_array_equal(probe.nc1_, NFAProbe(est).fit(df, y).nc1_)
     assert NFAProbe(rfm).fit(df, y).nc1_[0, 0] == pytest.approx(nc1_score(X, y))
+
+
+# -- scale (issue 25, class 3) ---------------------------------------------------------
+class _ScaledStandInRFM(BaseEstimator):
+    """M_ = a S and AGOP = b S^2: the NFA correlation is 1 whatever a, b > 0."""
+
+    def __init__(self, S, a, b):
+        self.S, self.a, self.b = S, a, b
+        self.M_ = a * S
+
+    def fit(self, X, y):
+        return self
+
+    def agop(self, X):
+        return self.b * (self.S @ self.S)
+
+
+def _pearson(A, B):
+    return np.corrcoef(np.ravel(A), np.ravel(B))[0, 1]
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(a=st.floats(-300, 300, allow_nan=False), b=st.floats(-300, 300, allow_nan=False))
+@example(a=0.0, b=-300.0)
+@example(a=300.0, b=300.0)
+@example(a=-300.0, b=150.0)
+def test_nfa_correlations_do_not_depend_on_the_scale_of_the_matrices(digits, a, b):
+    X, y = digits
+    S = np.diag(np.linspace(1.0, 3.0, 64)) + np.ones((64, 64)) / 64
+    probe = NFAProbe(_ScaledStandInRFM(S, 10.0**a, 10.0**b)).fit(X[:40], y[:40])
+    assert probe.nfa_correlation_[0] == pytest.approx(1.0, abs=1e-10)
+    assert probe.nfa_correlation_uncentered_[0] == pytest.approx(1.0, abs=1e-10)
+    assert probe.nfa_correlation_agop_[0] == pytest.approx(
+        _pearson(S, S @ S), rel=1e-10
+    )
+
+
+def test_rfm_nfa_at_a_scale_where_the_agop_is_tiny(digits):
+    # At 600 times the training scale the AGOP's entries are ~1e-210: its
+    # correlation with M was NaN (its squares underflowed), though it is defined.
+    X, y = digits
+    rfm = RFMClassifier(max_iter=2, device="cpu", random_state=0).fit(X, y)
+    probe = NFAProbe(rfm).fit(X * 600, y)
+    A = rfm.agop(X * 600)
+    assert 0 < np.abs(A).max() < 1e-200
+    A = A / np.abs(A).max()
+    evals, evecs = np.linalg.eigh(A)
+    sqrt_A = (evecs * np.sqrt(np.clip(evals, 0, None))) @ evecs.T
+    assert probe.nfa_correlation_agop_[0] == pytest.approx(_pearson(rfm.M_, A), 1e-9)
+    assert probe.nfa_correlation_[0] == pytest.approx(_pearson(rfm.M_, sqrt_A), 1e-9)
+
+
+def test_rfm_probed_far_from_its_training_data_says_why_it_is_nan(digits):
+    # NFAProbe(fitted_rfm).fit(X * 1e6, y).nfa_correlation_ was [nan], silently:
+    # every kernel value between X * 1e6 and the training points is 0.
+    X, y = digits
+    rfm = RFMClassifier(max_iter=2, device="cpu", random_state=0).fit(X, y)
+    with pytest.warns(UndefinedMetricWarning, match="AGOP of the fitted") as caught:
+        probe = NFAProbe(rfm).fit(X * 1e6, y)
+    message = str(caught[0].message)
+    assert "another scale" in message and f"{np.abs(X * 1e6).max():.3g}" in message
+    assert np.isnan(probe.nfa_correlation_).all()
+    # Collapse is measured all the same, and is scale-free.
+    assert probe.nc1_[0, 0] == pytest.approx(nc1_score(X, y), rel=1e-12)
+
+
+def test_a_zero_agop_of_any_rfm_like_object_is_explained(digits):
+    # An object with only M_ and agop(X) (no centres, no bandwidth) gets the
+    # same explanation, without the figures it cannot give.
+    X, y = digits
+    S = np.eye(64)
+    with pytest.warns(UndefinedMetricWarning, match="on another scale"):
+        probe = NFAProbe(_ScaledStandInRFM(S, 1.0, 0.0)).fit(X, y)
+    assert np.isnan(probe.nfa_correlation_).all()

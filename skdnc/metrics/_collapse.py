@@ -18,7 +18,9 @@ samples in class ``c``, class means ``mu_c`` and a global mean ``mu_G``,
 Nothing here forms a ``d x d`` matrix unless asked to (``ClassStatistics.Sigma_W``
 and ``Sigma_B``): traces are sums of squared distances, and the pseudo-inverse form
 of NC1 is computed in the span of the centred class means, so 4096-wide features
-cost ``O(N d K)``.
+cost ``O(N d K)``. The moments are taken on ``X`` divided by a power of two (see
+:class:`ClassStatistics`), so the metrics, which do not depend on the scale of
+``X``, give the same value at any scale at which ``X`` is finite.
 """
 
 import warnings
@@ -32,6 +34,7 @@ from sklearn.utils.validation import check_X_y
 
 from skdnc._backend import normalize_rows, to_numpy
 from skdnc._base import check_class_labels
+from skdnc._linalg import rescale
 
 __all__ = [
     "ClassStatistics",
@@ -131,7 +134,7 @@ def _label(value):
 
 def _coinciding_means(stats):
     """Why the between-class scatter is zero up to rounding, or None."""
-    if stats.trace_between <= ROUNDING_LEVEL * stats.scale:
+    if stats._trace_between <= ROUNDING_LEVEL * stats._scale:
         return (
             "the class means coincide (the between-class scatter is zero up to "
             "rounding, relative to the data's scale), so there is no class "
@@ -164,14 +167,29 @@ class ClassStatistics:
         Mean squared distance of the samples of each class to their class mean,
         ``Var_c = (1/n_c) sum_{y_i = c} ||x_i - mu_c||^2`` (= ``tr`` of the class
         covariance).
+    unit : float
+        The power of two the features were divided by before any square was
+        formed: the largest ``|x_ij| / unit`` is in ``[1, 2)``.
+
+    Notes
+    -----
+    The moments are accumulated on ``X / unit``, so that no square overflows or
+    underflows, and the metrics, which do not depend on the scale of ``X``, are
+    computed from those: ``nc1_score(c * X, y)`` equals ``nc1_score(X, y)`` for any
+    ``c > 0`` for which ``c * X`` is finite (exactly, when ``c`` is a power of
+    two). The attributes are in the units of ``X``: ``means`` and ``global_mean``
+    are always representable, while the second moments (``class_variances``, the
+    traces, ``Sigma_W``, ``Sigma_B``) scale with ``unit**2`` and are ``inf`` (or
+    0) where their value is beyond float64's range, e.g. for entries of ``X``
+    beyond about ``1e154``.
     """
 
     classes: np.ndarray
     counts: np.ndarray
-    means: np.ndarray
-    global_mean: np.ndarray
     global_mean_kind: str
-    class_variances: np.ndarray
+    unit: float
+    _means: np.ndarray = field(repr=False)  # of X / unit, as below
+    _variances: np.ndarray = field(repr=False)
     _X: np.ndarray = field(repr=False)
     _groups: tuple = field(repr=False)
 
@@ -188,38 +206,51 @@ class ClassStatistics:
     @property
     def n_features(self):
         """Number of features ``d``."""
-        return int(self.means.shape[1])
+        return int(self._means.shape[1])
+
+    def _in_units(self, value, power):
+        """``value * unit**power``: a moment of ``X / unit`` in the units of ``X``
+        (``inf`` or 0 beyond float64's range)."""
+        with np.errstate(over="ignore", under="ignore"):
+            for _ in range(power):
+                value = np.multiply(value, self.unit)
+        return value
+
+    @cached_property
+    def means(self):
+        """Class means ``mu_c``, shape ``(n_classes, n_features)``."""
+        return self._in_units(self._means, 1)
+
+    @cached_property
+    def global_mean(self):
+        """``mu_G``, shape ``(n_features,)``."""
+        return self._in_units(self._global_mean, 1)
+
+    @cached_property
+    def class_variances(self):
+        """``Var_c``, shape ``(n_classes,)``."""
+        return self._in_units(self._variances, 2)
 
     @property
     def trace_within(self):
         """``tr(Sigma_W)``: the mean squared distance of a sample to its class mean."""
-        return float(self.counts @ self.class_variances / self.n_samples)
+        return float(self._in_units(self._trace_within, 2))
 
     @property
     def trace_between(self):
         """``tr(Sigma_B)``: the mean squared distance of a class mean to ``mu_G``."""
-        return float(np.mean(np.sum(self.centered_means**2, axis=1)))
+        return float(self._in_units(self._trace_between, 2))
 
     @property
     def scale(self):
         """Mean squared norm of the samples, the yardstick of rounding noise:
         ``(1/N) sum_c n_c (||mu_c||^2 + Var_c)``."""
-        per_class = np.einsum("ij,ij->i", self.means, self.means)
-        return float(self.counts @ (per_class + self.class_variances) / self.n_samples)
+        return float(self._in_units(self._scale, 2))
 
     @cached_property
     def centered_means(self):
         """``mu_c - mu_G``, shape ``(n_classes, n_features)``."""
-        return self.means - self.global_mean
-
-    def _check_samples(self, what):
-        if self._X is None:
-            raise ValueError(
-                f"{what} needs the samples, which statistics accumulated from batches "
-                "(skdnc.metrics.CollapseAccumulator) do not keep; use the "
-                "accumulator's second pass (partial_fit_within) or class_statistics "
-                "on the full array."
-            )
+        return self._in_units(self._centered, 1)
 
     @cached_property
     def Sigma_W(self):
@@ -227,15 +258,15 @@ class ClassStatistics:
         self._check_samples("Sigma_W")
         S = np.zeros((self.n_features, self.n_features))
         for c, idx in enumerate(self._groups):
-            R = self._X[idx] - self.means[c]
+            R = self._X[idx] - self._means[c]
             S += R.T @ R
-        return S / self.n_samples
+        return self._in_units(S / self.n_samples, 2)
 
     @cached_property
     def Sigma_B(self):
         """Between-class covariance ``Sigma_B`` (``d x d``, formed on first access)."""
-        H = self.centered_means
-        return H.T @ H / self.n_classes
+        H = self._centered
+        return self._in_units(H.T @ H / self.n_classes, 2)
 
     def within_projections(self, V):
         """``v_j' Sigma_W v_j`` for the rows ``v_j`` of ``V``, without ``Sigma_W``.
@@ -248,16 +279,54 @@ class ClassStatistics:
         -------
         q : ndarray of shape (k,)
         """
+        return self._in_units(self._within_projections(V), 2)
+
+    # -- the same moments of X / unit, from which the metrics are computed -----------
+    @cached_property
+    def _global_mean(self):
+        if self.global_mean_kind == "class_means":
+            return self._means.mean(axis=0)
+        return self.counts @ self._means / self.counts.sum()
+
+    @cached_property
+    def _centered(self):
+        return self._means - self._global_mean
+
+    @property
+    def _trace_within(self):
+        return float(self.counts @ self._variances / self.n_samples)
+
+    @property
+    def _trace_between(self):
+        return float(np.mean(np.sum(self._centered**2, axis=1)))
+
+    @property
+    def _scale(self):
+        per_class = np.einsum("ij,ij->i", self._means, self._means)
+        return float(self.counts @ (per_class + self._variances) / self.n_samples)
+
+    def _check_samples(self, what):
+        if self._X is None:
+            raise ValueError(
+                f"{what} needs the samples, which statistics accumulated from batches "
+                "(skdnc.metrics.CollapseAccumulator) do not keep; use the "
+                "accumulator's second pass (partial_fit_within) or class_statistics "
+                "on the full array."
+            )
+
+    def _within_projections(self, V):
         self._check_samples("within_projections")
         q = np.zeros(V.shape[0])
         for c, idx in enumerate(self._groups):
-            P = (self._X[idx] - self.means[c]) @ V.T
+            P = (self._X[idx] - self._means[c]) @ V.T
             q += np.sum(P**2, axis=0)
         return q / self.n_samples
 
 
 def _statistics(X, y_index, classes, global_mean):
-    """ClassStatistics of validated input (float64 X, class indices)."""
+    """ClassStatistics of validated input (float64 X, class indices), accumulated
+    on ``X / unit`` (see :func:`skdnc._linalg.rescale`)."""
+    unit, X = rescale(X)
     K = classes.shape[0]
     order = np.argsort(y_index, kind="stable")
     counts = np.bincount(y_index, minlength=K)
@@ -269,17 +338,13 @@ def _statistics(X, y_index, classes, global_mean):
         means[c] = Xc.mean(axis=0)
         Xc -= means[c]
         variances[c] = np.sum(Xc**2) / counts[c]
-    if global_mean == "class_means":
-        mu_G = means.mean(axis=0)
-    else:
-        mu_G = counts @ means / counts.sum()
     return ClassStatistics(
         classes=classes,
         counts=counts,
-        means=means,
-        global_mean=mu_G,
         global_mean_kind=global_mean,
-        class_variances=variances,
+        unit=unit,
+        _means=means,
+        _variances=variances,
         _X=X,
         _groups=groups,
     )
@@ -338,7 +403,7 @@ def _nc1_trace(stats):
     reason = _coinciding_means(stats)
     if reason:
         return _undefined("NC1", reason)
-    return float(stats.trace_within / stats.trace_between)
+    return float(stats._trace_within / stats._trace_between)
 
 
 def _pinv_directions(stats, rtol=PINV_RTOL):
@@ -349,7 +414,7 @@ def _pinv_directions(stats, rtol=PINV_RTOL):
     K = stats.n_classes
     # Sigma_B = H' H / K with H the (K, d) centred means: its eigenpairs are the
     # squared singular values and right singular vectors of H / sqrt(K).
-    _, s, Vt = np.linalg.svd(stats.centered_means / np.sqrt(K), full_matrices=False)
+    _, s, Vt = np.linalg.svd(stats._centered / np.sqrt(K), full_matrices=False)
     lam = s**2
     keep = lam > rtol * lam[0]
     keep[K - 1 :] = False  # rank(Sigma_B) <= K - 1
@@ -366,7 +431,7 @@ def _nc1_pinv_value(stats, directions, q):
 
 def _nc1_pinv(stats, rtol=PINV_RTOL):
     directions = _pinv_directions(stats, rtol)
-    q = None if directions is None else stats.within_projections(directions[0])
+    q = None if directions is None else stats._within_projections(directions[0])
     return _nc1_pinv_value(stats, directions, q)
 
 
@@ -415,7 +480,9 @@ def nc1_score(X, y, *, kind="trace", global_mean="class_means", scaling="standar
     Notes
     -----
     Both forms are invariant to ``X -> c X Q + b`` (``c > 0``, ``Q`` orthogonal)
-    but not to general invertible linear maps. The trace form costs ``O(N d)``.
+    but not to general invertible linear maps; computed on ``X`` divided by a
+    power of two, they keep that invariance at any ``c`` for which ``c X`` is
+    finite (``X * 1e-300`` and ``X * 1e300`` included). The trace form costs ``O(N d)``.
     The pinv form uses ``Sigma_B = H'H/K`` with ``H`` the ``K x d`` matrix of
     centred class means: from the SVD ``H / sqrt(K) = U S V'`` (``O(K^2 d)``),
     ``tr(Sigma_W Sigma_B^+) = sum_j (v_j' Sigma_W v_j) / s_j^2`` with
@@ -457,14 +524,14 @@ def nc1_score(X, y, *, kind="trace", global_mean="class_means", scaling="standar
 def _nc2_from_stats(stats, target, kind):
     K = stats.n_classes
     if target == "etf":
-        H = stats.centered_means
+        H = stats._centered
         T = (K / (K - 1)) * np.eye(K) - np.ones((K, K)) / (K - 1)
         where = "the global mean"
     else:
-        H = stats.means
+        H = stats._means
         T = np.eye(K)
         where = "the origin"
-    zero = np.einsum("ij,ij->i", H, H) <= ROUNDING_LEVEL * stats.scale
+    zero = np.einsum("ij,ij->i", H, H) <= ROUNDING_LEVEL * stats._scale
     if zero.any():
         return _undefined(
             "NC2",
@@ -544,7 +611,7 @@ def nc2_score(X, y, *, target="etf", kind="fro", global_mean="class_means"):
 
 def _gram_label_correlation(stats):
     X, N = stats._X, stats.n_samples
-    Z = normalize_rows(X - stats.global_mean)
+    Z = normalize_rows(X - stats._global_mean)
     # Pearson correlation of the N^2 entries of A = Z Z' and B = Y Y' (one-hot),
     # from sums that need no N x N matrix.
     z_sum = Z.sum(axis=0)
@@ -615,13 +682,13 @@ def gram_label_correlation(X, y, *, global_mean="class_means"):
 
 def _cdnv(stats):
     K = stats.n_classes
-    H = stats.centered_means
+    H = stats._centered
     sq = np.sum(H**2, axis=1)
     D2 = np.maximum(sq[:, None] + sq[None, :] - 2 * (H @ H.T), 0.0)
     i, j = np.triu_indices(K, k=1)
-    var = stats.class_variances
+    var = stats._variances
     num, den = var[i] + var[j], 2 * D2[i, j]
-    close = den <= 2 * ROUNDING_LEVEL * stats.scale
+    close = den <= 2 * ROUNDING_LEVEL * stats._scale
     if close.any():
         a, b = (_label(stats.classes[k[close][0]]) for k in (i, j))
         return _undefined(
@@ -684,7 +751,8 @@ def neural_collapse_report(X, y, *, global_mean="class_means", gram_correlation=
     report : dict
         Python scalars: ``n_samples``, ``n_features``, ``n_classes``,
         ``global_mean``, ``trace_within`` (``tr Sigma_W``), ``trace_between``
-        (``tr Sigma_B``), ``nc1`` (trace form), ``nc1_pinv`` (Papyan's form),
+        (``tr Sigma_B``; both in the units of ``X`` squared, ``inf`` or 0 beyond
+        float64's range), ``nc1`` (trace form), ``nc1_pinv`` (Papyan's form),
         ``nc1_paper_code`` (``nc1 / K``), ``nc2`` (ETF, Frobenius), ``nc2_mse``
         (ETF, mean squared entry, as in the paper's code), ``nc2_orthogonal``,
         ``nc2_orthogonal_mse``, ``cdnv`` and, if asked for,

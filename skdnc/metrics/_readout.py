@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.validation import check_array, check_consistent_length
 
 from skdnc._backend import to_numpy
+from skdnc._linalg import rescale
 from skdnc.metrics._collapse import (
     _check_X_y,
     _label,
@@ -22,7 +23,12 @@ NC4_CONSTRAINTS = {}
 
 
 def _nc3_from_means(H, W, kind):
-    """NC3 of centred class means ``H`` and readout weights ``W`` (both K x d)."""
+    """NC3 of centred class means ``H`` and readout weights ``W`` (both K x d).
+
+    Each matrix is rescaled on its own (NC3 compares directions only), so that
+    their norms neither overflow nor underflow.
+    """
+    H, W = rescale(H)[1], rescale(W)[1]
     if kind == "fro":
         nh, nw = np.linalg.norm(H), np.linalg.norm(W)
         if not (nh > 0 and nw > 0):
@@ -95,7 +101,7 @@ def nc3_score(X, y, W, *, kind="fro"):
             f"for two classes); got {W.shape}."
         )
     stats = _statistics(X, y_index, classes, "class_means")
-    return _nc3_from_means(stats.centered_means, W, kind)
+    return _nc3_from_means(stats._centered, W, kind)
 
 
 @validate_params(
@@ -139,12 +145,14 @@ def nc4_score(X, y, y_pred):
             f"{[_label(v) for v in unknown[:5]]}."
         )
     stats = _statistics(X, y_index, classes, "class_means")
-    nearest = classes[_nearest_mean(X, stats.means)]
+    nearest = classes[_nearest_mean(stats._X, stats._means)]
     return float(np.mean(nearest != y_pred))
 
 
 def _nearest_mean(X, means):
-    """Index of the nearest row of ``means`` for every row of ``X`` (float64)."""
+    """Index of the nearest row of ``means`` for every row of ``X`` (float64), on
+    both rescaled by one unit, so that the squared distances stay finite."""
+    _, X, means = rescale(X, means)
     D2 = (
         np.einsum("ij,ij->i", X, X)[:, None]
         - 2 * X @ means.T
@@ -198,9 +206,10 @@ def _ridge_readout(X, y_index, n_classes, ridge=READOUT_RIDGE):
 
 def _readout_scores(stats, W, b):
     """NC3 (Frobenius form) and NC4 of the affine readout ``x -> W x + b`` on the
-    samples of ``stats``; rows of ``W`` in class order."""
+    samples of ``stats``, ``stats._X`` (``X / stats.unit``, on which ``W`` and ``b``
+    were fitted by :func:`_ridge_readout`); rows of ``W`` in class order."""
     X = stats._X
-    nc3 = _nc3_from_means(stats.centered_means, W, "fro")
+    nc3 = _nc3_from_means(stats._centered, W, "fro")
     predicted = np.argmax(X @ W.T + b, axis=1)
-    nc4 = float(np.mean(predicted != _nearest_mean(X, stats.means)))
+    nc4 = float(np.mean(predicted != _nearest_mean(X, stats._means)))
     return nc3, nc4

@@ -10,11 +10,14 @@ second pass over the batches (:meth:`CollapseAccumulator.partial_fit_within`)
 accumulates it, again in ``O(K d)`` memory.
 """
 
+from numbers import Real
+
 import numpy as np
 import torch
 
 from skdnc._backend import to_numpy
 from skdnc._base import NonFiniteError, check_class_labels
+from skdnc._linalg import power_of_two_unit
 from skdnc.metrics._collapse import (
     ClassStatistics,
     _nc1_pinv_value,
@@ -26,6 +29,35 @@ from skdnc.metrics._collapse import (
 __all__ = ["CollapseAccumulator"]
 
 _GLOBAL_MEANS = ("class_means", "sample")
+
+#: The kind of the labels of a batch, by NumPy dtype kind.
+_LABEL_KINDS = {"b": "bool", "i": "number", "u": "number", "f": "number"}
+_LABEL_KINDS.update({"U": "str", "S": "bytes"})
+
+
+def _label_kind(labels):
+    """``"bool"``, ``"number"``, ``"str"``, ``"bytes"`` (or a type name): what every
+    label of a non-empty 1-D batch is; a batch that mixes kinds is an error."""
+    if labels.dtype.kind != "O":
+        return _LABEL_KINDS.get(labels.dtype.kind, labels.dtype.name)
+    kinds = set()
+    for value in labels.tolist():
+        if isinstance(value, (bool, np.bool_)):
+            kinds.add("bool")
+        elif isinstance(value, Real):
+            kinds.add("number")
+        elif isinstance(value, str):
+            kinds.add("str")
+        elif isinstance(value, bytes):
+            kinds.add("bytes")
+        else:
+            kinds.add(type(value).__name__)
+    if len(kinds) > 1:
+        raise ValueError(
+            f"Mix of label input types ({' and '.join(sorted(kinds))}) in one batch "
+            "of y: every class needs one label of one type."
+        )
+    return kinds.pop()
 
 
 class CollapseAccumulator:
@@ -60,7 +92,14 @@ class CollapseAccumulator:
     small within-class variance to full precision. The second pass accumulates
     ``q_j = sum_i ((x_i - mu_{y_i})' v_j)^2`` for the at most ``K - 1``
     eigenvectors ``v_j`` of ``Sigma_B`` that :func:`~skdnc.metrics.nc1_score`
-    inverts. Computations run in float64 on the device of the first batch.
+    inverts. Computations run in float64 on the device of the first batch, on the
+    features divided by a power of two, the ``unit`` of the returned statistics,
+    which grows with the largest entry seen (the state is rescaled exactly when it
+    does), so that the metrics do not depend on the scale of the features.
+
+    The labels of every batch must be of one type, that of the first batch
+    (numbers, strings, booleans or bytes): ``3`` and ``"3"`` would otherwise be two
+    classes. Integer and float labels are one type (``3 == 3.0``).
 
     Examples
     --------
@@ -86,6 +125,8 @@ class CollapseAccumulator:
             )
         self.global_mean = global_mean
         self._labels = {}  # label -> row of the per-class tensors, in arrival order
+        self._label_kind = None
+        self._unit = None  # the power of two the state is measured in
         self._counts = self._means = self._m2 = None
         self._directions = self._q = None
         self._q_seen = 0
@@ -126,6 +167,16 @@ class CollapseAccumulator:
         return Z, labels
 
     def _rows(self, labels, *, grow):
+        kind = _label_kind(labels)
+        if self._label_kind is None:
+            self._label_kind = kind
+        elif kind != self._label_kind:
+            raise ValueError(
+                f"y holds labels of type {kind}, but the earlier batches held labels "
+                f"of type {self._label_kind}: a class must have one label for the "
+                "life of the accumulator (3 and '3' would be two classes). Convert "
+                "the labels of every batch alike, or start a new accumulator."
+            )
         uniques, inverse = np.unique(labels, return_inverse=True)
         rows = []
         for label in uniques.tolist():
@@ -156,6 +207,7 @@ class CollapseAccumulator:
         if Z.shape[0] == 0:
             return self
         rows = self._rows(labels, grow=True)
+        Z = self._rescale(Z)
         K, d, device = len(self._labels), Z.shape[1], Z.device
         if self._means is None:
             self.n_features_ = d
@@ -186,6 +238,21 @@ class CollapseAccumulator:
         self.n_samples_seen_ += int(Z.shape[0])
         return self
 
+    def _rescale(self, Z):
+        """The batch in the accumulator's unit. In the first pass the unit grows to
+        the batch's power of two when that is larger (the state then shrinks
+        exactly with it); the second pass keeps the first pass's unit."""
+        if self._directions is None and bool((Z != 0).any()):
+            unit = power_of_two_unit(Z)
+            if self._unit is None:
+                self._unit = unit
+            elif unit > self._unit:
+                ratio = unit / self._unit
+                self._means = self._means / ratio
+                self._m2 = self._m2 / ratio / ratio
+                self._unit = unit
+        return Z if self._unit in (None, 1.0) else Z / self._unit
+
     def statistics(self):
         """:class:`~skdnc.metrics.ClassStatistics` of the batches seen so far.
 
@@ -203,19 +270,13 @@ class CollapseAccumulator:
         order = np.argsort(np.asarray(labels), kind="stable")
         perm = [self._labels[labels[i]] for i in order]
         counts = to_numpy(self._counts[perm]).astype(np.int64)
-        means = to_numpy(self._means[perm])
-        variances = to_numpy(self._m2[perm]) / counts
-        if self.global_mean == "class_means":
-            mu_G = means.mean(axis=0)
-        else:
-            mu_G = counts @ means / counts.sum()
         return ClassStatistics(
             classes=np.asarray(labels)[order],
             counts=counts,
-            means=means,
-            global_mean=mu_G,
             global_mean_kind=self.global_mean,
-            class_variances=variances,
+            unit=1.0 if self._unit is None else self._unit,
+            _means=to_numpy(self._means[perm]),
+            _variances=to_numpy(self._m2[perm]) / counts,
             _X=None,
             _groups=None,
         )
@@ -245,7 +306,7 @@ class CollapseAccumulator:
         if V is None or Z.shape[0] == 0:
             return self
         idx = torch.as_tensor(self._rows(labels, grow=False), device=Z.device)
-        P = (Z - self._means[idx]) @ V.T
+        P = (self._rescale(Z) - self._means[idx]) @ V.T
         self._q += (P * P).sum(dim=0)
         return self
 
