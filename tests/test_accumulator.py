@@ -99,3 +99,21 @@ def test_string_labels_throughout_are_fine(digits):
         acc.partial_fit(X[rows], y[rows].astype(str))
     assert acc.statistics().classes.tolist() == [str(c) for c in range(10)]
     assert acc.nc1() == pytest.approx(ref_nc1(X, y), rel=1e-12)
+
+
+def test_uint8_images_are_numbers(digits):
+    # torchvision loads images as uint8: they are features like any other. Main
+    # refused them with "X must hold numbers; got dtype torch.uint8".
+    X, y = digits
+    pixels = np.round(X * 16).astype(np.uint8)
+    for batch in (pixels, torch.from_numpy(pixels)):
+        acc = CollapseAccumulator().partial_fit(batch, y)
+        assert acc.nc1() == pytest.approx(ref_nc1(pixels.astype(float), y), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["complex", "bool"])
+def test_complex_and_boolean_features_are_refused(digits, kind):
+    X, y = digits
+    Z = X + 1j * X if kind == "complex" else X > 0.5
+    with pytest.raises(TypeError, match="X must hold real numbers"):
+        CollapseAccumulator().partial_fit(torch.as_tensor(Z), y)

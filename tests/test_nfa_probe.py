@@ -350,3 +350,42 @@ def test_a_zero_agop_of_any_rfm_like_object_is_explained(digits):
     with pytest.warns(UndefinedMetricWarning, match="on another scale"):
         probe = NFAProbe(_ScaledStandInRFM(S, 1.0, 0.0)).fit(X, y)
     assert np.isnan(probe.nfa_correlation_).all()
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    a=st.integers(min_value=-300, max_value=300),
+    b=st.integers(min_value=-300, max_value=300),
+    centered=st.booleans(),
+)
+@example(a=200, b=-200, centered=True)
+def test_network_nfa_correlation_is_scale_free(a, b, centered):
+    # The network path of the NFA (nfa_correlation, and the factored form that
+    # never builds P'P) at any float64 scale equals the Pearson correlation (or
+    # cosine) of the entries at scale 1, written here in float64.
+    from skdnc.nn._layer_agop import _gram_correlation
+
+    rng = np.random.default_rng(0)
+    P, Q = rng.normal(size=(5, 7)), rng.normal(size=(4, 7))
+    A, B = P.T @ P, Q.T @ Q + _shared_term(P)
+
+    def ref(U, V):
+        u, v = U.ravel(), V.ravel()
+        if centered:
+            u, v = u - u.mean(), v - v.mean()
+        return float(u @ v / np.sqrt((u @ u) * (v @ v)))
+
+    sa, sb = 10.0**a, 10.0**b
+    assert nfa_correlation(A * sa, B * sb, centered=centered) == pytest.approx(
+        ref(A, B), rel=1e-9
+    )
+    got = _gram_correlation(
+        torch.tensor(P * np.sqrt(sa)), torch.tensor(Q * np.sqrt(sb)), centered=centered
+    )
+    assert got == pytest.approx(ref(P.T @ P, Q.T @ Q), rel=1e-9)
+
+
+def _shared_term(P):
+    """A rank-one term shared with A, so the two matrices correlate."""
+    v = P.sum(axis=0)
+    return np.outer(v, v) / 10

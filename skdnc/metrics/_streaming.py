@@ -144,8 +144,14 @@ class CollapseAccumulator:
                 f"X must be 2-D (n_samples, n_features); got shape {tuple(Z.shape)}. "
                 "Flatten or pool feature maps first."
             )
-        if not (Z.is_floating_point() or Z.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"X must hold numbers; got dtype {Z.dtype}.")
+        if Z.is_complex() or Z.dtype == torch.bool:
+            raise TypeError(
+                f"X must hold real numbers; got dtype {Z.dtype}. Pass the real "
+                "features (e.g. X.real or X.abs() for complex values, X.float() "
+                "for masks)."
+            )
+        # Integer features (uint8 images as torchvision loads them) are numbers:
+        # they are accumulated in float64 like any other.
         device = Z.device if self._means is None else self._means.device
         Z = Z.to(device=device, dtype=torch.float64)
         if not bool(torch.isfinite(Z).all()):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.func import jacrev, vmap
 
 from skdnc._backend import to_tensor
-from skdnc._linalg import psd_eigh, psd_power
+from skdnc._linalg import psd_eigh, psd_power, rescale
 from skdnc.nn._capture import (
     _check_options,
     _gradient_sweep,
@@ -83,6 +83,9 @@ def nfa_correlation(A, B, *, centered=True):
             f"A and B must have the same shape; got {tuple(np.shape(A))} and "
             f"{tuple(np.shape(B))}."
         )
+    # The correlation is scale-free: each side in units of its largest entry keeps
+    # the sums and products below from overflowing or underflowing at any scale.
+    (_, a), (_, b) = rescale(a), rescale(b)
     if centered:
         a = a - a.mean()
         b = b - b.mean()
@@ -101,6 +104,7 @@ def _gram_correlation(P, Q, *, centered=True):
     ``8192 x 8192`` matrix.
     """
     d = P.shape[1]
+    (_, P), (_, Q) = rescale(P), rescale(Q)  # scale-free, as in nfa_correlation
     inner = torch.linalg.matrix_norm(P @ Q.T) ** 2
     nA = torch.linalg.matrix_norm(P @ P.T) ** 2
     nB = torch.linalg.matrix_norm(Q @ Q.T) ** 2
