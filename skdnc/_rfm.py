@@ -33,7 +33,7 @@ from skdnc._rfm_core import (
     refit_rounds,
     rfm_rounds,
 )
-from skdnc._solvers import REG_GRID, check_reg, kernel_predict
+from skdnc._solvers import REG_GRID, check_reg, kernel_predict, resolve_centers
 
 #: Without a validation split (validation_fraction=0, or too few samples for
 #: one), a grid of ridge values falls back to its value nearest to this one on a
@@ -84,6 +84,7 @@ class _BaseRFM(BaseEstimator):
         refit="solve",
         solver="auto",
         solver_params=None,
+        n_centers="auto",
         device="auto",
         dtype=None,
         allow_tf32=True,
@@ -109,6 +110,7 @@ class _BaseRFM(BaseEstimator):
         self.refit = refit
         self.solver = solver
         self.solver_params = solver_params
+        self.n_centers = n_centers
         self.device = device
         self.dtype = dtype
         self.allow_tf32 = allow_tf32
@@ -152,6 +154,7 @@ class _BaseRFM(BaseEstimator):
             "centering": bool(self.centering),
             "solver": self.solver,
             "solver_params": self.solver_params,
+            "n_centers": self.n_centers,
             "allow_tf32": bool(self.allow_tf32),
         }
 
@@ -178,6 +181,7 @@ class _BaseRFM(BaseEstimator):
         if comm is not None:
             comm.check_same("X and y", X, Y_np)
         n, d = X.shape
+        resolve_centers(self.n_centers, n)  # a clear error before any work
         # Kernels and AGOPs are translation invariant; centring the data makes the
         # quadratic-form distances far more accurate in float32.
         self.X_offset_ = X.mean(axis=0, dtype=np.float64).astype(np_dtype)
@@ -283,8 +287,9 @@ class _BaseRFM(BaseEstimator):
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
         self.M_ = to_numpy(M)
+        centres = final_path[-1]["centers"]
         self.dual_coef_ = to_numpy(alpha)
-        self.centers_ = to_numpy(Xt)
+        self.centers_ = to_numpy(Xt if centres is None else Xt[centres])
         self.n_iter_ = n_rounds
         self.history_ = history
         self.validation_curve_ = curve
@@ -474,16 +479,34 @@ _RFM_DOC_PARAMETERS = """
         time: ``M`` learned on 80% of the data is as good a metric as one learned
         on all of it, while the solve on all the data keeps every training point
         as a centre.
-    solver : {"auto", "cholesky", "cg"}, default="auto"
-        Linear solver of the kernel ridge system. ``"cholesky"`` is exact (the
-        kernel matrix is factored in place); ``"cg"`` is conjugate gradients with
-        a Nystrom preconditioner, which keeps the kernel matrix in memory when it
-        fits and recomputes it in row blocks when it does not. ``"auto"`` uses
-        the exact solve while the kernel matrix fits ``memory_budget``.
+    solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}, default="auto"
+        Solver of the kernel machine. Two models: the exact one, with every
+        training point a centre, solves :math:`(K + \\mu I)\\alpha = Y` by
+        ``"cholesky"`` (the kernel matrix factored in place) or ``"cg"``
+        (conjugate gradients with a Nystrom preconditioner, the kernel matrix
+        held when it fits and recomputed in row blocks when it does not). The
+        Nystrom model :math:`f(x) = k_M(x, C)\\beta` over ``n_centers`` centres
+        ``C`` solves Falkon's system :math:`(K_{nm}^\\top K_{nm} + \\mu K_{mm})
+        \\beta = K_{nm}^\\top Y` (Rudi et al., 2017, with their
+        :math:`\\lambda n = \\mu`, so that ``n_centers`` equal to the number of
+        points gives the exact model): ``"nystrom"`` forms the ``m x m`` normal
+        matrix in row blocks and solves it directly (every value of a ridge grid
+        from one eigendecomposition), ``"falkon"`` runs conjugate gradients with
+        Falkon's preconditioner; memory :math:`O(n d + m^2)` plus one block.
+        ``"auto"``: the exact model when ``n_centers`` resolves to every point
+        (``"cholesky"`` while the kernel matrix fits ``memory_budget``, else
+        ``"cg"``), the Nystrom model otherwise, solved by ``"nystrom"`` for a
+        ridge grid or while :math:`m \\le 160 (d + 8)`, else by ``"falkon"``.
     solver_params : dict, default=None
-        Options of ``"cg"``: ``tol`` (relative residual; 1e-6 in float64, 1e-4
-        in float32), ``max_iter``
-        (1000) and ``rank`` (1000) of the preconditioner.
+        Options of ``"cg"`` and ``"falkon"``: ``tol`` (relative residual; 1e-6 in
+        float64, 1e-4 in float32) and ``max_iter`` (1000); ``rank`` (1000) of
+        the preconditioner of ``"cg"``.
+    n_centers : int, float or "auto", default="auto"
+        Number of centres of the Nystrom model, drawn uniformly (with
+        ``random_state``) from the training points of each solve: a number, a
+        fraction of the points, or ``"auto"``: every point (the exact model) up
+        to 4,096 points, and <AUTO_RULE> beyond. A number larger than the
+        validation split is clipped to it there. See :ref:`scaling`.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction
         (``"auto"``: CUDA when available). Fitted attributes are NumPy arrays, so
@@ -552,7 +575,9 @@ _RFM_DOC_ATTRIBUTES = """
     dual_coef_ : ndarray of shape (n_samples, n_outputs)
         Dual coefficients :math:`\\alpha` of the final kernel machine.
     centers_ : ndarray of shape (n_samples, n_features)
-        The training points minus ``X_offset_``: the centres of the kernel machine.
+        The centres of the kernel machine, minus ``X_offset_``: the training
+        points, or the ``n_centers`` of them drawn for the Nystrom model (then
+        ``n_samples`` is the number of centres, here and in ``dual_coef_``).
     X_offset_ : ndarray of shape (n_features,)
         Mean of the training points, subtracted from every input (kernels and
         AGOPs are translation invariant; this keeps float32 distances accurate).
@@ -684,6 +709,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         target_coding="pm1",
         solver="auto",
         solver_params=None,
+        n_centers="auto",
         device="auto",
         dtype=None,
         allow_tf32=True,
@@ -710,6 +736,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             refit=refit,
             solver=solver,
             solver_params=solver_params,
+            n_centers=n_centers,
             device=device,
             dtype=dtype,
             allow_tf32=allow_tf32,
@@ -926,6 +953,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         refit="solve",
         solver="auto",
         solver_params=None,
+        n_centers="auto",
         device="auto",
         dtype=None,
         allow_tf32=True,
@@ -952,6 +980,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
             refit=refit,
             solver=solver,
             solver_params=solver_params,
+            n_centers=n_centers,
             device=device,
             dtype=dtype,
             allow_tf32=allow_tf32,

@@ -1165,7 +1165,8 @@ def fit_kernel_machine_path(
         options["tol"] = 1e-6 if X.dtype == torch.float64 else 1e-4
     grid = isinstance(reg, str | tuple | list)
     n = X.shape[0]
-    m = resolve_centers(n_centers, n)
+    exact = solver in ("cholesky", "cg") and n_centers == "auto"
+    m = n if exact else resolve_centers(n_centers, n)
     n_ranks = 1 if comm is None else comm.size
     method, in_memory = choose_method(
         solver,
