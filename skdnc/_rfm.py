@@ -495,8 +495,9 @@ _RFM_DOC_PARAMETERS = """
         Falkon's preconditioner; memory :math:`O(n d + m^2)` plus one block.
         ``"auto"``: the exact model when ``n_centers`` resolves to every point
         (``"cholesky"`` while the kernel matrix fits ``memory_budget``, else
-        ``"cg"``), the Nystrom model otherwise, solved by ``"nystrom"`` for a
-        ridge grid or while :math:`m \\le 160 (d + 8)`, else by ``"falkon"``.
+        ``"cg"``), the Nystrom model otherwise, solved by ``"falkon"`` for one
+        ridge value and by ``"nystrom"`` for a grid (one eigendecomposition
+        instead of one solve per value).
     solver_params : dict, default=None
         Options of ``"cg"`` and ``"falkon"``: ``tol`` (relative residual; 1e-6 in
         float64, 1e-4 in float32) and ``max_iter`` (1000); ``rank`` (1000) of
@@ -505,7 +506,10 @@ _RFM_DOC_PARAMETERS = """
         Number of centres of the Nystrom model, drawn uniformly (with
         ``random_state``) from the training points of each solve: a number, a
         fraction of the points, or ``"auto"``: every point (the exact model) up
-        to 4,096 points, and <AUTO_RULE> beyond. A number larger than the
+        to 2,048 points; beyond, a quarter of the points clipped to [1024, 2048]
+        and at most :math:`2^{26} / n` (``K_nm`` of at most :math:`2^{26}`
+        numbers, 256 MiB in float32): 1,250 centres at 5,000 points, 2,048 from
+        8,192 to 32,768 points, 1,024 from 65,536 points. A number larger than the
         validation split is clipped to it there. See :ref:`scaling`.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction

@@ -739,19 +739,12 @@ def kernel_predict(X, centers, alpha, M, kernel, *, budget, comm=None):
 
 # -- Nystrom-centre kernel machines (Falkon's model) ------------------------------
 
-#: ``n_centers="auto"``: every training point is a centre (the exact model) up to
-#: this many points, and at least this many centres beyond.
-NYSTROM_MIN_POINTS = 4096
-#: ``n_centers="auto"`` past :data:`NYSTROM_MIN_POINTS`: ``m = NYSTROM_CENTERS_PER_ROOT
-#: * sqrt(n)`` centres, at least :data:`NYSTROM_MIN_POINTS` and at most
-#: :data:`NYSTROM_MAX_AUTO_CENTERS`.
-NYSTROM_CENTERS_PER_ROOT = 4
-NYSTROM_MAX_AUTO_CENTERS = 4096
-#: The Nystrom system is solved directly (its ``m x m`` normal matrix formed in
-#: row blocks, ``2 n m^2`` flops) while ``m`` is at most this many times ``d + 8``
-#: (the flops of one recomputed kernel row block per centre and point, per
-#: conjugate-gradient iteration); beyond, by Falkon's preconditioned CG.
-NYSTROM_DIRECT_PER_FEATURE = 160
+#: ``n_centers="auto"``: a quarter of the points, clipped to this range, and at
+#: most ``NYSTROM_ENTRIES / n`` (so that ``K_nm`` holds at most 2^26 numbers,
+#: 256 MiB in float32, and stays in memory as one block); every point (the exact
+#: model) up to ``NYSTROM_CENTERS_RANGE[1]`` points.
+NYSTROM_CENTERS_RANGE = (1024, 2048)
+NYSTROM_ENTRIES = 2**26
 
 
 def resolve_centers(n_centers, n):
@@ -761,9 +754,10 @@ def resolve_centers(n_centers, n):
     ----------
     n_centers : int, float in (0, 1] or "auto"
         A number of centres (at most ``n``), a fraction of ``n``, or ``"auto"``:
-        ``n`` up to :data:`NYSTROM_MIN_POINTS` points (the exact model), then
-        ``4 sqrt(n)`` clipped to ``[4096, 4096]``... see
-        :data:`NYSTROM_CENTERS_PER_ROOT`.
+        ``n`` up to 2,048 points (the exact model); beyond, ``n / 4`` clipped to
+        [1024, 2048] and at most ``2^26 / n`` (``K_nm`` of at most 2^26
+        numbers): 1,250 centres at 5,000 points, 2,048 from 8,192 to 32,768
+        points, 1,024 from 65,536 points.
     n : int
 
     Returns
@@ -782,6 +776,8 @@ def resolve_centers(n_centers, n):
     >>> from skdnc._solvers import resolve_centers
     >>> [resolve_centers(c, 1000) for c in ("auto", 0.5, 10)]
     [1000, 500, 10]
+    >>> [resolve_centers("auto", n) for n in (1000, 5000, 20_000, 10**6)]
+    [1000, 1250, 2048, 1024]
     """
     if isinstance(n_centers, str):
         if n_centers != "auto":
@@ -789,10 +785,10 @@ def resolve_centers(n_centers, n):
                 f"n_centers must be a positive int, a fraction in (0, 1] or 'auto'; "
                 f"got {n_centers!r}."
             )
-        if n <= NYSTROM_MIN_POINTS:
+        low, high = NYSTROM_CENTERS_RANGE
+        if n <= high:
             return n
-        m = NYSTROM_CENTERS_PER_ROOT * math.isqrt(n)
-        return min(n, max(NYSTROM_MIN_POINTS, min(NYSTROM_MAX_AUTO_CENTERS, m)))
+        return max(low, min(high, n // 4, NYSTROM_ENTRIES // n))
     if isinstance(n_centers, bool) or not isinstance(n_centers, Real):
         raise ValueError(
             f"n_centers must be a positive int, a fraction in (0, 1] or 'auto'; got "
@@ -816,7 +812,6 @@ def choose_method(
     solver,
     n,
     m,
-    n_features,
     itemsize,
     budget,
     rank=SOLVER_PARAMS["rank"],
@@ -831,7 +826,6 @@ def choose_method(
     solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}
     n, m : int
         Training points and centres (``m = n``: every point is a centre).
-    n_features : int
     itemsize : int
         Bytes per number of the computation.
     budget : int
@@ -847,10 +841,10 @@ def choose_method(
     method : {"cholesky", "cg", "nystrom", "falkon"}
         ``"auto"`` takes the exact model when ``m = n`` (``"cholesky"`` while
         the kernel matrix fits the budget, else ``"cg"``, see
-        :func:`choose_solver`), and the Nystrom model otherwise: ``"nystrom"``
-        (the ``m x m`` system formed and solved directly) for a grid of ridge
-        values or while ``m <= NYSTROM_DIRECT_PER_FEATURE * (d + 8)``, else
-        ``"falkon"`` (preconditioned conjugate gradients).
+        :func:`choose_solver`), and the Nystrom model otherwise: ``"falkon"``
+        (preconditioned conjugate gradients) for one ridge value, ``"nystrom"``
+        (the ``m x m`` normal matrix formed in float64 and solved directly, every
+        value from one eigendecomposition) for a grid.
     in_memory : bool
         ``"cg"``: the kernel matrix is held; ``"falkon"``: this rank's rows of
         ``K_nm`` are held (when they fit half the budget). ``False`` for the
@@ -867,7 +861,7 @@ def choose_method(
             )
         return choose_solver(solver, n, itemsize, budget, rank, n_ranks=n_ranks)
     small = 4 * m * m * 8  # K_mm, its factor, the normal matrix and a product
-    block = 2 * m * itemsize * 256
+    block = 2 * m * itemsize * 16  # blocks of at least 16 rows
     if small + block > budget:
         raise ValueError(
             f"The Nystrom system of {m} centres needs {_gib(small + block)}, more "
@@ -875,8 +869,7 @@ def choose_method(
             "GiB) or lower n_centers."
         )
     if solver == "auto":
-        direct = grid or m <= NYSTROM_DIRECT_PER_FEATURE * (n_features + 8)
-        solver = "nystrom" if direct else "falkon"
+        solver = "nystrom" if grid else "falkon"
     if solver == "nystrom":
         return "nystrom", False
     held = -(-n // n_ranks) * m * itemsize
@@ -947,14 +940,19 @@ def _all_reduce(comm, *tensors):
 
 def nystrom_normal_equations(rows, Y, comm=None):
     """``G = K_nm^T K_nm`` and ``R = K_nm^T Y`` in float64, from the row blocks
-    of ``rows`` (each block's products in the working precision, summed in
-    float64) and, on a process group, one all-reduce."""
+    of ``rows`` and, on a process group, one all-reduce.
+
+    The kernel rows are computed in the working precision and multiplied in
+    float64: ``G`` has about the square of the condition number of ``K_nm``, and
+    float32 products left it indefinite by far more than the ridge (HIGGS-like
+    data, 100,000 points, 2,048 centres)."""
     m = rows.C.shape[0]
     G = torch.zeros(m, m, dtype=torch.float64, device=Y.device)
     R = torch.zeros(m, Y.shape[1], dtype=torch.float64, device=Y.device)
     for block, K in rows.blocks():
-        G += (K.T @ K).double()
-        R += (K.T @ Y[block]).double()
+        K = K.double()
+        G.addmm_(K.T, K)
+        R.addmm_(K.T, Y[block].double())
     return _all_reduce(comm, G, R)
 
 
@@ -1051,7 +1049,7 @@ def _nystrom_solve(
         A = torch.linalg.solve_triangular(L, A.T.contiguous(), upper=False)
         A = (A + A.T) / 2
         b = torch.linalg.solve_triangular(L, R, upper=False)
-        if grid:
+        if len(regs) >= EIGH_MIN_VALUES:  # the rule of ridge_path_method
             Z = ridge_path_solve(A, b, regs)
         else:
             Z = torch.stack(
@@ -1172,7 +1170,6 @@ def fit_kernel_machine_path(
         solver,
         n,
         m,
-        X.shape[1],
         X.element_size(),
         budget,
         options["rank"],
