@@ -350,8 +350,9 @@ class _BaseRFM(BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features), default=None
-            Points at which the gradients are taken. ``None`` uses the training
-            points, with each point's own centre left out of its gradient (where a
+            Points at which the gradients are taken. ``None`` uses the centres
+            ``centers_`` (the training points, unless ``n_centers`` chose fewer),
+            with each point's own centre left out of its gradient (where a
             Laplace kernel's gradient is not defined), as in :meth:`fit`.
 
         Returns
@@ -425,7 +426,11 @@ _RFM_DOC_PARAMETERS = """
         at a time, because on CPU cores an eigendecomposition costs as much as
         a few dozen Cholesky solves. With ``solver="cg"`` (or ``"auto"`` resolving
         to it) every value is one conjugate-gradient solve: about ``len(grid)``
-        times the time of a fixed ``reg``. Without a validation split
+        times the time of a fixed ``reg``. The Nystrom model (``n_centers``
+        fewer than the points) forms its ``m x m`` normal matrix once for the
+        whole grid, so that every value costs a Cholesky factorisation of an
+        ``m x m`` matrix (one eigendecomposition for 24 values or more) instead
+        of a solve of the whole system. Without a validation split
         (``validation_fraction=0``, or too few samples for one) the grid's value
         nearest to 1e-3 is used.<NOTE>
     max_iter : int, default=5
@@ -491,7 +496,8 @@ _RFM_DOC_PARAMETERS = """
         :math:`\\lambda n = \\mu`, so that ``n_centers`` equal to the number of
         points gives the exact model): ``"nystrom"`` forms the ``m x m`` normal
         matrix in row blocks and solves it directly (every value of a ridge grid
-        from one eigendecomposition), ``"falkon"`` runs conjugate gradients with
+        from the normal matrix formed once), ``"falkon"`` runs conjugate
+        gradients with
         Falkon's preconditioner; memory :math:`O(n d + m^2)` plus one block.
         ``"auto"``: the exact model when ``n_centers`` resolves to every point
         (``"cholesky"`` while the kernel matrix fits ``memory_budget``, else

@@ -843,8 +843,8 @@ def choose_method(
         the kernel matrix fits the budget, else ``"cg"``, see
         :func:`choose_solver`), and the Nystrom model otherwise: ``"falkon"``
         (preconditioned conjugate gradients) for one ridge value, ``"nystrom"``
-        (the ``m x m`` normal matrix formed in float64 and solved directly, every
-        value from one eigendecomposition) for a grid.
+        (the ``m x m`` normal matrix formed once in float64 and solved directly
+        for every value) for a grid.
     in_memory : bool
         ``"cg"``: the kernel matrix is held; ``"falkon"``: this rank's rows of
         ``K_nm`` are held (when they fit half the budget). ``False`` for the
@@ -1134,8 +1134,10 @@ def fit_kernel_machine_path(
     exact ``(K + reg I)^{-1} Y``. The method follows :func:`choose_method`.
     The direct Nystrom solve forms ``G = K_nm^T K_nm`` in row blocks (memory
     ``O(n d + m^2 + block)``), factors ``K_mm = L L^T`` and solves every ridge
-    value from one eigendecomposition of ``L^{-1} G L^{-T}`` (one Cholesky for a
-    single value); ``"falkon"`` runs conjugate gradients with Falkon's
+    value ``mu`` from ``A = L^{-1} G L^{-T}``: ``(A + mu I) L^T beta = L^{-1} R``,
+    one ``m x m`` Cholesky per value, or one eigendecomposition of ``A`` for
+    :data:`EIGH_MIN_VALUES` values or more (the rule of
+    :func:`ridge_path_method`); ``"falkon"`` runs conjugate gradients with Falkon's
     preconditioner (:func:`falkon_preconditioner`), ``K_nm`` held when it fits
     half the budget and recomputed in row blocks otherwise.
 
