@@ -199,7 +199,7 @@ def _kmeanspp(Xtr, ytr, Xte, task, n_centers):
             Xt, X[idx], beta, None, Kernel("laplace", 10.0), budget=GIB
         )
         out[how] = {
-            "accuracy": float(((pred[:, 0] > 0.5).numpy() == yte_global).mean()),
+            "accuracy": float(((pred[:, 0] > 0).numpy() == yte_global).mean()),
             "seconds": time.perf_counter() - tic,
         }
     return None, out
