@@ -325,11 +325,11 @@ def _extra_memory(n, m, budget_gib):
 @pytest.mark.slow
 def test_memory_grows_with_the_data_not_with_k_nm():
     """Peak RSS of a Falkon fit at n = 5,000 and 40,000 with 800 centres and a
-    32 MiB budget (20 MiB of it the m x m matrices). From one n to the other the n x d data (0.6 MiB per 10,000
-    rows in float64) grow by 2.1 MiB, copies included a few times that; the
-    guarded object, K_nm, would grow by 214 MiB. The growth is bounded by 8
-    copies of the data's growth plus one block and 24 MiB of slack (allocator,
-    threads)."""
+    32 MiB budget (20 MiB of it the m x m matrices). From one n to the other
+    the n x d data (0.6 MiB per 10,000 rows in float64) grow by 2.1 MiB, copies
+    included a few times that; the guarded object, K_nm, would grow by
+    214 MiB. The growth is bounded by 8 copies of the data's growth plus one
+    budget and 24 MiB of slack (allocator, threads)."""
     m, budget = 800, 32 * MiB
     n1, n2 = 5_000, 40_000
     data_growth = (n2 - n1) * 8 * 8
