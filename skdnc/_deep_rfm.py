@@ -46,7 +46,7 @@ from skdnc._feature_maps import (
 from skdnc._kernels import Kernel
 from skdnc._linalg import psd_power
 from skdnc._rfm_core import KERNEL_MACHINE_CONSTRAINTS, agop_step, class_targets
-from skdnc._solvers import fit_kernel_regression
+from skdnc._solvers import fit_kernel_machine, resolve_centers
 from skdnc.metrics._collapse import (
     STAGES,
     _gram_label_correlation,
@@ -154,10 +154,13 @@ class DeepRFMTransformer(
         Deep RFM fitted inside a cross-validated pipeline pays for its history
         on every fold); when False their entries are NaN. ``python -m skdnc``
         turns it on.
-    solver : {"auto", "cholesky", "cg"}, default="auto"
-        Linear solver of the kernel machines (see :class:`RFMClassifier`).
+    solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}, default="auto"
+        Solver of the kernel machines (see :class:`RFMClassifier`).
     solver_params : dict, default=None
-        Options of the ``"cg"`` solver.
+        Options of the ``"cg"`` and ``"falkon"`` solvers.
+    n_centers : int, float or "auto", default="auto"
+        Centres of each layer's kernel machine (see :class:`RFMClassifier`):
+        every point up to 2,048 points, a Nystrom model beyond.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs (``"auto"``: CUDA when available).
     dtype : {"float64", "float32"} or None, default=None
@@ -317,6 +320,7 @@ class DeepRFMTransformer(
         record_readout=False,
         solver="auto",
         solver_params=None,
+        n_centers="auto",
         device="auto",
         dtype=None,
         allow_tf32=True,
@@ -343,6 +347,7 @@ class DeepRFMTransformer(
         self.record_readout = record_readout
         self.solver = solver
         self.solver_params = solver_params
+        self.n_centers = n_centers
         self.device = device
         self.dtype = dtype
         self.allow_tf32 = allow_tf32
@@ -366,12 +371,13 @@ class DeepRFMTransformer(
         }
         M = None
         for _ in range(int(self.n_agop_steps)):
-            alpha = fit_kernel_regression(
+            centres, alpha = fit_kernel_machine(
                 X,
                 Y,
                 M,
                 kernel,
                 float(self.reg),
+                n_centers=self.n_centers,
                 solver=self.solver,
                 budget=budget,
                 solver_params=self.solver_params,
@@ -380,7 +386,14 @@ class DeepRFMTransformer(
                 comm=comm,
             )
             M = agop_step(
-                X, alpha, M, kernel, params=params, budget=budget, generator=generator
+                X,
+                alpha,
+                M,
+                kernel,
+                params=params,
+                budget=budget,
+                generator=generator,
+                centres=centres,
             )
             del alpha
         return M
@@ -431,6 +444,7 @@ class DeepRFMTransformer(
             record = _MetricsRecorder(y_index, readout=bool(self.record_readout))
         if comm is not None:
             comm.check_same("X and y", X, y_index)
+        resolve_centers(self.n_centers, X.shape[0])  # a clear error before any work
 
         Xl = to_tensor(X, device, dtype)
         powers, weights, offsets = [], [], []

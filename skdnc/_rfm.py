@@ -34,7 +34,7 @@ from skdnc._rfm_core import (
     refit_rounds,
     rfm_rounds,
 )
-from skdnc._solvers import REG_GRID, check_reg, kernel_predict
+from skdnc._solvers import REG_GRID, check_reg, kernel_predict, resolve_centers
 
 #: Without a validation split (validation_fraction=0, or too few samples for
 #: one), a grid of ridge values falls back to its value nearest to this one on a
@@ -141,6 +141,7 @@ class _BaseRFM(BaseEstimator):
         refit="solve",
         solver="auto",
         solver_params=None,
+        n_centers="auto",
         device="auto",
         dtype=None,
         allow_tf32=True,
@@ -166,6 +167,7 @@ class _BaseRFM(BaseEstimator):
         self.refit = refit
         self.solver = solver
         self.solver_params = solver_params
+        self.n_centers = n_centers
         self.device = device
         self.dtype = dtype
         self.allow_tf32 = allow_tf32
@@ -209,6 +211,7 @@ class _BaseRFM(BaseEstimator):
             "centering": bool(self.centering),
             "solver": self.solver,
             "solver_params": self.solver_params,
+            "n_centers": self.n_centers,
             "allow_tf32": bool(self.allow_tf32),
         }
 
@@ -238,6 +241,7 @@ class _BaseRFM(BaseEstimator):
         y_scale = target_scale(Y_np, np_dtype, exact=self.agop_normalization is None)
         Y_np = Y_np / y_scale
         n, d = X.shape
+        resolve_centers(self.n_centers, n)  # a clear error before any work
         # Kernels and AGOPs are translation invariant; centring the data makes the
         # quadratic-form distances far more accurate in float32.
         self.X_offset_ = X.mean(axis=0, dtype=np.float64).astype(np_dtype)
@@ -344,8 +348,9 @@ class _BaseRFM(BaseEstimator):
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
         self.M_ = to_numpy(M)
+        centres = final_path[-1]["centers"]
         self.dual_coef_ = to_numpy(alpha) * np_dtype(y_scale)
-        self.centers_ = to_numpy(Xt)
+        self.centers_ = to_numpy(Xt if centres is None else Xt[centres])
         self.n_iter_ = n_rounds
         self.history_ = history
         self.validation_curve_ = curve
@@ -406,8 +411,9 @@ class _BaseRFM(BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features), default=None
-            Points at which the gradients are taken. ``None`` uses the training
-            points, with each point's own centre left out of its gradient (where a
+            Points at which the gradients are taken. ``None`` uses the centres
+            ``centers_`` (the training points, unless ``n_centers`` chose fewer),
+            with each point's own centre left out of its gradient (where a
             Laplace kernel's gradient is not defined), as in :meth:`fit`.
 
         Returns
@@ -481,7 +487,11 @@ _RFM_DOC_PARAMETERS = """
         at a time, because on CPU cores an eigendecomposition costs as much as
         a few dozen Cholesky solves. With ``solver="cg"`` (or ``"auto"`` resolving
         to it) every value is one conjugate-gradient solve: about ``len(grid)``
-        times the time of a fixed ``reg``. Without a validation split
+        times the time of a fixed ``reg``. The Nystrom model (``n_centers``
+        fewer than the points) forms its ``m x m`` normal matrix once for the
+        whole grid, so that every value costs a Cholesky factorisation of an
+        ``m x m`` matrix (one eigendecomposition for 24 values or more) instead
+        of a solve of the whole system. Without a validation split
         (``validation_fraction=0``, or too few samples for one) the grid's value
         nearest to 1e-3 is used.<NOTE>
     max_iter : int, default=5
@@ -535,16 +545,39 @@ _RFM_DOC_PARAMETERS = """
         time: ``M`` learned on 80% of the data is as good a metric as one learned
         on all of it, while the solve on all the data keeps every training point
         as a centre.
-    solver : {"auto", "cholesky", "cg"}, default="auto"
-        Linear solver of the kernel ridge system. ``"cholesky"`` is exact (the
-        kernel matrix is factored in place); ``"cg"`` is conjugate gradients with
-        a Nystrom preconditioner, which keeps the kernel matrix in memory when it
-        fits and recomputes it in row blocks when it does not. ``"auto"`` uses
-        the exact solve while the kernel matrix fits ``memory_budget``.
+    solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}, default="auto"
+        Solver of the kernel machine. Two models: the exact one, with every
+        training point a centre, solves :math:`(K + \\mu I)\\alpha = Y` by
+        ``"cholesky"`` (the kernel matrix factored in place) or ``"cg"``
+        (conjugate gradients with a Nystrom preconditioner, the kernel matrix
+        held when it fits and recomputed in row blocks when it does not). The
+        Nystrom model :math:`f(x) = k_M(x, C)\\beta` over ``n_centers`` centres
+        ``C`` solves Falkon's system :math:`(K_{nm}^\\top K_{nm} + \\mu K_{mm})
+        \\beta = K_{nm}^\\top Y` (Rudi et al., 2017, with their
+        :math:`\\lambda n = \\mu`, so that ``n_centers`` equal to the number of
+        points gives the exact model): ``"nystrom"`` forms the ``m x m`` normal
+        matrix in row blocks and solves it directly (every value of a ridge grid
+        from the normal matrix formed once), ``"falkon"`` runs conjugate
+        gradients with
+        Falkon's preconditioner; memory :math:`O(n d + m^2)` plus one block.
+        ``"auto"``: the exact model when ``n_centers`` resolves to every point
+        (``"cholesky"`` while the kernel matrix fits ``memory_budget``, else
+        ``"cg"``), the Nystrom model otherwise, solved by ``"falkon"`` for one
+        ridge value and by ``"nystrom"`` for a grid (one eigendecomposition
+        instead of one solve per value).
     solver_params : dict, default=None
-        Options of ``"cg"``: ``tol`` (relative residual; 1e-6 in float64, 1e-4
-        in float32), ``max_iter``
-        (1000) and ``rank`` (1000) of the preconditioner.
+        Options of ``"cg"`` and ``"falkon"``: ``tol`` (relative residual; 1e-6 in
+        float64, 1e-4 in float32) and ``max_iter`` (1000); ``rank`` (1000) of
+        the preconditioner of ``"cg"``.
+    n_centers : int, float or "auto", default="auto"
+        Number of centres of the Nystrom model, drawn uniformly (with
+        ``random_state``) from the training points of each solve: a number, a
+        fraction of the points, or ``"auto"``: every point (the exact model) up
+        to 2,048 points; beyond, a quarter of the points clipped to [1024, 2048]
+        and at most :math:`2^{26} / n` (``K_nm`` of at most :math:`2^{26}`
+        numbers, 256 MiB in float32): 1,250 centres at 5,000 points, 2,048 from
+        8,192 to 32,768 points, 1,024 from 65,536 points. A number larger than the
+        validation split is clipped to it there. See :ref:`scaling`.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction
         (``"auto"``: CUDA when available). Fitted attributes are NumPy arrays, so
@@ -618,7 +651,9 @@ _RFM_DOC_ATTRIBUTES = """
     dual_coef_ : ndarray of shape (n_samples, n_outputs)
         Dual coefficients :math:`\\alpha` of the final kernel machine.
     centers_ : ndarray of shape (n_samples, n_features)
-        The training points minus ``X_offset_``: the centres of the kernel machine.
+        The centres of the kernel machine, minus ``X_offset_``: the training
+        points, or the ``n_centers`` of them drawn for the Nystrom model (then
+        ``n_samples`` is the number of centres, here and in ``dual_coef_``).
     X_offset_ : ndarray of shape (n_features,)
         Mean of the training points, subtracted from every input (kernels and
         AGOPs are translation invariant; this keeps float32 distances accurate).
@@ -750,6 +785,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         target_coding="pm1",
         solver="auto",
         solver_params=None,
+        n_centers="auto",
         device="auto",
         dtype=None,
         allow_tf32=True,
@@ -776,6 +812,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             refit=refit,
             solver=solver,
             solver_params=solver_params,
+            n_centers=n_centers,
             device=device,
             dtype=dtype,
             allow_tf32=allow_tf32,
@@ -993,6 +1030,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         refit="solve",
         solver="auto",
         solver_params=None,
+        n_centers="auto",
         device="auto",
         dtype=None,
         allow_tf32=True,
@@ -1019,6 +1057,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
             refit=refit,
             solver=solver,
             solver_params=solver_params,
+            n_centers=n_centers,
             device=device,
             dtype=dtype,
             allow_tf32=allow_tf32,

@@ -20,12 +20,7 @@ from skdnc._backend import block_rows
 from skdnc._base import DEVICE_CONSTRAINT
 from skdnc._kernels import KERNELS
 from skdnc._linalg import psd_power, psd_powers
-from skdnc._solvers import (
-    SOLVERS,
-    fit_kernel_regression,
-    fit_kernel_regression_path,
-    kernel_predict,
-)
+from skdnc._solvers import SOLVERS, fit_kernel_machine_path, kernel_predict
 
 #: ``_parameter_constraints`` of the parameters every kernel machine of skdnc has
 #: (RFMClassifier, RFMRegressor and each layer of DeepRFMTransformer).
@@ -42,6 +37,11 @@ KERNEL_MACHINE_CONSTRAINTS = {
     "agop_normalization": [StrOptions({"max", "trace"}), None],
     "agop_power": [Interval(Real, 0, None, closed="neither")],
     "solver": [StrOptions(set(SOLVERS))],
+    "n_centers": [
+        Interval(Integral, 1, None, closed="left"),
+        Interval(Real, 0, 1, closed="right"),
+        StrOptions({"auto"}),
+    ],
     "solver_params": [dict, None],
     "device": DEVICE_CONSTRAINT,
     "dtype": [StrOptions({"float32", "float64"}), None],
@@ -89,42 +89,57 @@ def class_targets(y_index, n_classes, coding="pm1", *, binary_column=False):
     return Y
 
 
-def _sampled_agop(X, alpha, M, kernel, *, params, budget, generator):
-    """The AGOP of ``f(x) = k_M(x, X) @ alpha`` at a random subset of the training
+def _sampled_agop(X, alpha, M, kernel, *, params, budget, generator, centres=None):
+    """The AGOP of ``f(x) = k_M(x, C) @ alpha`` at a random subset of the training
     points (``params["agop_samples"]``, each point's own centre dropped), not yet
-    normalised."""
+    normalised. The centres ``C`` are ``X[centres]`` (sorted indices), or all of
+    ``X`` when ``centres`` is ``None``."""
     n = X.shape[0]
     idx = sample_points(n, params["agop_samples"], generator, X.shape[1])
     idx = idx.to(X.device)
+    if centres is None:
+        C, self_index = X, idx
+    else:  # the position of each sampled point among the centres, or -1
+        C = X[centres]
+        pos = torch.searchsorted(centres, idx).clamp_(max=len(centres) - 1)
+        self_index = torch.where(centres[pos] == idx, pos, -1)
     return kernel_agop(
         X[idx],
-        X,
+        C,
         alpha,
         M,
         kernel,
-        self_index=idx,
+        self_index=self_index,
         centering=params["centering"],
         diag=params["diag"],
-        block_size=block_rows(n, X.element_size(), budget, n_buffers=3),
+        block_size=block_rows(len(C), X.element_size(), budget, n_buffers=3),
         allow_tf32=params.get("allow_tf32", False),
         comm=params.get("comm"),
     )
 
 
-def agop_step(X, alpha, M, kernel, *, params, budget, generator):
+def agop_step(X, alpha, M, kernel, *, params, budget, generator, centres=None):
     """One feature-learning step: the next metric from a fitted kernel machine.
 
-    The AGOP of ``f(x) = k_M(x, X) @ alpha`` at a random subset of the training
-    points (``params["agop_samples"]``, self-pairs dropped), normalised by
-    ``params["agop_normalization"]`` and raised to ``params["agop_power"]``.
-    A zero AGOP (a constant predictor) leaves ``M`` as it is.
+    The AGOP of ``f(x) = k_M(x, C) @ alpha`` (``C = X[centres]``, or ``X``) at a
+    random subset of the training points (``params["agop_samples"]``, self-pairs
+    dropped), normalised by ``params["agop_normalization"]`` and raised to
+    ``params["agop_power"]``. A zero AGOP (a constant predictor) leaves ``M`` as
+    it is.
 
     Returns
     -------
     M : torch.Tensor of shape (d, d), or (d,) when ``params["diag"]``
     """
     A = _sampled_agop(
-        X, alpha, M, kernel, params=params, budget=budget, generator=generator
+        X,
+        alpha,
+        M,
+        kernel,
+        params=params,
+        budget=budget,
+        generator=generator,
+        centres=centres,
     )
     A = normalize_agop(A, params["agop_normalization"])
     if torch.count_nonzero(A) == 0:
@@ -142,7 +157,7 @@ def apply_root(X, S):
     return X * S if S.ndim == 1 else X @ S
 
 
-def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator):
+def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator, centres=None):
     """:func:`agop_step` in the coordinates ``XS = X S`` of the current metric.
 
     With ``M = S S``, the gradient of ``f(x) = \\sum_j a_j k(S x, S x_j)`` is
@@ -153,7 +168,14 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator):
     zero (a constant predictor: the metric stays).
     """
     G = _sampled_agop(
-        XS, alpha, None, kernel, params=params, budget=budget, generator=generator
+        XS,
+        alpha,
+        None,
+        kernel,
+        params=params,
+        budget=budget,
+        generator=generator,
+        centres=centres,
     )
     if S is not None:
         G = G * S * S if S.ndim == 1 else S @ G @ S
@@ -240,7 +262,9 @@ def rfm_rounds(
     params : dict
         ``reg`` (a float, ``"auto"`` or a tuple of floats; a grid needs
         ``evaluate``), ``diag``, ``agop_samples``, ``agop_normalization``,
-        ``agop_power``, ``centering``, ``solver``, ``solver_params`` and
+        ``agop_power``, ``centering``, ``solver``, ``solver_params``,
+        optionally ``n_centers`` (see :func:`~skdnc._solvers.resolve_centers`;
+        default ``"auto"``) and
         optionally ``allow_tf32`` (TF32 for the AGOP's gradient products on CUDA)
         and ``comm`` (a :class:`skdnc._distributed.Comm` that splits the solves,
         AGOPs and predictions over a process group).
@@ -269,14 +293,17 @@ def rfm_rounds(
     path : list, optional
         Receives one dict per solve: ``kernel`` (with its resolved bandwidth),
         ``regs`` (the ridge values solved), ``scores`` (``evaluate``'s value for
-        each, or ``None``) and ``reg`` (the value chosen).
+        each, or ``None``), ``reg`` (the value chosen) and ``centers`` (the
+        indices in ``X`` of the solve's Nystrom centres, or ``None`` when every
+        point is a centre).
 
     Returns
     -------
     M : torch.Tensor or None
         The metric of the last solve.
-    alpha : torch.Tensor of shape (n, K)
-        Its dual coefficients.
+    alpha : torch.Tensor of shape (m, K)
+        Its dual coefficients, over the centres of the last ``path`` entry
+        (every point, ``m = n``, unless ``params["n_centers"]`` asks for fewer).
     scores : list of tuple
         ``evaluate``'s values, one per solve (the best over the ridge values;
         empty without ``evaluate``).
@@ -290,7 +317,11 @@ def rfm_rounds(
         )
     S = psd_power(M, 0.5) if M is not None and root is None else root
     scores = []
+    n_centers = params.get("n_centers", "auto")
+    if isinstance(n_centers, Integral):  # a split may have fewer points
+        n_centers = min(int(n_centers), X.shape[0])
     solve = {
+        "n_centers": n_centers,
         "solver": params["solver"],
         "budget": budget,
         "solver_params": params["solver_params"],
@@ -304,26 +335,22 @@ def rfm_rounds(
             metrics.append((M, S))
         XS = apply_root(X, S)
         round_kernel = kernel.at_scale(XS)
-        if grid:
-            regs, alphas = fit_kernel_regression_path(
-                XS, Y, None, round_kernel, reg, **solve
-            )
-        else:
-            regs = (float(reg),)
-            alphas = fit_kernel_regression(XS, Y, None, round_kernel, reg, **solve)
-            alphas = alphas[None]
+        regs, centres, alphas = fit_kernel_machine_path(
+            XS, Y, None, round_kernel, reg if grid else float(reg), **solve
+        )
+        CS = XS if centres is None else XS[centres]
         stop = t == n_rounds
         best, round_scores = 0, None
         if evaluate is not None:
             cache = {}
 
-            def predict_all(Z, S=S, XS=XS, alphas=alphas, kernel=round_kernel):
+            def predict_all(Z, S=S, CS=CS, alphas=alphas, kernel=round_kernel):
                 if cache.get("Z") is not Z:
                     G, n, K = alphas.shape
                     flat = alphas.permute(1, 0, 2).reshape(n, G * K)
                     F = kernel_predict(
                         apply_root(Z, S),
-                        XS,
+                        CS,
                         flat,
                         None,
                         kernel,
@@ -349,6 +376,7 @@ def rfm_rounds(
                     "regs": regs,
                     "scores": round_scores,
                     "reg": regs[best],
+                    "centers": centres,
                 }
             )
         if not stop:
@@ -360,10 +388,11 @@ def rfm_rounds(
                 params=params,
                 budget=budget,
                 generator=generator,
+                centres=centres,
             )
             if step is not None:
                 M, S = step
-        del XS
+        del XS, CS
         if log is not None:
             score = f", validation score {scores[-1][0]:.4f}" if scores else ""
             ridge = f", reg {regs[best]:g}" if len(regs) > 1 else ""
@@ -417,7 +446,8 @@ def refit_rounds(
     Returns
     -------
     M : torch.Tensor or None
-    alpha : torch.Tensor of shape (n, K)
+    alpha : torch.Tensor of shape (m, K)
+        Over the centres of the last ``path`` entry.
     """
     if policy not in REFIT_POLICIES:
         raise ValueError(f"refit must be one of {REFIT_POLICIES}; got {policy!r}.")

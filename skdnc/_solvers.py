@@ -28,7 +28,7 @@ the memory budget, or the solver is ``"cg"``, it solves one value at a time
 import math
 import time
 import warnings
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from skdnc._kernels import (
 )
 from skdnc._linalg import psd_eigh
 
-SOLVERS = ("auto", "cholesky", "cg")
+SOLVERS = ("auto", "cholesky", "cg", "nystrom", "falkon")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
 
 #: ``reg="auto"``: the half-decades from 1e-3 (close to interpolation, right for
@@ -735,3 +735,491 @@ def kernel_predict(X, centers, alpha, M, kernel, *, budget, comm=None):
     for block in iter_row_blocks(X.shape[0], rows):
         out[block] = kernel_matrix(X[block], centers, M, kernel) @ alpha
     return out if comm is None else comm.gather_rows(out, n_points)
+
+
+# -- Nystrom-centre kernel machines (Falkon's model) ------------------------------
+
+#: ``n_centers="auto"``: a quarter of the points, clipped to this range, and at
+#: most ``NYSTROM_ENTRIES / n`` (so that ``K_nm`` holds at most 2^26 numbers,
+#: 256 MiB in float32, and stays in memory as one block); every point (the exact
+#: model) up to ``NYSTROM_CENTERS_RANGE[1]`` points.
+NYSTROM_CENTERS_RANGE = (1024, 2048)
+NYSTROM_ENTRIES = 2**26
+
+
+def resolve_centers(n_centers, n):
+    """The number of Nystrom centres ``m`` of ``n_centers`` for ``n`` points.
+
+    Parameters
+    ----------
+    n_centers : int, float in (0, 1] or "auto"
+        A number of centres (at most ``n``), a fraction of ``n``, or ``"auto"``:
+        ``n`` up to 2,048 points (the exact model); beyond, ``n / 4`` clipped to
+        [1024, 2048] and at most ``2^26 / n`` (``K_nm`` of at most 2^26
+        numbers): 1,250 centres at 5,000 points, 2,048 from 8,192 to 32,768
+        points, 1,024 from 65,536 points.
+    n : int
+
+    Returns
+    -------
+    m : int
+        Between 1 and ``n``.
+
+    Raises
+    ------
+    ValueError
+        For 0, a negative number, more centres than points, NaN, a fraction
+        outside (0, 1] or a string other than ``"auto"``.
+
+    Examples
+    --------
+    >>> from skdnc._solvers import resolve_centers
+    >>> [resolve_centers(c, 1000) for c in ("auto", 0.5, 10)]
+    [1000, 500, 10]
+    >>> [resolve_centers("auto", n) for n in (1000, 5000, 20_000, 10**6)]
+    [1000, 1250, 2048, 1024]
+    """
+    if isinstance(n_centers, str):
+        if n_centers != "auto":
+            raise ValueError(
+                f"n_centers must be a positive int, a fraction in (0, 1] or 'auto'; "
+                f"got {n_centers!r}."
+            )
+        low, high = NYSTROM_CENTERS_RANGE
+        if n <= high:
+            return n
+        return max(low, min(high, n // 4, NYSTROM_ENTRIES // n))
+    if isinstance(n_centers, bool) or not isinstance(n_centers, Real):
+        raise ValueError(
+            f"n_centers must be a positive int, a fraction in (0, 1] or 'auto'; got "
+            f"{n_centers!r}."
+        )
+    if isinstance(n_centers, Integral):
+        if n_centers < 1 or n_centers > n:
+            raise ValueError(
+                f"n_centers={n_centers} must be between 1 and the {n} training "
+                "points (or a fraction in (0, 1], or 'auto')."
+            )
+        return int(n_centers)
+    if not (0 < n_centers <= 1):  # also NaN
+        raise ValueError(
+            f"n_centers as a fraction must be in (0, 1]; got {n_centers!r}."
+        )
+    return max(1, min(n, int(round(float(n_centers) * n))))
+
+
+def choose_method(
+    solver,
+    n,
+    m,
+    itemsize,
+    budget,
+    rank=SOLVER_PARAMS["rank"],
+    *,
+    grid=False,
+    n_ranks=1,
+):
+    """Resolve ``solver`` for ``n`` points and ``m`` centres: the rule, in one place.
+
+    Parameters
+    ----------
+    solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}
+    n, m : int
+        Training points and centres (``m = n``: every point is a centre).
+    itemsize : int
+        Bytes per number of the computation.
+    budget : int
+        Memory budget in bytes.
+    rank : int
+        Rank of the Nystrom preconditioner of ``"cg"``.
+    grid : bool, default=False
+        Whether a grid of ridge values is solved.
+    n_ranks : int, default=1
+
+    Returns
+    -------
+    method : {"cholesky", "cg", "nystrom", "falkon"}
+        ``"auto"`` takes the exact model when ``m = n`` (``"cholesky"`` while
+        the kernel matrix fits the budget, else ``"cg"``, see
+        :func:`choose_solver`), and the Nystrom model otherwise: ``"falkon"``
+        (preconditioned conjugate gradients) for one ridge value, ``"nystrom"``
+        (the ``m x m`` normal matrix formed once in float64 and solved directly
+        for every value) for a grid.
+    in_memory : bool
+        ``"cg"``: the kernel matrix is held; ``"falkon"``: this rank's rows of
+        ``K_nm`` are held (when they fit half the budget). ``False`` for the
+        direct solves.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
+    if solver in ("cholesky", "cg") or (solver == "auto" and m >= n):
+        if m < n:
+            raise ValueError(
+                f"solver={solver!r} solves the exact model, with every one of the "
+                f"{n} training points a centre, but n_centers asks for {m}. Use "
+                "solver='auto', 'nystrom' or 'falkon', or n_centers='auto'."
+            )
+        return choose_solver(solver, n, itemsize, budget, rank, n_ranks=n_ranks)
+    small = 4 * m * m * 8  # K_mm, its factor, the normal matrix and a product
+    block = 2 * m * itemsize * 16  # blocks of at least 16 rows
+    if small + block > budget:
+        raise ValueError(
+            f"The Nystrom system of {m} centres needs {_gib(small + block)}, more "
+            f"than the memory budget of {_gib(budget)}. Raise memory_budget (in "
+            "GiB) or lower n_centers."
+        )
+    if solver == "auto":
+        solver = "nystrom" if grid else "falkon"
+    if solver == "nystrom":
+        return "nystrom", False
+    held = -(-n // n_ranks) * m * itemsize
+    return "falkon", small + held <= budget // 2
+
+
+def draw_centers(n, m, generator):
+    """``m`` of the ``n`` training points, drawn uniformly without replacement
+    with ``generator``; sorted indices on the CPU (all of them when ``m = n``)."""
+    if m >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:m].sort().values
+
+
+class _CentreRows:
+    """The rows of ``K_nm = k_M(X, X[centres])`` this rank computes: held, or
+    recomputed in row blocks of at most ``budget`` bytes (two buffers)."""
+
+    def __init__(self, X, M, centres, kernel, *, budget, comm=None, hold=False):
+        n, m = X.shape[0], centres.shape[0]
+        self.X, self.kernel = X, kernel
+        self.XM = apply_metric(X, M)
+        self.norms = (self.XM * X).sum(dim=1)
+        self.centres = centres.to(X.device)
+        self.C = X[self.centres]
+        self.shard = slice(0, n) if comm is None else comm.row_shard(n)
+        self.rows = block_rows(m, X.element_size(), max(budget, 1), n_buffers=2)
+        self.held = self._block(self.shard) if hold else None
+
+    def _block(self, rows):
+        D2 = sqdist(
+            self.X[rows],
+            self.C,
+            None,
+            X_sqnorms=self.norms[rows],
+            Z_sqnorms=self.norms[self.centres],
+            XM=self.XM[rows],
+        )
+        # Points that are centres: distance exactly 0 to themselves, by index.
+        bounds = torch.tensor([rows.start, rows.stop], device=self.centres.device)
+        lo, hi = (int(i) for i in torch.searchsorted(self.centres, bounds))
+        j = torch.arange(lo, hi, device=D2.device)
+        D2[self.centres[lo:hi] - rows.start, j] = 0.0
+        return self.kernel.from_sqdist(D2)
+
+    def blocks(self):
+        """Yield ``(rows, K_rows)``: slices of the points and their kernel rows."""
+        if self.held is not None:
+            yield self.shard, self.held
+            return
+        start = self.shard.start
+        for block in iter_row_blocks(self.shard.stop - start, self.rows):
+            rows = slice(start + block.start, start + block.stop)
+            yield rows, self._block(rows)
+
+
+def _all_reduce(comm, *tensors):
+    """Sum every tensor over the ranks of ``comm`` in one all-reduce (in place)."""
+    if comm is None:
+        return tensors
+    flat = comm.all_reduce_sum(torch.cat([t.reshape(-1) for t in tensors]))
+    start = 0
+    for t in tensors:
+        t.copy_(flat[start : start + t.numel()].view_as(t))
+        start += t.numel()
+    return tensors
+
+
+def nystrom_normal_equations(rows, Y, comm=None):
+    """``G = K_nm^T K_nm`` and ``R = K_nm^T Y`` in float64, from the row blocks
+    of ``rows`` and, on a process group, one all-reduce.
+
+    The kernel rows are computed in the working precision and multiplied in
+    float64: ``G`` has about the square of the condition number of ``K_nm``, and
+    float32 products left it indefinite by far more than the ridge (HIGGS-like
+    data, 100,000 points, 2,048 centres)."""
+    m = rows.C.shape[0]
+    G = torch.zeros(m, m, dtype=torch.float64, device=Y.device)
+    R = torch.zeros(m, Y.shape[1], dtype=torch.float64, device=Y.device)
+    for block, K in rows.blocks():
+        K = K.double()
+        G.addmm_(K.T, K)
+        R.addmm_(K.T, Y[block].double())
+    return _all_reduce(comm, G, R)
+
+
+def centre_factor(K_mm, dtype):
+    """Lower Cholesky factor ``L`` (float64) of ``K_mm`` plus a jitter of the
+    working precision, ``eps(dtype) m`` times its mean diagonal, raised tenfold
+    until it factors."""
+    m = K_mm.shape[0]
+    K64 = K_mm.double()
+    shift = torch.finfo(dtype).eps * m * float(K64.diagonal().mean())
+    eye = torch.eye(m, dtype=torch.float64, device=K64.device)
+    for _ in range(8):
+        L, info = torch.linalg.cholesky_ex(K64 + shift * eye)
+        if int(info) == 0:
+            return L
+        shift *= 10
+    raise ValueError(
+        f"The kernel matrix of the {m} Nystrom centres is not positive definite "
+        f"even with a jitter of {shift:.3g}: are many centres duplicates? Lower "
+        "n_centers or remove duplicate rows."
+    )
+
+
+def falkon_preconditioner(L, n, reg):
+    r"""Falkon's preconditioner of ``K_nm^T K_nm + reg K_mm`` (Rudi et al., 2017).
+
+    With ``K_mm = L L^T`` and the ``m`` centres a uniform sample of the ``n``
+    points, ``K_nm^T K_nm ~ (n / m) K_mm^2``, so the system is about
+    ``L ((n / m) L^T L + reg I) L^T`` and
+
+    .. math:: P^{-1} = L^{-T} \big(\tfrac{n}{m} L^\top L + \mathrm{reg}\, I
+              \big)^{-1} L^{-1},
+
+    two triangular solves and one Cholesky solve of an ``m x m`` matrix.
+
+    Returns
+    -------
+    apply : callable
+        ``apply(R) -> P^{-1} R`` for ``R`` of shape (m, K), float64.
+    """
+    m = L.shape[0]
+    B = (n / m) * (L.T @ L)
+    B.diagonal().add_(reg + torch.finfo(torch.float64).eps * float(B.diagonal().max()))
+    A = torch.linalg.cholesky(B)
+
+    def apply(R):
+        Z = torch.linalg.solve_triangular(L, R, upper=False)
+        return torch.linalg.solve_triangular(
+            L.T, torch.cholesky_solve(Z, A), upper=True
+        )
+
+    return apply
+
+
+def _nystrom_solve(
+    X,
+    Y,
+    M,
+    kernel,
+    regs,
+    centres,
+    method,
+    in_memory,
+    *,
+    budget,
+    options,
+    log=None,
+    state=None,
+    comm=None,
+    grid=False,
+):
+    """The coefficients ``beta`` of every ridge value in ``regs``, shape
+    ``(len(regs), m, K)``, of the Nystrom system on ``X[centres]``."""
+    tic = time.perf_counter()
+    m = centres.shape[0]
+    n = X.shape[0]
+    small = 4 * m * m * 8
+    held = -(-n // (1 if comm is None else comm.size)) * m * X.element_size()
+    rows = _CentreRows(
+        X,
+        M,
+        centres,
+        kernel,
+        budget=budget - small - (held if in_memory else 0),
+        comm=comm,
+        hold=in_memory,
+    )
+    L = centre_factor(training_kernel_matrix(rows.C, M, kernel), X.dtype)
+    if method == "nystrom":
+        G, R = nystrom_normal_equations(rows, Y, comm)
+        # (G + mu L L^T) beta = R  <=>  (A + mu I) L^T beta = L^{-1} R
+        A = torch.linalg.solve_triangular(L, G, upper=False)
+        del G
+        A = torch.linalg.solve_triangular(L, A.T.contiguous(), upper=False)
+        A = (A + A.T) / 2
+        b = torch.linalg.solve_triangular(L, R, upper=False)
+        if len(regs) >= EIGH_MIN_VALUES:  # the rule of ridge_path_method
+            Z = ridge_path_solve(A, b, regs)
+        else:
+            Z = torch.stack(
+                [cholesky_solve_kernel(A.clone, b, mu, state=state) for mu in regs]
+            )
+        betas = torch.linalg.solve_triangular(L.T, Z, upper=True)
+        if log is not None:
+            log(
+                f"nystrom ({m} centres, direct, {len(regs)} ridge value(s)): "
+                f"{time.perf_counter() - tic:.2f} s"
+            )
+        return betas.to(Y.dtype)
+    K_mm = L @ L.T  # with its jitter: the preconditioner's own matrix
+
+    def normal_matvec(V):
+        out = torch.zeros_like(V)
+        Vw = _column_major(V.to(X.dtype))
+        for _, K in rows.blocks():
+            out += (K.T @ (K @ Vw)).double()
+        return _all_reduce(comm, out)[0]
+
+    R = torch.zeros(m, Y.shape[1], dtype=torch.float64, device=Y.device)
+    for block, K in rows.blocks():
+        R += (K.T @ Y[block]).double()
+    _all_reduce(comm, R)
+    betas = []
+    for mu in regs:
+        precondition = falkon_preconditioner(L, n, mu)
+        beta, n_iter, residual = conjugate_gradient(
+            lambda V, mu=mu: normal_matvec(V) + mu * (K_mm @ V),
+            R,
+            0.0,
+            precondition,
+            tol=options["tol"],
+            max_iter=options["max_iter"],
+        )
+        if log is not None:
+            mode = "K_nm in memory" if in_memory else "K_nm in blocks"
+            log(
+                f"falkon ({m} centres, {mode}): {n_iter} iterations, relative "
+                f"residual {residual:.2e}, {time.perf_counter() - tic:.2f} s"
+            )
+        if residual > options["tol"]:
+            warnings.warn(
+                f"Conjugate gradients stopped after {n_iter} iterations at a "
+                f"relative residual of {residual:.2e} > tol={options['tol']:g}. "
+                "Raise solver_params['max_iter'], or increase reg.",
+                LinAlgWarning,
+                stacklevel=3,
+            )
+        betas.append(beta)
+    return torch.stack(betas).to(Y.dtype)
+
+
+def fit_kernel_machine_path(
+    X,
+    Y,
+    M,
+    kernel,
+    reg,
+    *,
+    n_centers="auto",
+    solver="auto",
+    budget,
+    solver_params=None,
+    generator=None,
+    log=None,
+    state=None,
+    comm=None,
+):
+    """A kernel machine ``f(x) = k_M(x, C) beta`` for one or many ridge values.
+
+    The centres ``C`` are every training point (the exact model, solved by
+    :func:`fit_kernel_regression` or :func:`fit_kernel_regression_path`) or
+    ``m`` of them drawn uniformly with ``generator`` (Falkon's Nystrom model):
+    ``beta`` solves
+
+    .. math:: (K_{nm}^\\top K_{nm} + \\mathrm{reg}\\, K_{mm})\\, \\beta
+              = K_{nm}^\\top Y,
+
+    Falkon's system with ``lambda n = reg``, so that ``m = n`` gives back the
+    exact ``(K + reg I)^{-1} Y``. The method follows :func:`choose_method`.
+    The direct Nystrom solve forms ``G = K_nm^T K_nm`` in row blocks (memory
+    ``O(n d + m^2 + block)``), factors ``K_mm = L L^T`` and solves every ridge
+    value ``mu`` from ``A = L^{-1} G L^{-T}``: ``(A + mu I) L^T beta = L^{-1} R``,
+    one ``m x m`` Cholesky per value, or one eigendecomposition of ``A`` for
+    :data:`EIGH_MIN_VALUES` values or more (the rule of
+    :func:`ridge_path_method`); ``"falkon"`` runs conjugate gradients with Falkon's
+    preconditioner (:func:`falkon_preconditioner`), ``K_nm`` held when it fits
+    half the budget and recomputed in row blocks otherwise.
+
+    Parameters
+    ----------
+    X, Y, M, kernel, budget, solver_params, generator, log, state, comm
+        As in :func:`fit_kernel_regression`; ``generator`` also draws the
+        centres.
+    reg : float, "auto" or sequence of float
+        One ridge value, or a grid (see :func:`check_reg`).
+    n_centers : int, float or "auto", default="auto"
+        See :func:`resolve_centers`.
+    solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}, default="auto"
+
+    Returns
+    -------
+    regs : tuple of float
+        The values solved, ascending.
+    centres : torch.Tensor of shape (m,), dtype long, or None
+        Indices of the centres in ``X`` (sorted); ``None`` for every point.
+    coefs : torch.Tensor of shape (len(regs), m, K)
+    """
+    options = {**SOLVER_PARAMS, **(solver_params or {})}
+    if options["tol"] is None:
+        options["tol"] = 1e-6 if X.dtype == torch.float64 else 1e-4
+    grid = isinstance(reg, str | tuple | list)
+    n = X.shape[0]
+    exact = solver in ("cholesky", "cg") and n_centers == "auto"
+    m = n if exact else resolve_centers(n_centers, n)
+    n_ranks = 1 if comm is None else comm.size
+    method, in_memory = choose_method(
+        solver,
+        n,
+        m,
+        X.element_size(),
+        budget,
+        options["rank"],
+        grid=grid,
+        n_ranks=n_ranks,
+    )
+    common = {
+        "solver": method,
+        "budget": budget,
+        "solver_params": solver_params,
+        "generator": generator,
+        "log": log,
+        "comm": comm,
+    }
+    if method in ("cholesky", "cg"):
+        if grid:
+            regs, alphas = fit_kernel_regression_path(X, Y, M, kernel, reg, **common)
+            return regs, None, alphas
+        alpha = fit_kernel_regression(X, Y, M, kernel, reg, state=state, **common)
+        return (float(reg),), None, alpha[None]
+    regs = (REG_GRID if reg == "auto" else tuple(reg)) if grid else (float(reg),)
+    centres = draw_centers(n, m, generator)
+    betas = _nystrom_solve(
+        X,
+        Y,
+        M,
+        kernel,
+        regs,
+        centres,
+        method,
+        in_memory,
+        budget=budget,
+        options=options,
+        log=log,
+        state=state,
+        comm=comm,
+        grid=grid,
+    )
+    return regs, centres.to(X.device), betas
+
+
+def fit_kernel_machine(X, Y, M, kernel, reg, **kwargs):
+    """:func:`fit_kernel_machine_path` for one ridge value.
+
+    Returns
+    -------
+    centres : torch.Tensor of shape (m,), dtype long, or None
+    coef : torch.Tensor of shape (m, K)
+    """
+    _, centres, coefs = fit_kernel_machine_path(X, Y, M, kernel, float(reg), **kwargs)
+    return centres, coefs[0]

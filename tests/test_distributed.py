@@ -67,6 +67,35 @@ def _estimators():
             Xs[200:],
         ),
         (
+            "nystrom_classifier",
+            RFMClassifier(
+                max_iter=2,
+                agop_samples=150,
+                n_centers=120,
+                solver="falkon",
+                solver_params={"tol": 1e-11},
+                random_state=0,
+                dtype="float64",
+            ),
+            Xd[:300],
+            yd[:300],
+            Xd[300:],
+        ),
+        (
+            "nystrom_regressor",  # reg="auto": the grid from one normal matrix
+            RFMRegressor(
+                bandwidth=5.0,
+                max_iter=2,
+                n_centers=80,
+                solver="nystrom",
+                random_state=0,
+                dtype="float64",
+            ),
+            Xs[:200],
+            ys[:200],
+            Xs[200:],
+        ),
+        (
             "deep_rfm",
             DeepRFMTransformer(L=3, width=48, agop_samples=120, **common),
             Xd[:250],
@@ -270,7 +299,10 @@ def test_ranks_see_the_group(ranks):
     assert [r["world"] for r in ranks] == [(0, 2, None), (1, 2, None)]
 
 
-@pytest.mark.parametrize("name", ["classifier", "regressor", "deep_rfm"])
+@pytest.mark.parametrize(
+    "name",
+    ["classifier", "regressor", "deep_rfm", "nystrom_classifier", "nystrom_regressor"],
+)
 def test_two_ranks_fit_the_single_process_model(ranks, name):
     """M_, dual_coef_ and predictions of the 2-rank fit are those of one process
     (float64, same random_state), and both ranks hold the same model."""
