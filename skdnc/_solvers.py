@@ -325,21 +325,34 @@ def fit_kernel_regression(
     alpha, n_iter, residual = conjugate_gradient(
         matvec, Y, reg, precondition, tol=options["tol"], max_iter=options["max_iter"]
     )
+    mode = "kernel in memory" if in_memory else "kernel in blocks"
+    _report_cg(
+        f"cg ({mode})",
+        n_iter,
+        residual,
+        options["tol"],
+        "Raise solver_params['max_iter'] or ['rank'], or increase reg.",
+        tic=tic,
+        log=log,
+        stacklevel=3,
+    )
+    return alpha
+
+
+def _report_cg(what, n_iter, residual, tol, advice, *, tic, log, stacklevel):
+    """Log a conjugate-gradient solve and warn when it stopped short of ``tol``."""
     if log is not None:
-        mode = "kernel in memory" if in_memory else "kernel in blocks"
         log(
-            f"cg ({mode}): {n_iter} iterations, relative residual {residual:.2e}, "
+            f"{what}: {n_iter} iterations, relative residual {residual:.2e}, "
             f"{time.perf_counter() - tic:.2f} s"
         )
-    if residual > options["tol"]:
+    if residual > tol:
         warnings.warn(
             f"Conjugate gradients stopped after {n_iter} iterations at a relative "
-            f"residual of {residual:.2e} > tol={options['tol']:g}. Raise "
-            "solver_params['max_iter'] or ['rank'], or increase reg.",
+            f"residual of {residual:.2e} > tol={tol:g}. {advice}",
             LinAlgWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    return alpha
 
 
 def _sharded_matvec(X, M, kernel, comm, in_memory, budget, options):
@@ -1086,20 +1099,17 @@ def _nystrom_solve(
             tol=options["tol"],
             max_iter=options["max_iter"],
         )
-        if log is not None:
-            mode = "K_nm in memory" if in_memory else "K_nm in blocks"
-            log(
-                f"falkon ({m} centres, {mode}): {n_iter} iterations, relative "
-                f"residual {residual:.2e}, {time.perf_counter() - tic:.2f} s"
-            )
-        if residual > options["tol"]:
-            warnings.warn(
-                f"Conjugate gradients stopped after {n_iter} iterations at a "
-                f"relative residual of {residual:.2e} > tol={options['tol']:g}. "
-                "Raise solver_params['max_iter'], or increase reg.",
-                LinAlgWarning,
-                stacklevel=3,
-            )
+        mode = "K_nm in memory" if in_memory else "K_nm in blocks"
+        _report_cg(
+            f"falkon ({m} centres, {mode})",
+            n_iter,
+            residual,
+            options["tol"],
+            "Raise solver_params['max_iter'], or increase reg.",
+            tic=tic,
+            log=log,
+            stacklevel=4,
+        )
         betas.append(beta)
     return torch.stack(betas).to(Y.dtype)
 
