@@ -1,10 +1,13 @@
-"""Neural-collapse metrics (NC1 to NC4, CDNV, Gram/label correlation) and scorers.
+"""Neural-collapse metrics (NC1 to NC5, CDNV, GNC2, UNC3, Gram/label correlation)
+and scorers.
 
 The functions compute in float64 on features of any float dtype (NumPy, pandas,
 torch) and labels of any type; :class:`NeuralCollapseScorer` measures them inside
 a pipeline, and :func:`make_collapse_scorer` turns them into ``scoring=``
-callables for cross-validation. :data:`STAGES` and :data:`METRIC_NAMES` are the
-one vocabulary of stage and metric names that every output of skdnc uses.
+callables for cross-validation; :class:`VocabularyAccumulator` streams them at
+vocabulary scale (token-level collapse of language models). :data:`STAGES` and
+:data:`METRIC_NAMES` are the one vocabulary of stage and metric names that every
+output of skdnc uses.
 """
 
 from skdnc.metrics._collapse import (
@@ -32,6 +35,7 @@ from skdnc.metrics._scorer import (
     neg_nc4_scorer,
 )
 from skdnc.metrics._streaming import CollapseAccumulator
+from skdnc.metrics._vocab import VocabularyAccumulator, token_samples
 
 __all__ = [
     "METRIC_NAMES",
@@ -39,6 +43,7 @@ __all__ = [
     "ClassStatistics",
     "CollapseAccumulator",
     "NeuralCollapseScorer",
+    "VocabularyAccumulator",
     "cdnv_score",
     "class_statistics",
     "gram_label_correlation",
@@ -56,4 +61,5 @@ __all__ = [
     "neg_nc3_scorer",
     "neg_nc4_scorer",
     "neural_collapse_report",
+    "token_samples",
 ]

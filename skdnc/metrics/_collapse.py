@@ -73,8 +73,12 @@ STAGES = ("input", "projection", "output")
 #: ``f"{metric}_{stage}"``: NC1 (trace form, Papyan's pseudo-inverse form and the
 #: reference code's ``/K`` scaling), NC2 (Frobenius and mean squared entry, to the
 #: simplex ETF or to an orthogonal frame), NC3, NC4, CDNV and the Gram / label-kernel
-#: correlation. One vocabulary: the estimators, probes, commands and figures use
-#: these names and no others.
+#: correlation; and the vocabulary-scale metrics of
+#: :class:`~skdnc.metrics.VocabularyAccumulator`: NC2 equinorm (CoV of the centred
+#: mean norms) and interference (cosines of centred means over pairs), GNC2
+#: (log-kernel hyperspherical uniformity), UNC3 (uniform duality) and NC5
+#: (orthogonality to out-of-distribution features). One vocabulary: the
+#: estimators, probes, commands and figures use these names and no others.
 METRIC_NAMES = (
     "nc1",
     "nc1_pinv",
@@ -83,8 +87,13 @@ METRIC_NAMES = (
     "nc2_mse",
     "nc2_orthogonal",
     "nc2_orthogonal_mse",
+    "nc2_equinorm",
+    "nc2_interference",
+    "gnc2",
     "nc3",
+    "unc3",
     "nc4",
+    "nc5",
     "cdnv",
     "gram_label_correlation",
 )
