@@ -1,7 +1,8 @@
 """One vocabulary: every public output names its stages with ``skdnc.metrics.STAGES``
 and its collapse metrics with ``skdnc.metrics.METRIC_NAMES``.
 
-A key is a *metric key* when it starts with ``nc<digit>``, ``cdnv`` or ``gram``.
+A key is a *metric key* when it starts with ``nc<digit>``, ``gnc<digit>``,
+``unc<digit>``, ``cdnv`` or ``gram``.
 It must then read ``metric``, ``metric_stage``, ``metric_suffix`` or
 ``metric_stage_suffix`` with ``metric`` in METRIC_NAMES, ``stage`` in STAGES and
 ``suffix`` one of the aggregate suffixes below; a list under ``stages`` must be
@@ -18,7 +19,12 @@ from sklearn.datasets import load_digits
 from skdnc import DeepRFMTransformer, NFAProbe
 from skdnc import __main__ as deep_rfm_command
 from skdnc._display import METRIC_LABELS, STAGE_COLORS, CollapseDisplay
-from skdnc.metrics import METRIC_NAMES, STAGES, neural_collapse_report
+from skdnc.metrics import (
+    METRIC_NAMES,
+    STAGES,
+    VocabularyAccumulator,
+    neural_collapse_report,
+)
 from skdnc.metrics._scorer import _METRICS
 from skdnc.nn import __main__ as nn_command
 from skdnc.nn import layer_collapse, make_mlp, probe_network
@@ -35,7 +41,7 @@ SUFFIXES = (
     "log_linear_r2",
     "ratio_last_over_first",
 )
-_METRIC_LIKE = re.compile(r"^(nc\d|cdnv|gram)")
+_METRIC_LIKE = re.compile(r"^(nc\d|gnc\d|unc\d|cdnv|gram)")
 #: Keys that look like metric keys but are not: the layers of the Gram figure.
 _NOT_METRICS = {"gram_layers"}
 
@@ -86,7 +92,7 @@ def digits():
 
 
 def test_the_parser_rejects_foreign_names():
-    for bad in ("gram_corr", "nc1_agop", "nc2_features", "nc1_right", "nc5"):
+    for bad in ("gram_corr", "nc1_agop", "nc2_features", "nc1_right", "nc6"):
         with pytest.raises(AssertionError):
             _parse(bad)
     assert _parse("nc2_mse_projection") == ("nc2_mse", "projection", None)
@@ -100,7 +106,26 @@ def test_metric_tables_use_the_canonical_names():
     assert tuple(STAGE_COLORS) == STAGES
     report = neural_collapse_report(np.eye(4)[[0, 0, 1, 1, 2, 2]], [0, 0, 1, 1, 2, 2])
     seen = _check(report)
-    assert {m for m, _, _ in seen} == set(METRIC_NAMES) - {"nc3", "nc4"}
+    assert {m for m, _, _ in seen} == set(METRIC_NAMES) - {"nc3", "nc4"} - set(
+        VOCABULARY_ONLY
+    )
+
+
+#: The metrics only the vocabulary-scale accumulator reports.
+VOCABULARY_ONLY = ("nc2_equinorm", "nc2_interference", "gnc2", "unc3", "nc5")
+
+
+def test_vocabulary_accumulator_report_uses_the_canonical_names():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(120, 5)), np.arange(120) % 6
+    acc = VocabularyAccumulator(8).partial_fit(X, y).partial_fit_within(X, y)
+    acc.partial_fit_decisions(X, rng.normal(size=(8, 5)), y=y)
+    report = acc.report(W=rng.normal(size=(8, 5)), X_ood=rng.normal(size=(4, 5)))
+    seen = {m for m, _, _ in _check(report)}
+    assert set(VOCABULARY_ONLY) | {"nc1", "nc1_pinv", "nc3", "nc4", "cdnv"} <= seen
+    assert seen | {"nc1_paper_code", "nc2_mse", "nc2_orthogonal_mse"} | {
+        "gram_label_correlation"
+    } == set(METRIC_NAMES)
 
 
 def test_deep_rfm_history_and_display(digits):
