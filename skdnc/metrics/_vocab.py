@@ -149,10 +149,8 @@ def _chan_merge(acc, values):
     """Merge a tensor of values into ``acc = [count, mean, M2]`` (the pairwise
     update of Chan, Golub and LeVeque), in float64."""
     n = values.numel()
-    if n == 0:
-        return
-    mean = float(values.mean())
-    m2 = float(((values - mean) ** 2).sum())
+    var, mean = torch.var_mean(values, correction=0)
+    mean, m2 = float(mean), float(var) * n
     count, old_mean, old_m2 = acc
     total = count + n
     delta = mean - old_mean
@@ -205,7 +203,7 @@ class VocabularyAccumulator:
         nothing (the second pass then only checks the means).
     max_covariance_bytes : int, default=2**30
         Memory bound of the per-class covariances.
-    tile_size : int, default=2048
+    tile_size : int, default=1024
         Classes per block of the pairwise sweep: memory ``O(tile_size^2)``.
     global_mean : {"class_means", "sample"}, default="class_means"
         ``mu_G``: the unweighted mean of the kept class means (the library's
@@ -252,7 +250,7 @@ class VocabularyAccumulator:
         ignore_index=None,
         covariance="pooled",
         max_covariance_bytes=2**30,
-        tile_size=2048,
+        tile_size=1024,
         global_mean="class_means",
     ):
         if not isinstance(n_classes, Integral) or isinstance(n_classes, bool):
@@ -476,38 +474,48 @@ class VocabularyAccumulator:
         sq = (H * H).sum(dim=1)
         norms = sq.sqrt()
         zero_norm = bool((sq <= ROUNDING_LEVEL * self._scale()).any())
-        safe = norms.clamp(min=torch.finfo(torch.float64).tiny)
-        keys = ("cdnv1", "cdnv2", "log", "cos")
-        acc = {k: [0, 0.0, 0.0] for k in keys}
-        etf_sq = 0.0
+        inv = 1.0 / norms.clamp(min=torch.finfo(torch.float64).tiny)
+        # CDNV needs sums only; the cosines and the log kernel merge their mean
+        # and scatter block by block (Chan et al.), and the ETF distance follows
+        # from those of the cosines.
+        cdnv = [0.0, 0.0]
+        acc = {k: [0, 0.0, 0.0] for k in ("log", "cos")}
         min_d2 = float("inf")
         max_cos = -1.0
         T = self.tile_size
-        etf = 1.0 / (K - 1)
         for a in range(0, K, T):
             b = min(K, a + T)
             for c in range(a, K, T):
                 e = min(K, c + T)
                 G = H[a:b] @ H[c:e].T
-                D2 = (sq[a:b, None] + sq[None, c:e] - 2 * G).clamp_(min=0)
-                cos = (G / safe[a:b, None] / safe[None, c:e]).clamp_(-1.0, 1.0)
-                half = (var[a:b, None] + var[None, c:e]) / 2
+                D2 = torch.add(sq[a:b, None], sq[None, c:e]).add_(G, alpha=-2.0)
+                cos = G.mul_(inv[a:b, None]).mul_(inv[None, c:e])
+                v = torch.add(var[a:b, None], var[None, c:e])
                 if a == c:
-                    upper = torch.ones_like(G, dtype=torch.bool).triu_(1)
-                    D2, cos, half = D2[upper], cos[upper], half[upper]
-                else:
-                    D2, cos, half = D2.reshape(-1), cos.reshape(-1), half.reshape(-1)
+                    upper = torch.ones_like(D2, dtype=torch.bool).triu_(1)
+                    D2, cos, v = D2[upper], cos[upper], v[upper]
                 if D2.numel() == 0:
                     continue
+                D2.clamp_(min=0.0)
+                cos.clamp_(-1.0, 1.0)
                 min_d2 = min(min_d2, float(D2.min()))
                 max_cos = max(max_cos, float(cos.max()))
-                _chan_merge(acc["cdnv1"], half / D2)
-                _chan_merge(acc["cdnv2"], half / (D2 * D2))
-                _chan_merge(acc["log"], -0.5 * torch.log(2.0 - 2.0 * cos))
+                ratio = v.div_(D2)
+                cdnv[0] += float(ratio.sum())
+                cdnv[1] += float(ratio.div_(D2).sum())
                 _chan_merge(acc["cos"], cos)
-                etf_sq += float(((cos + etf) ** 2).sum())
+                # log(||u_i - u_j||^-1) = -log(2 - 2 cos) / 2, as log(1 - cos)
+                # here; the constant and the factor are applied to the summary
+                _chan_merge(acc["log"], torch.rsub(cos, 1.0).log_())
+        n, mean, m2 = acc["log"]
+        acc["log"] = [n, -0.5 * (mean + np.log(2.0)), 0.25 * m2]
+        n, mean, m2 = acc["cos"]
+        # sum over pairs of (cos + 1/(K-1))^2 = M2 + n (mean + 1/(K-1))^2
+        etf_sq = m2 + n * (mean + 1.0 / (K - 1)) ** 2
         out = dict(acc)
         out.update(
+            cdnv1=cdnv[0] / 2 / n,
+            cdnv2=cdnv[1] / 2 / n,
             etf_sq=etf_sq,
             min_d2=min_d2,
             max_cos=max_cos,
@@ -558,7 +566,7 @@ class VocabularyAccumulator:
         pairs = self._pairs()
         if pairs["min_d2"] <= 2 * ROUNDING_LEVEL * self._scale():
             return _undefined("CDNV", "two kept class means coincide (up to rounding)")
-        return _summary(pairs[f"cdnv{dist_exp}"], "mean")
+        return pairs[f"cdnv{dist_exp}"]
 
     def gnc2(self, statistic="var"):
         """Hyperspherical uniformity of the class means (GNC2), log kernel.
