@@ -10,7 +10,12 @@ paper's experiment and writes its figures.
 
 from skdnc.metrics._collapse import STAGES
 from skdnc.nn._capture import GRADIENTS, REDUCTIONS
-from skdnc.nn._collapse_probe import CollapseProbe, layer_collapse
+from skdnc.nn._collapse_probe import (
+    CollapseProbe,
+    TokenCollapseProbe,
+    layer_collapse,
+    token_collapse,
+)
 from skdnc.nn._common import InputShapeError
 from skdnc.nn._detect import find_layers, weight_matrix
 from skdnc.nn._layer_agop import layer_agops, nfa_correlation
@@ -42,6 +47,7 @@ __all__ = [
     "InputShapeError",
     "NetworkProbe",
     "ProbeCallback",
+    "TokenCollapseProbe",
     "TrainingHistory",
     "aggregate_histories",
     "find_layers",
@@ -54,6 +60,7 @@ __all__ = [
     "nfa_correlation",
     "pm1_targets",
     "probe_network",
+    "token_collapse",
     "train_network",
     "train_seeds",
     "weight_matrix",
