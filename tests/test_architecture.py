@@ -39,6 +39,7 @@ NN_LAYERS = (
     ("skdnc.nn._capture",),
     ("skdnc.nn._readout", "skdnc.nn._layer_agop"),
     ("skdnc.nn._network_probe", "skdnc.nn._collapse_probe"),
+    ("skdnc.nn._token_collapse",),
     ("skdnc.nn._train",),
     ("skdnc.nn",),
     ("skdnc.nn.__main__",),

@@ -203,3 +203,11 @@ def test_property_batching_does_not_change_the_result(batch_size, seed):
     many = token_collapse(model, inputs, batch_size=batch_size, **kw)
     for key, values in one.metrics.items():
         np.testing.assert_allclose(many.metrics[key], values, rtol=1e-10, err_msg=key)
+
+
+def test_parameters_and_empty_data_are_refused_early(lm):
+    ids, _ = _ids()
+    with pytest.raises(ValueError, match="n_classes must be at least 2"):
+        token_collapse(lm, ids, n_classes=1, hidden_states="hidden_states")
+    with pytest.raises(ValueError, match="no batches"):
+        token_collapse(lm, [], n_classes=V, hidden_states="hidden_states")

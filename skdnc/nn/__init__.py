@@ -10,12 +10,7 @@ paper's experiment and writes its figures.
 
 from skdnc.metrics._collapse import STAGES
 from skdnc.nn._capture import GRADIENTS, REDUCTIONS
-from skdnc.nn._collapse_probe import (
-    CollapseProbe,
-    TokenCollapseProbe,
-    layer_collapse,
-    token_collapse,
-)
+from skdnc.nn._collapse_probe import CollapseProbe, layer_collapse
 from skdnc.nn._common import InputShapeError
 from skdnc.nn._detect import find_layers, weight_matrix
 from skdnc.nn._layer_agop import layer_agops, nfa_correlation
@@ -31,6 +26,7 @@ from skdnc.nn._models import (
     make_vgg11,
 )
 from skdnc.nn._network_probe import NetworkProbe, probe_network
+from skdnc.nn._token_collapse import TokenCollapseProbe, token_collapse
 from skdnc.nn._train import (
     ProbeCallback,
     TrainingHistory,
