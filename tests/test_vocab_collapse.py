@@ -423,3 +423,21 @@ def test_property_token_samples_keeps_exactly_the_masked_positions(b, t, data):
     both = mask[:, :-1] & mask[:, 1:]
     assert labels.tolist() == ids[:, 1:][both].tolist()
     np.testing.assert_array_equal(Z.numpy(), H[:, :-1][both])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_matches_cpu():
+    X, y = _data(seed=9)
+    W = np.random.default_rng(0).normal(size=(9, 6))
+    cpu = VocabularyAccumulator(9, tile_size=4).partial_fit(X, y)
+    gpu = VocabularyAccumulator(9, tile_size=4)
+    gpu.partial_fit(torch.tensor(X, device="cuda"), torch.tensor(y, device="cuda"))
+    gpu.partial_fit_within(
+        torch.tensor(X, device="cuda"), torch.tensor(y, device="cuda")
+    )
+    got, want = gpu.report(W=W), cpu.report(W=W)
+    for key in want:
+        assert close(got[key], want[key], tol=1e-9), key
+    resumed = VocabularyAccumulator(9).load_state_dict(gpu.state_dict())
+    assert close(resumed.cdnv(), cpu.cdnv())
