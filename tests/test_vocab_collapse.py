@@ -441,3 +441,17 @@ def test_on_cuda_matches_cpu():
         assert close(got[key], want[key], tol=1e-9), key
     resumed = VocabularyAccumulator(9).load_state_dict(gpu.state_dict())
     assert close(resumed.cdnv(), cpu.cdnv())
+
+
+def test_sample_global_mean():
+    """global_mean="sample": mu_G is the count-weighted mean (the library's
+    ``weighted=True``)."""
+    X, y = _data(seed=4)
+    acc = VocabularyAccumulator(9, global_mean="sample").partial_fit(X, y)
+    ref = Brute(X, y, 9)
+    H = ref.means - X.mean(axis=0)
+    norms = np.linalg.norm(H, axis=1)
+    assert close(acc.nc2_equinorm(), norms.std(ddof=1) / norms.mean())
+    U = H / norms[:, None]
+    cos = [U[i] @ U[j] for i in range(ref.K) for j in range(i + 1, ref.K)]
+    assert close(acc.nc2_interference("mean"), np.mean(cos))
