@@ -16,7 +16,10 @@ from skdnc.nn._detect import find_layers, weight_matrix
 from skdnc.nn._layer_agop import layer_agops, nfa_correlation
 from skdnc.nn._models import (
     ARCHITECTURES,
+    CausalLM,
+    CausalLMOutput,
     HeadedNetwork,
+    make_causal_lm,
     make_mlp,
     make_model,
     make_resnet18,
@@ -37,6 +40,8 @@ __all__ = [
     "GRADIENTS",
     "REDUCTIONS",
     "STAGES",
+    "CausalLM",
+    "CausalLMOutput",
     "CollapseProbe",
     "HeadedNetwork",
     "InputShapeError",
@@ -47,6 +52,7 @@ __all__ = [
     "find_layers",
     "layer_agops",
     "layer_collapse",
+    "make_causal_lm",
     "make_mlp",
     "make_model",
     "make_resnet18",

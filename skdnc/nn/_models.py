@@ -21,6 +21,7 @@ generator, so builds in concurrent threads give the same weights as alone.
 
 import math
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
@@ -30,7 +31,10 @@ from skdnc._backend import make_generator
 
 __all__ = [
     "ARCHITECTURES",
+    "CausalLM",
+    "CausalLMOutput",
     "HeadedNetwork",
+    "make_causal_lm",
     "make_mlp",
     "make_model",
     "make_resnet18",
@@ -377,3 +381,217 @@ def make_model(arch, input_shape, n_classes=10, **kwargs):
         )
     build = make_resnet18 if arch == "resnet18" else make_vgg11
     return build(input_shape[0], n_classes, **kwargs)
+
+
+class CausalLMOutput(NamedTuple):
+    """What :class:`CausalLM` returns when asked for its hidden states:
+    ``logits`` ``(n, tokens, vocab_size)`` and ``hidden_states``, ``n_layers + 1``
+    tensors ``(n, tokens, d_model)`` (the embeddings, then each block's output)."""
+
+    logits: torch.Tensor
+    hidden_states: tuple
+
+
+class CausalLM(nn.Module):
+    """A small decoder-only transformer language model (GPT-style, pre-norm).
+
+    ``embed`` (token) + ``position`` embeddings, then ``blocks`` (an
+    :class:`torch.nn.ModuleList` of :class:`torch.nn.TransformerEncoderLayer`
+    run with a causal mask), ``norm`` (:class:`torch.nn.LayerNorm`) and
+    ``lm_head`` (a bias-free ``Linear`` to the vocabulary). Forward hooks reach
+    every stage by module name: ``"embed"``, ``"blocks.0"``, ...,
+    ``"blocks.{n_layers - 1}"``, ``"norm"``, ``"lm_head"``; each block's output
+    is the residual stream ``(n, tokens, d_model)``. Build it with
+    :func:`make_causal_lm` (which documents the parameters).
+    """
+
+    def __init__(self, vocab_size, d_model, n_layers, n_heads, max_len):
+        super().__init__()
+        self.max_len = max_len
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.position = nn.Embedding(max_len, d_model)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d_model,
+                n_heads,
+                dim_feedforward=4 * d_model,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+
+    def _mask(self, length, attention_mask, device):
+        """Boolean ``(n * heads, tokens, tokens)`` mask, True where a query may
+        not attend: future tokens and padded keys (a query always sees itself,
+        so that a padded query stays finite)."""
+        blocked = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+        if attention_mask is None:
+            return blocked
+        pad = (torch.as_tensor(attention_mask, device=device) == 0)[:, None, :]
+        blocked = blocked[None] | pad
+        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=device)
+        return blocked.repeat_interleave(self.blocks[0].self_attn.num_heads, dim=0)
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+        """Next-token logits of every position.
+
+        Parameters
+        ----------
+        input_ids : torch.Tensor of shape (n, tokens)
+            Token indices (integers), ``tokens <= max_len``.
+        attention_mask : torch.Tensor of shape (n, tokens), default=None
+            Nonzero for real tokens, 0 for padding: padded tokens are never
+            attended to (positions count from the first column, so pad on the
+            right to keep real tokens at the positions they had alone).
+        output_hidden_states : bool, default=False
+            Return a :class:`CausalLMOutput` with the hidden states too.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n, tokens, vocab_size)
+            Or ``CausalLMOutput(logits, hidden_states)``.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids must be (n, tokens); got shape {tuple(input_ids.shape)}."
+            )
+        length = input_ids.shape[1]
+        if length > self.max_len:
+            raise ValueError(
+                f"The sequences have {length} tokens, more than max_len={self.max_len}."
+            )
+        positions = torch.arange(length, device=input_ids.device)
+        h = self.embed(input_ids) + self.position(positions)
+        mask = self._mask(length, attention_mask, input_ids.device)
+        hidden = [h]
+        for block in self.blocks:
+            h = block(h, src_mask=mask)
+            hidden.append(h)
+        logits = self.lm_head(self.norm(h))
+        if output_hidden_states:
+            return CausalLMOutput(logits, tuple(hidden))
+        return logits
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, *, temperature=1.0, generator=None):
+        """Continue each sequence by sampling one token at a time.
+
+        Parameters
+        ----------
+        input_ids : torch.Tensor of shape (n, tokens)
+            The prompts, of one length (no padding).
+        max_new_tokens : int
+            Tokens to add; the context is cut to the last ``max_len`` tokens.
+        temperature : float, default=1.0
+            Softmax temperature; ``0`` takes the most likely token (greedy).
+        generator : torch.Generator, default=None
+            Source of the draws (torch's global generator when None).
+
+        Returns
+        -------
+        sequences : torch.Tensor of shape (n, tokens + max_new_tokens)
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            ids = input_ids
+            for _ in range(int(max_new_tokens)):
+                logits = self(ids[:, -self.max_len :])[:, -1]
+                if temperature == 0:
+                    nxt = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    probs = torch.softmax(logits.double() / temperature, dim=-1)
+                    nxt = torch.multinomial(probs, 1, generator=generator)
+                ids = torch.cat([ids, nxt.to(ids.dtype)], dim=1)
+            return ids
+        finally:
+            self.train(was_training)
+
+
+def _normal(std):
+    def init(module, generator):
+        nn.init.normal_(module.weight, std=std, generator=generator)
+
+    return init
+
+
+def _attention(module, generator):
+    """PyTorch's init of ``nn.MultiheadAttention``: Xavier packed projections,
+    default ``out_proj`` weights, zero biases."""
+    nn.init.xavier_uniform_(module.in_proj_weight, generator=generator)
+    nn.init.kaiming_uniform_(
+        module.out_proj.weight, a=math.sqrt(5), generator=generator
+    )
+    nn.init.zeros_(module.in_proj_bias)
+    nn.init.zeros_(module.out_proj.bias)
+
+
+@validate_params(
+    {
+        "vocab_size": [Interval(Integral, 1, None, closed="left")],
+        "d_model": [Interval(Integral, 1, None, closed="left")],
+        "n_layers": [Interval(Integral, 1, None, closed="left")],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "max_len": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def make_causal_lm(
+    vocab_size, *, d_model=64, n_layers=2, n_heads=4, max_len=64, random_state=None
+):
+    """A tiny causal transformer language model (pure torch), for examples and
+    tests of the probes and of steering on token sequences.
+
+    Parameters
+    ----------
+    vocab_size : int
+        Number of token ids.
+    d_model : int, default=64
+        Width of the residual stream; a multiple of ``n_heads``.
+    n_layers : int, default=2
+        Number of transformer blocks.
+    n_heads : int, default=4
+        Attention heads per block.
+    max_len : int, default=64
+        Longest sequence (number of position embeddings).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the init without changing torch's global random state; ``None``
+        draws from (and advances) torch's global generator.
+
+    Returns
+    -------
+    model : CausalLM
+        ``model(input_ids, attention_mask=None, output_hidden_states=False)``
+        gives ``(n, tokens, vocab_size)`` logits, or a :class:`CausalLMOutput`
+        ``(logits, hidden_states)``. Token and position embeddings are drawn
+        from :math:`N(0, 0.02^2)` (as GPT-2's), the rest as PyTorch initialises
+        its modules.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdnc.nn import make_causal_lm
+    >>> lm = make_causal_lm(10, d_model=16, n_layers=2, n_heads=2, random_state=0)
+    >>> ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    >>> lm(ids).shape
+    torch.Size([2, 3, 10])
+    >>> len(lm(ids, output_hidden_states=True).hidden_states)
+    3
+    """
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}.")
+    with torch.device("meta"):
+        model = CausalLM(vocab_size, d_model, n_layers, n_heads, max_len)
+    rules = {model.embed: _normal(0.02), model.position: _normal(0.02)}
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            rules[module], rules[module.out_proj] = _attention, lambda m, g: None
+        elif isinstance(module, nn.LayerNorm):
+            rules[module] = lambda m, g: m.reset_parameters()
+    return _materialise(model, random_state, rules)
