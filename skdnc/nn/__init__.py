@@ -9,6 +9,7 @@ paper's experiment and writes its figures.
 """
 
 from skdnc.metrics._collapse import STAGES
+from skdnc.nn._activations import ACTIVATION_REDUCTIONS, collect_activations
 from skdnc.nn._capture import GRADIENTS, REDUCTIONS
 from skdnc.nn._collapse_probe import CollapseProbe, layer_collapse
 from skdnc.nn._common import InputShapeError
@@ -36,6 +37,7 @@ from skdnc.nn._train import (
 )
 
 __all__ = [
+    "ACTIVATION_REDUCTIONS",
     "ARCHITECTURES",
     "GRADIENTS",
     "REDUCTIONS",
@@ -49,6 +51,7 @@ __all__ = [
     "ProbeCallback",
     "TrainingHistory",
     "aggregate_histories",
+    "collect_activations",
     "find_layers",
     "layer_agops",
     "layer_collapse",
