@@ -8,6 +8,7 @@ paper's data sets) complete the public surface.
 
 from skdnc import datasets, metrics
 from skdnc._deep_rfm import DeepRFMTransformer
+from skdnc._directions import AGOPDirections
 from skdnc._display import (
     CollapseDisplay,
     GramDisplay,
@@ -22,6 +23,7 @@ from skdnc.metrics import NeuralCollapseScorer, make_collapse_scorer
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AGOPDirections",
     "CollapseDisplay",
     "DeepRFMTransformer",
     "DistributedFitError",

@@ -24,7 +24,7 @@ LAYERS = (
     ("skdnc._solvers",),
     ("skdnc._rfm_core", "skdnc._feature_maps"),
     ("skdnc._theory", "skdnc._rfm", "skdnc._deep_rfm", "skdnc.nn"),
-    ("skdnc._nfa", "skdnc._display"),
+    ("skdnc._nfa", "skdnc._display", "skdnc._directions"),
     ("skdnc._presets",),
     ("skdnc._cli",),
     ("skdnc.__main__", "skdnc.nn.__main__"),
