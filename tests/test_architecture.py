@@ -37,7 +37,7 @@ NN_LAYERS = (
     ("skdnc.nn._common", "skdnc.nn._models"),
     ("skdnc.nn._detect",),
     ("skdnc.nn._capture",),
-    ("skdnc.nn._activations",),
+    ("skdnc.nn._activations", "skdnc.nn._steering"),
     ("skdnc.nn._readout", "skdnc.nn._layer_agop"),
     ("skdnc.nn._network_probe", "skdnc.nn._collapse_probe"),
     ("skdnc.nn._train",),

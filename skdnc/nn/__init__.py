@@ -27,6 +27,7 @@ from skdnc.nn._models import (
     make_vgg11,
 )
 from skdnc.nn._network_probe import NetworkProbe, probe_network
+from skdnc.nn._steering import steer
 from skdnc.nn._train import (
     ProbeCallback,
     TrainingHistory,
@@ -63,6 +64,7 @@ __all__ = [
     "nfa_correlation",
     "pm1_targets",
     "probe_network",
+    "steer",
     "train_network",
     "train_seeds",
     "weight_matrix",
