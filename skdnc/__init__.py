@@ -12,10 +12,12 @@ from skdnc._directions import AGOPDirections
 from skdnc._display import (
     CollapseDisplay,
     GramDisplay,
+    LayerProbeDisplay,
     SVDSplitDisplay,
     TrainingHistoryDisplay,
 )
 from skdnc._distributed import DistributedFitError
+from skdnc._layer_probes import LayerProbe, make_layer_stack, probe_layers
 from skdnc._nfa import NFAProbe
 from skdnc._rfm import RFMClassifier, RFMRegressor
 from skdnc.metrics import NeuralCollapseScorer, make_collapse_scorer
@@ -28,6 +30,8 @@ __all__ = [
     "DeepRFMTransformer",
     "DistributedFitError",
     "GramDisplay",
+    "LayerProbe",
+    "LayerProbeDisplay",
     "NFAProbe",
     "NeuralCollapseScorer",
     "RFMClassifier",
@@ -36,6 +40,8 @@ __all__ = [
     "TrainingHistoryDisplay",
     "datasets",
     "make_collapse_scorer",
+    "make_layer_stack",
     "metrics",
+    "probe_layers",
     "__version__",
 ]

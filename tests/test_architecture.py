@@ -25,7 +25,7 @@ LAYERS = (
     ("skdnc._rfm_core", "skdnc._feature_maps"),
     ("skdnc._theory", "skdnc._rfm", "skdnc._deep_rfm", "skdnc.nn"),
     ("skdnc._nfa", "skdnc._display", "skdnc._directions"),
-    ("skdnc._presets",),
+    ("skdnc._presets", "skdnc._layer_probes"),
     ("skdnc._cli",),
     ("skdnc.__main__", "skdnc.nn.__main__"),
     ("skdnc",),
