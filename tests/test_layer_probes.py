@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
 from sklearn.svm import LinearSVC
@@ -163,8 +163,6 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="at least one layer"):
         probe_layers({}, y)
     with pytest.raises(ValueError, match="must be a classifier"):
-        from sklearn.linear_model import Ridge
-
         probe_layers(acts, y, estimator=Ridge())
     with pytest.raises(ValueError, match="activations lacks"):
         probe_layers(acts, y, estimator=LogisticRegression(), cv=3).stack_input(
