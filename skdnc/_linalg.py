@@ -227,8 +227,8 @@ def psd_top_eigh(M=None, *, factor=None, n_components=None):
         if not bool(keep.all()):  # null directions of F: from the whole matrix
             return psd_top_eigh(F.T @ F, n_components=k)
         evecs = (F.T @ U) / s
-    elif M.ndim == 1:
-        diagonal = M.double().clamp(min=0)
+    elif M.ndim == 1 or not bool(torch.count_nonzero(M - torch.diag(M.diagonal()))):
+        diagonal = (M if M.ndim == 1 else M.diagonal()).double().clamp(min=0)
         k = diagonal.shape[0] if n_components is None else int(n_components)
         evals, order = torch.sort(diagonal, descending=True, stable=True)
         evals, order = evals[:k], order[:k]

@@ -14,6 +14,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skdnc._agop import kernel_agop
 from skdnc._backend import (
+    array_api_input,
+    array_api_output,
     block_rows,
     make_generator,
     matmul_precision,
@@ -421,10 +423,14 @@ class _BaseRFM(BaseEstimator):
         return Xt, C, M
 
     @collective
-    def _decision(self, X, *, comm=None):
+    def _decision(self, X, *, method="predict", comm=None):
         """Raw kernel predictor outputs, shape (n, K), as NumPy float64 (computed in
-        the fitted precision), and the float dtype of the validated input."""
+        the fitted precision), the float dtype of the validated input, and where
+        the outputs go (:func:`~skdnc._backend.array_api_input`)."""
         check_is_fitted(self)
+        X, _, space = array_api_input(
+            X, fitted=getattr(self, "_space", None), method=method
+        )
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         Xt, C, M, device = self._fitted_tensors(X)
         limit = overflow_limit(X.shape[1], self.centers_.dtype)
@@ -453,7 +459,7 @@ class _BaseRFM(BaseEstimator):
                 f"{C.dtype} (largest |x| = {np.abs(X).max():.3g}). Scale X as the "
                 "training data were scaled."
             )
-        return F, X.dtype
+        return F, X.dtype, space
 
     def agop(self, X=None):
         """AGOP of the fitted predictor.
@@ -481,6 +487,9 @@ class _BaseRFM(BaseEstimator):
             Xt, C, M, device = self._fitted_tensors(self.centers_ + self.X_offset_)
             self_index = torch.arange(len(C), device=device)
         else:
+            X, _, space = array_api_input(
+                X, fitted=getattr(self, "_space", None), method="agop"
+            )
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
             Xt, C, M, device = self._fitted_tensors(X)
             self_index = None
@@ -502,7 +511,7 @@ class _BaseRFM(BaseEstimator):
         )
         if low_rank is not None:  # the gradients in x are R times those in x R
             A = low_rank.root @ A @ low_rank.root.T
-        return to_numpy(A, np.float64)
+        return array_api_output(to_numpy(A, np.float64), None if X is None else space)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -906,6 +915,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
             check_call(comm, self, "fit", None)  # fit compares X and y itself
+            X, y, self._space = array_api_input(X, y)
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
             self.classes_, y_index = check_class_labels(y, owner="RFMClassifier")
             return self._fit(X, y_index, comm)
@@ -971,9 +981,9 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             classes, the score of ``classes_[1]`` (positive means ``classes_[1]``
             under ``"pm1"``).
         """
-        F, dtype = self._decision(X)
+        F, dtype, space = self._decision(X, method="decision_function")
         F = F.astype(dtype, copy=False)
-        return F[:, 0] if F.shape[1] == 1 else F
+        return array_api_output(F[:, 0] if F.shape[1] == 1 else F, space)
 
     def predict(self, X):
         """Predict class labels.
@@ -987,8 +997,8 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         y_pred : ndarray of shape (n_samples,)
             The class with the largest output.
         """
-        F, _ = self._decision(X)
-        return self.classes_[self._labels(F).astype(int)]
+        F, _, space = self._decision(X, method="predict")
+        return array_api_output(self.classes_[self._labels(F).astype(int)], space)
 
     def predict_proba(self, X):
         """Class probabilities by temperature scaling of the outputs.
@@ -1012,8 +1022,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             prediction underflows, and ties the small probabilities at 0, which
             would break their agreement in order with :meth:`predict_log_proba`.
         """
-        F, _ = self._decision(X)
-        return softmax(self.proba_scale_ * self._logits(F), axis=1)
+        F, _, space = self._decision(X, method="predict_proba")
+        return array_api_output(
+            softmax(self.proba_scale_ * self._logits(F), axis=1), space
+        )
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`.
@@ -1026,8 +1038,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         -------
         log_proba : ndarray of shape (n_samples, n_classes)
         """
-        F, _ = self._decision(X)
-        return log_softmax(self.proba_scale_ * self._logits(F), axis=1)
+        F, _, space = self._decision(X, method="predict_log_proba")
+        return array_api_output(
+            log_softmax(self.proba_scale_ * self._logits(F), axis=1), space
+        )
 
 
 class RFMRegressor(RegressorMixin, _BaseRFM):
@@ -1150,6 +1164,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
             check_call(comm, self, "fit", None)  # fit compares X and y itself
+            X, y, self._space = array_api_input(X, y)
             X, y = validate_data(
                 self,
                 X,
@@ -1194,6 +1209,6 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         -------
         y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs)
         """
-        F, dtype = self._decision(X)
+        F, dtype, space = self._decision(X, method="predict")
         F = (F + self.y_mean_).astype(dtype, copy=False)
-        return F[:, 0] if self._y_ndim == 1 else F
+        return array_api_output(F[:, 0] if self._y_ndim == 1 else F, space)
