@@ -9,6 +9,7 @@ Beaglehole et al. (2025), which detect a concept from the projections and steer
 a model along it.
 """
 
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -179,6 +180,16 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         else:
             estimator = RFMClassifier() if is_class else RFMRegressor()
         estimator.fit(X, y)
+        if getattr(estimator, "n_iter_", None) == 0:
+            warnings.warn(
+                f"The fitted {type(estimator).__name__} made no AGOP update "
+                "(n_iter_=0: the validation split preferred M = I, or max_iter=0), "
+                "so its M is the identity and the components are arbitrary axes. "
+                "Check the RFM's accuracy; a bandwidth near the data's distances "
+                '(bandwidth="auto") often helps.',
+                UserWarning,
+                stacklevel=3,
+            )
         factor = getattr(estimator, "M_factor_", None)
         if factor is not None:
             evals, evecs = psd_top_eigh(
@@ -224,7 +235,9 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             torch tensor and scikit-learn's ``array_api_dispatch`` is on.
         """
         check_is_fitted(self)
-        X, _, space = array_api_input(X, fitted=self._space, method="transform")
+        X, _, space = array_api_input(
+            X, fitted=getattr(self, "_space", None), method="transform"
+        )
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         Z = (X - self.mean_.astype(X.dtype)) @ self.components_.T.astype(X.dtype)
         return array_api_output(Z, space)

@@ -227,8 +227,8 @@ def psd_top_eigh(M=None, *, factor=None, n_components=None):
         if not bool(keep.all()):  # null directions of F: from the whole matrix
             return psd_top_eigh(F.T @ F, n_components=k)
         evecs = (F.T @ U) / s
-    elif M.ndim == 1:
-        diagonal = M.double().clamp(min=0)
+    elif M.ndim == 1 or not bool(torch.count_nonzero(M - torch.diag(M.diagonal()))):
+        diagonal = (M if M.ndim == 1 else M.diagonal()).double().clamp(min=0)
         k = diagonal.shape[0] if n_components is None else int(n_components)
         evals, order = torch.sort(diagonal, descending=True, stable=True)
         evals, order = evals[:k], order[:k]
@@ -241,3 +241,52 @@ def psd_top_eigh(M=None, *, factor=None, n_components=None):
     rows = evecs.abs().argmax(dim=0)
     signs = torch.sign(evecs[rows, torch.arange(evecs.shape[1], device=rows.device)])
     return evals, evecs * torch.where(signs == 0, 1.0, signs)
+
+
+def psd_factor_power(B, power=0.5, *, rtol=None):
+    """A root ``R`` of ``(B B^T)^p`` (``R R^T = (B B^T)^p``), from ``B`` alone.
+
+    The low-rank counterpart of :func:`psd_power`: for ``B`` of shape ``(d, s)``
+    with ``s < d``, the small ``s x s`` eigenproblem of ``B^T B = U S^2 U^T``
+    gives the thin SVD ``B = V S U^T`` (``V = B U S^{-1}``), so that
+    ``(B B^T)^p = V S^{2p} V^T`` and ``R = V S^p = B U S^{p-1}``: ``O(s^2 d)``
+    instead of the ``O(d^3)`` of the ``d x d`` matrix. ``(B B^T)^p`` acts as
+    0 on the null space of ``B^T``, as ``psd_power`` with its clipped
+    eigenvalues does. Directions whose eigenvalue is below ``rtol`` times the
+    largest are dropped (numerically null: the rank is their count).
+
+    Parameters
+    ----------
+    B : torch.Tensor of shape (d, s)
+    power : float, default=0.5
+    rtol : float, optional
+        Relative to the largest eigenvalue of ``B^T B``. Default: the larger of
+        ``s`` times float64's epsilon (the floor of the float64 eigenproblem)
+        and the square of ``s`` times the epsilon of ``B``'s dtype (the
+        rounding of ``B`` itself, squared).
+
+    Returns
+    -------
+    R : torch.Tensor of shape (d, r), ``r <= s``
+        In ``B``'s dtype and on its device; computed in float64.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skdnc._linalg import psd_factor_power
+    >>> B = torch.tensor([[4.0], [0.0], [0.0]], dtype=torch.float64)
+    >>> R = psd_factor_power(B, 0.5)
+    >>> (R @ R.T).diagonal().tolist()
+    [4.0, 0.0, 0.0]
+    """
+    B64 = B.double()
+    if rtol is None:
+        s = max(B.shape[1], 1)
+        eps = float(torch.finfo(torch.float64).eps)
+        rtol = max(s * eps, (s * float(torch.finfo(B.dtype).eps)) ** 2)
+    evals, U = psd_eigh(B64.T @ B64)
+    evals, U = evals.to(B.device), U.to(B.device)
+    top = float(evals[-1]) if len(evals) else 0.0
+    keep = evals > max(top * rtol, float(torch.finfo(torch.float64).tiny))
+    evals, U = evals[keep].flip(0), U[:, keep].flip(1)
+    return (B64 @ (U * evals.pow((power - 1) / 2))).to(B.dtype)
