@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
-from skdnc.nn import make_causal_lm, steer
+from skdnc.nn import collect_activations, make_causal_lm, steer
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +213,24 @@ def test_property_shift_then_exact_restore(lm, coef, seed, layer, positions):
         expected[:, :-1] = 0
     torch.testing.assert_close(shift, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(again, plain) and torch.equal(after, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_steering_and_collection_match_cpu():
+    cpu_lm = make_causal_lm(17, d_model=8, n_layers=2, n_heads=2, random_state=0)
+    gpu_lm = make_causal_lm(17, d_model=8, n_layers=2, n_heads=2, random_state=0)
+    gpu_lm = gpu_lm.to("cuda").eval()
+    v = np.linspace(-1, 1, 8)
+    with torch.no_grad():
+        before = gpu_lm(IDS.cuda())
+        with steer(gpu_lm, {"blocks.0": v}, coef=2.0):
+            gpu = gpu_lm(IDS.cuda()).cpu()
+        assert torch.equal(gpu_lm(IDS.cuda()), before)
+        with steer(cpu_lm.eval(), {"blocks.0": v}, coef=2.0):
+            cpu = cpu_lm(IDS)
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+    a = collect_activations(gpu_lm, IDS, reduction="mean")
+    b = collect_activations(cpu_lm, IDS, reduction="mean")
+    for key in b:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4)
