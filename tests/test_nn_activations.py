@@ -155,6 +155,19 @@ def test_callable_reduction_gets_the_mask(lm):
     )
 
 
+def test_callable_reduction_of_feature_maps():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1))
+    X = np.random.default_rng(0).normal(size=(5, 1, 4, 4))
+    acts = collect_activations(
+        net, X, layers="0", reduction=lambda Z, m: Z.amax((2, 3))
+    )
+    with torch.no_grad():
+        expected = net(torch.tensor(X, dtype=torch.float32)).amax((2, 3))
+    np.testing.assert_allclose(acts["0"], expected.numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="callable"):
+        collect_activations(net, X, layers="0")
+
+
 def test_any_model_with_named_modules():
     net = make_mlp(8, 3, width=16, depth=2, random_state=0)
     X = np.random.default_rng(0).normal(size=(11, 8))

@@ -167,7 +167,7 @@ def _features(Z, reduction, mask, where):
         mask = mask.to(Z.device)
     if reduction == "all":
         return _reduce_all(Z, mask, where)
-    if callable(reduction) and Z.ndim == 3:
+    if callable(reduction) and Z.ndim >= 3:
         Z = reduction(Z, mask)
         if not isinstance(Z, torch.Tensor) or Z.ndim != 2:
             raise ValueError(
@@ -235,8 +235,8 @@ def collect_activations(
         each sequence, the mean over its real tokens, its first token, or every
         real token (rows of ``(n_real_tokens, d)``, sequence after sequence,
         positions in order); a callable ``reduction(Z, mask) -> (n, d)`` gets
-        the output and the batch's mask (or None). ``(n, d)`` outputs are
-        kept as they are.
+        every output of 3 or more axes and the batch's mask (or None).
+        ``(n, d)`` outputs are kept as they are.
     attention_mask : str, callable, array-like of shape (n, tokens) or None, \
             default="attention_mask"
         Which tokens are real (nonzero) and which are padding (0): the key of
