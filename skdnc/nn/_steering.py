@@ -76,7 +76,7 @@ def _hook(name, v, coef, positions, width):
 
     def hook(module, args, out):
         rest = None
-        if isinstance(out, (tuple, list)):
+        if isinstance(out, (tuple, list)) and out:
             out, rest = out[0], out
         if not isinstance(out, torch.Tensor):
             raise TypeError(
@@ -152,7 +152,8 @@ def steer(model, vectors, *, coef=1.0, positions="all"):
         The multiple of each vector added; 0 leaves the outputs as they are.
     positions : {"all", "last"}, default="all"
         Add to every position of a ``(n, tokens, d)`` output, or to the last
-        token only (during generation, the token being predicted).
+        column only (during generation, the token being predicted; the last
+        column is a pad in a right-padded batch of unequal lengths).
 
     Returns
     -------
