@@ -249,6 +249,8 @@ def _activations(activations):
 
 
 def _scoring(y, scoring):
+    if isinstance(scoring, (list, tuple)):
+        return {name: name for name in scoring}
     if scoring is not None:
         return scoring
     binary = len(np.unique(y)) == 2
@@ -261,7 +263,7 @@ def _scoring(y, scoring):
         "y": ["array-like"],
         "estimator": [HasMethods(["fit", "predict"]), None],
         "cv": ["cv_object"],
-        "scoring": [dict, None],
+        "scoring": [dict, list, tuple, None],
         "stack": ["boolean"],
         "final_estimator": [HasMethods(["fit", "predict"]), None],
         "n_jobs": [Integral, None],
@@ -305,9 +307,9 @@ def probe_layers(
         The folds; an int gives shuffled
         :class:`~sklearn.model_selection.StratifiedKFold` folds seeded by
         ``random_state``. The stack's inner split uses as many folds.
-    scoring : dict, default=None
-        ``{name: scorer}``; ``None``: ``accuracy`` and ``roc_auc``
-        (``roc_auc_ovr`` for more than two classes).
+    scoring : dict or list, default=None
+        ``{name: scorer}`` or scorer names; ``None``: ``accuracy`` and
+        ``roc_auc`` (``roc_auc_ovr`` for more than two classes).
     stack : bool, default=True
         Score and fit the stacked detector too.
     final_estimator : classifier, default=None

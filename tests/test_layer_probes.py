@@ -121,6 +121,15 @@ def test_multiclass_uses_one_vs_rest_auc():
     result = probe_layers(acts, y, estimator=LogisticRegression(), cv=3, stack=False)
     assert result.layer_names == [0]
     assert result.scores["roc_auc"].mean() > 0.8
+    named = probe_layers(
+        acts,
+        y,
+        estimator=LogisticRegression(),
+        cv=3,
+        stack=False,
+        scoring=["balanced_accuracy"],
+    )
+    assert list(named.scores) == ["balanced_accuracy"]
 
 
 def test_frame_dict_and_display():
