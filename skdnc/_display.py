@@ -640,7 +640,9 @@ class LayerProbeDisplay:
                     f"scores[{metric!r}] has {np.shape(values)[0]} rows for {L} layers."
                 )
         if ax is None:
-            fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * L + 2.5), 3.6))
+            fig, ax = plt.subplots(
+                figsize=(max(4.5, 0.6 * L + 2.5), 3.6), layout="constrained"
+            )
         fig = ax.figure
         x = np.arange(L)
         self.lines_, self.stacked_lines_ = {}, {}
@@ -658,7 +660,9 @@ class LayerProbeDisplay:
                     linestyle="--",
                     label=f"{metric}, layers stacked",
                 )
-        ax.set_xticks(x, [str(name) for name in self.layer_names], rotation=30)
+        labels = [str(name) for name in self.layer_names]
+        long = max(len(label) for label in labels) > 3
+        ax.set_xticks(x, labels, rotation=30 if long else 0)
         ax.set_xlabel("layer")
         ax.set_ylabel("cross-validated score")
         ax.grid(True, which="major", alpha=0.3)

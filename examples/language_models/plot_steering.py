@@ -186,7 +186,7 @@ rates["random (mean of 4)"] = np.mean(
 for name, values in rates.items():
     print(f"{name:>20}: " + "  ".join(f"{r:.2f}" for r in values))
 
-fig, ax = plt.subplots(figsize=(5.5, 3.6))
+fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
 for name, values in rates.items():
     ax.plot(coefs, values, marker="o", label=name)
 ax.set_xlabel("coef (unit-norm directions)")
