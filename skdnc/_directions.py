@@ -75,8 +75,14 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     ----------
     estimator : RFMClassifier or RFMRegressor, default=None
         The RFM to fit, with its parameters (it is cloned). ``None``:
-        ``RFMClassifier()`` when ``y`` holds class labels (binary or
-        multiclass), ``RFMRegressor()`` otherwise.
+        ``RFMClassifier(bandwidth="auto", refit="rounds")`` when ``y`` holds
+        class labels (binary or multiclass), ``RFMRegressor(refit="rounds")``
+        otherwise: a bandwidth that follows the data's distances (a network's
+        hidden states are far from standardised), and the AGOP updates rerun
+        on all the data once the validation split has chosen their number, so
+        that every sample shapes ``M`` (with ``refit="solve"`` the directions
+        come from the ``1 - validation_fraction`` of the data the rounds ran
+        on).
     n_components : int, default=1
         Number of directions, at most ``n_features``.
 
@@ -177,8 +183,10 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             )
         if self.estimator is not None:
             estimator = clone(self.estimator)
+        elif is_class:
+            estimator = RFMClassifier(bandwidth="auto", refit="rounds")
         else:
-            estimator = RFMClassifier() if is_class else RFMRegressor()
+            estimator = RFMRegressor(refit="rounds")
         estimator.fit(X, y)
         if getattr(estimator, "n_iter_", None) == 0:
             warnings.warn(

@@ -249,26 +249,27 @@ def psd_factor_power(B, power=0.5, *, rtol=None):
     The low-rank counterpart of :func:`psd_power`: for ``B`` of shape ``(d, s)``
     with ``s < d``, the small ``s x s`` eigenproblem of ``B^T B = U S^2 U^T``
     gives the thin SVD ``B = V S U^T`` (``V = B U S^{-1}``), so that
-    ``(B B^T)^p = V S^{2p} V^T`` and ``R = V S^p = B U S^{p-1}``: ``O(s^2 d)``
-    instead of the ``O(d^3)`` of the ``d x d`` matrix. ``(B B^T)^p`` acts as
-    0 on the null space of ``B^T``, as ``psd_power`` with its clipped
-    eigenvalues does. Directions whose eigenvalue is below ``rtol`` times the
-    largest are dropped (numerically null: the rank is their count).
+    ``(B B^T)^p = V S^{2p} V^T`` and ``R = V S^p = B U S^{p-1}``: two
+    ``d x s x s`` products instead of the ``O(d^3)`` of the ``d x d`` matrix.
+    ``(B B^T)^p`` acts as 0 on the null space of ``B^T``, as ``psd_power`` with
+    its clipped eigenvalues does. The products run in ``B``'s precision, as the
+    ``d x d`` AGOP of the dense path is accumulated in it, and the
+    eigenproblem in float64; directions whose eigenvalue is below ``rtol``
+    times the largest are dropped (below the rounding of ``B^T B``: the rank
+    is their count).
 
     Parameters
     ----------
     B : torch.Tensor of shape (d, s)
     power : float, default=0.5
     rtol : float, optional
-        Relative to the largest eigenvalue of ``B^T B``. Default: the larger of
-        ``s`` times float64's epsilon (the floor of the float64 eigenproblem)
-        and the square of ``s`` times the epsilon of ``B``'s dtype (the
-        rounding of ``B`` itself, squared).
+        Relative to the largest eigenvalue of ``B^T B``; default ``s`` times
+        the epsilon of ``B``'s dtype.
 
     Returns
     -------
     R : torch.Tensor of shape (d, r), ``r <= s``
-        In ``B``'s dtype and on its device; computed in float64.
+        In ``B``'s dtype and on its device.
 
     Examples
     --------
@@ -279,14 +280,11 @@ def psd_factor_power(B, power=0.5, *, rtol=None):
     >>> (R @ R.T).diagonal().tolist()
     [4.0, 0.0, 0.0]
     """
-    B64 = B.double()
     if rtol is None:
-        s = max(B.shape[1], 1)
-        eps = float(torch.finfo(torch.float64).eps)
-        rtol = max(s * eps, (s * float(torch.finfo(B.dtype).eps)) ** 2)
-    evals, U = psd_eigh(B64.T @ B64)
+        rtol = max(B.shape[1], 1) * float(torch.finfo(B.dtype).eps)
+    evals, U = psd_eigh(B.T @ B)
     evals, U = evals.to(B.device), U.to(B.device)
     top = float(evals[-1]) if len(evals) else 0.0
     keep = evals > max(top * rtol, float(torch.finfo(torch.float64).tiny))
     evals, U = evals[keep].flip(0), U[:, keep].flip(1)
-    return (B64 @ (U * evals.pow((power - 1) / 2))).to(B.dtype)
+    return B @ (U * evals.pow((power - 1) / 2)).to(B.dtype)
