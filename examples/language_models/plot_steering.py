@@ -172,10 +172,10 @@ print("AGOP eigenvalue shares:", agop.explained_ratio_.round(3))
 # every direction and coefficient. :func:`~skdnc.nn.steer` removes its hooks on
 # leaving the ``with`` block, so the model is unchanged afterwards.
 neutral = np.column_stack(
-    [np.full(100, BOS), np.random.default_rng(3).choice(function_ids, (100, 2))]
+    [np.full(64, BOS), np.random.default_rng(3).choice(function_ids, (64, 2))]
 )
 neutral = torch.tensor(neutral)
-coefs = [0.0, 2.0, 4.0, 8.0, 16.0]
+coefs = [0.0, 4.0, 8.0, 16.0]
 
 
 def sport_rate(v, coef):
