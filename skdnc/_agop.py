@@ -48,6 +48,7 @@ def kernel_agop(
     block_size=None,
     allow_tf32=False,
     comm=None,
+    factor=False,
 ):
     """AGOP of ``f(x) = k_M(x, centers) @ alpha`` over the rows of ``X``.
 
@@ -84,14 +85,23 @@ def kernel_agop(
         its rows of ``X`` and one all-reduce sums the outer products (and, for
         ``centering``, the gradients). Every rank passes all of ``X`` and returns
         the whole AGOP. ``None``: this process alone.
+    factor : bool, default=False
+        Return the AGOP as its factor: the ``m K`` gradients (centred when
+        ``centering``) scaled by :math:`1/\\sqrt{m}`, rows of a matrix ``H``
+        with ``AGOP = H^T H``, of rank at most ``m K``. When ``m K < d`` it is
+        smaller than the AGOP and costs no ``d x d`` product. Needs a full ``M``
+        or ``None``, and no ``comm``.
 
     Returns
     -------
-    agop : torch.Tensor of shape (d, d), or (d,) when ``diag``
+    agop : torch.Tensor of shape (d, d), or (d,) when ``diag``, or (m K, d) when
+        ``factor``
         Averaged over the ``m`` points and summed over the ``K`` outputs.
     """
     m, d = X.shape
     n, n_outputs = alpha.shape
+    if factor and (diag or comm is not None or (M is not None and M.ndim == 1)):
+        raise ValueError("factor=True needs a full M or None, no diag and no comm.")
     if comm is not None:
         shard = comm.row_shard(m)
         X = X[shard]
@@ -106,7 +116,8 @@ def kernel_agop(
     c_sqnorms = (CM * centers).sum(dim=1)
     # When every point is a centre, its row norms and X M are the centres' own.
     all_centres = self_index is not None and bool((self_index >= 0).all())
-    acc = X.new_zeros(d if diag else (d, d))
+    acc = None if factor else X.new_zeros(d if diag else (d, d))
+    blocks = []  # the gradients themselves, for factor=True
     hsum = X.new_zeros(n_outputs, d)
     for rows in iter_row_blocks(X.shape[0], block_size or m):
         Xb = X[rows]
@@ -139,8 +150,17 @@ def kernel_agop(
             H.addcmul_((W @ alpha)[:, :, None], Xb[:, None, :], value=-1.0)
             del W
             hsum += H.sum(dim=0)
+            if factor:
+                blocks.append(H)
+                continue
             H = H.view(-1, d)
             acc += (H * H).sum(dim=0) if diag else H.T @ H
+    if factor:
+        H = torch.cat(blocks) if blocks else X.new_zeros(0, n_outputs, d)
+        if centering:
+            H -= hsum / m
+        H = H.view(-1, d).div_(m**0.5)
+        return H if M is None else H @ M
     if comm is not None:  # one all-reduce of both sums
         sums = comm.all_reduce_sum(torch.cat([acc.reshape(-1), hsum.reshape(-1)]))
         acc, hsum = sums[: acc.numel()].view_as(acc), sums[acc.numel() :].view_as(hsum)
@@ -155,6 +175,26 @@ def kernel_agop(
     if diag:
         raise ValueError("diag=True needs a diagonal M (a 1-D tensor) or None.")
     return M @ acc @ M
+
+
+def agop_scale(diagonal, normalization="max"):
+    """The number :func:`normalize_agop` divides an AGOP by, from its diagonal
+    (``None`` leaves it as it is: a zero or non-finite scale, or no
+    normalisation)."""
+    if normalization is None:
+        return None
+    if normalization == "max":
+        scale = diagonal.max()
+    elif normalization == "trace":
+        scale = diagonal.sum() / diagonal.shape[0]
+    else:
+        raise ValueError(
+            f"agop_normalization must be one of {AGOP_NORMALIZATIONS}; got "
+            f"{normalization!r}."
+        )
+    if not torch.isfinite(scale) or scale <= 0:
+        return None
+    return scale
 
 
 def normalize_agop(A, normalization="max"):
@@ -175,21 +215,22 @@ def normalize_agop(A, normalization="max"):
     A : torch.Tensor
         A new tensor; unchanged when the AGOP is zero (a constant predictor).
     """
-    diagonal = A if A.ndim == 1 else torch.diagonal(A)
-    if normalization is None:
-        return A.clone()
-    if normalization == "max":
-        scale = diagonal.max()
-    elif normalization == "trace":
-        scale = diagonal.sum() / diagonal.shape[0]
-    else:
-        raise ValueError(
-            f"agop_normalization must be one of {AGOP_NORMALIZATIONS}; got "
-            f"{normalization!r}."
-        )
-    if not torch.isfinite(scale) or scale <= 0:
-        return A.clone()
-    return A / scale
+    scale = agop_scale(A if A.ndim == 1 else torch.diagonal(A), normalization)
+    return A.clone() if scale is None else A / scale
+
+
+def normalize_agop_factor(B, normalization="max"):
+    """:func:`normalize_agop` of the AGOP ``B B^T`` given by its factor ``B``
+    (shape ``(d, s)``): ``B`` divided by the square root of the scale, whose
+    diagonal is the squared row norms of ``B``; ``O(d s)``.
+
+    Returns
+    -------
+    B : torch.Tensor of shape (d, s)
+        A new tensor.
+    """
+    scale = agop_scale((B * B).sum(dim=1), normalization)
+    return B.clone() if scale is None else B / scale.sqrt()
 
 
 #: ``agop_samples=None`` takes ``AGOP_POINTS_PER_FEATURE / d`` points, clipped to

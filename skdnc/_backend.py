@@ -255,3 +255,80 @@ def import_pandas(what):
             "plain dict instead (to_dict() / the history dict itself)."
         ) from exc
     return pandas
+
+
+def _array_space(X):
+    """``(namespace, device)`` of a torch tensor under scikit-learn's
+    ``array_api_dispatch``, else ``None`` (NumPy in, NumPy out)."""
+    from sklearn import get_config
+
+    if not isinstance(X, torch.Tensor) or not get_config()["array_api_dispatch"]:
+        return None
+    return ("torch", str(X.device))
+
+
+def array_api_input(X, y=None, *, fitted=False, method="fit"):
+    """Torch tensors in: NumPy copies of ``X`` and ``y`` for validation, and where
+    the outputs go (scikit-learn's Array API rule: everything follows ``X``).
+
+    A tensor on any device (detached, moved to the CPU) becomes a NumPy array;
+    anything else is returned as it is. With
+    ``sklearn.set_config(array_api_dispatch=True)`` and a tensor ``X``, the
+    returned ``space`` tells :func:`array_api_output` to give tensors back on
+    ``X``'s device; otherwise it is ``None`` and the outputs are NumPy, as
+    without tensors.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor
+    y : array-like or torch.Tensor, optional
+    fitted : tuple, None or False, default=False
+        For a method of a fitted estimator, the ``space`` of its ``fit``
+        (``None`` for NumPy): under ``array_api_dispatch`` a different
+        namespace or device raises scikit-learn's ``ValueError``. ``False``:
+        this is ``fit``, nothing to compare.
+    method : str, default="fit"
+        The calling method, for the message.
+
+    Returns
+    -------
+    X, y : ndarray or as given
+    space : tuple or None
+        ``("torch", device)`` or ``None``.
+
+    Raises
+    ------
+    ValueError
+        When ``fitted`` differs from the namespace and device of ``X`` under
+        ``array_api_dispatch``, as scikit-learn's estimators raise.
+    """
+    space = _array_space(X)
+    if fitted is not False and space != fitted:
+        from sklearn import get_config
+
+        if get_config()["array_api_dispatch"]:
+            names = [
+                "numpy" if s is None else f"{s[0]} on {s[1]}" for s in (fitted, space)
+            ]
+            raise ValueError(
+                f"Inputs passed to {method}() must use the same namespace and the "
+                "same device as those passed to fit(). Array namespaces and "
+                f"devices used during fit ({names[0]}) and {method} ({names[1]}) "
+                "differ."
+            )
+    if isinstance(X, torch.Tensor):
+        X = to_numpy(X)
+    if isinstance(y, torch.Tensor):
+        y = to_numpy(y)
+    return X, y, space
+
+
+def array_api_output(A, space):
+    """``A`` as :func:`array_api_input`'s ``space`` asks: a torch tensor on its
+    device (numbers only: an array of string labels stays NumPy), or ``A``."""
+    if space is None:
+        return A
+    A = np.asarray(A)
+    if A.dtype.kind not in "biuf":
+        return A
+    return torch.as_tensor(A, device=space[1])

@@ -562,3 +562,117 @@ class SVDSplitDisplay(_HistoryDisplay):
             fig.suptitle(self.title)
         self.axes_, self.figure_ = axes, fig
         return self
+
+
+class LayerProbeDisplay:
+    """Cross-validated probe scores against layer, with the layer-stacked
+    detector's score as a dashed line (Beaglehole et al., 2025, per-layer
+    detection).
+
+    Parameters
+    ----------
+    layer_names : list
+        The probed layers, in order.
+    scores : dict
+        ``{metric: array of shape (n_layers, n_splits)}``, the test scores of
+        every fold.
+    stacked_scores : dict, default=None
+        ``{metric: array of shape (n_splits,)}`` of the stacked detector.
+    title : str, default=None
+
+    Attributes
+    ----------
+    lines_ : dict
+        ``{metric: matplotlib.lines.Line2D}`` of the mean per-layer scores.
+    stacked_lines_ : dict
+        ``{metric: matplotlib.lines.Line2D}`` of the stacked detector's mean.
+    ax_ : matplotlib Axes
+    figure_ : matplotlib Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc import LayerProbeDisplay
+    >>> scores = {"accuracy": np.array([[0.6, 0.7], [0.9, 0.8]])}
+    >>> display = LayerProbeDisplay(
+    ...     layer_names=["blocks.0", "blocks.1"], scores=scores
+    ... ).plot()
+    >>> list(display.lines_)
+    ['accuracy']
+    """
+
+    def __init__(self, *, layer_names, scores, stacked_scores=None, title=None):
+        self.layer_names = list(layer_names)
+        self.scores = scores
+        self.stacked_scores = stacked_scores
+        self.title = title
+
+    @classmethod
+    def from_probe(cls, probe, *, ax=None, title=None):
+        """Draw the scores of a :class:`~skdnc.LayerProbe`.
+
+        Parameters
+        ----------
+        probe : LayerProbe
+            The result of :func:`~skdnc.probe_layers`.
+        ax : matplotlib Axes, default=None
+        title : str, default=None
+
+        Returns
+        -------
+        display : LayerProbeDisplay
+        """
+        return cls(
+            layer_names=probe.layer_names,
+            scores=probe.scores,
+            stacked_scores=probe.stacked_scores,
+            title=title,
+        ).plot(ax=ax)
+
+    def plot(self, ax=None):
+        """Draw onto ``ax`` or new Axes.
+
+        Returns
+        -------
+        self : LayerProbeDisplay
+        """
+        L = len(self.layer_names)
+        if L == 0 or not self.scores:
+            raise ValueError("Nothing to draw: no layers or no scores.")
+        for metric, values in self.scores.items():
+            if np.shape(values)[0] != L:
+                raise ValueError(
+                    f"scores[{metric!r}] has {np.shape(values)[0]} rows for {L} layers."
+                )
+        if ax is None:
+            fig, ax = plt.subplots(
+                figsize=(max(4.5, 0.6 * L + 2.5), 3.6), layout="constrained"
+            )
+        fig = ax.figure
+        x = np.arange(L)
+        self.lines_, self.stacked_lines_ = {}, {}
+        for metric, values in self.scores.items():
+            values = np.asarray(values, dtype=float).reshape(L, -1)
+            line, _ = _band(
+                ax, x, values.mean(axis=1), values.std(axis=1), marker="o", label=metric
+            )
+            self.lines_[metric] = line
+            stacked = (self.stacked_scores or {}).get(metric)
+            if stacked is not None:
+                self.stacked_lines_[metric] = ax.axhline(
+                    float(np.mean(stacked)),
+                    color=line.get_color(),
+                    linestyle="--",
+                    label=f"{metric}, layers stacked",
+                )
+        labels = [str(name) for name in self.layer_names]
+        long = max(len(label) for label in labels) > 3
+        ax.set_xticks(x, labels, rotation=30 if long else 0)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("cross-validated score")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+        if self.title:
+            ax.set_title(self.title)
+        self.ax_, self.figure_ = ax, fig
+        return self

@@ -14,6 +14,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skdnc._agop import kernel_agop
 from skdnc._backend import (
+    array_api_input,
+    array_api_output,
     block_rows,
     make_generator,
     matmul_precision,
@@ -30,6 +32,7 @@ from skdnc._kernels import Kernel, overflow_limit
 from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
     REFIT_POLICIES,
+    LowRank,
     class_targets,
     refit_rounds,
     rfm_rounds,
@@ -213,7 +216,34 @@ class _BaseRFM(BaseEstimator):
             "solver_params": self.solver_params,
             "n_centers": self.n_centers,
             "allow_tf32": bool(self.allow_tf32),
+            "low_rank": self._low_rank,
         }
+
+    #: ``params["low_rank"]`` of the rounds (:class:`~skdnc._rfm_core.LowRank`):
+    #: ``"auto"``; the tests set ``False`` on an instance to force a dense ``M``.
+    _low_rank = "auto"
+
+    @property
+    def M_(self):
+        """The feature matrix, built from ``M_factor_`` when the fit kept a factor
+        (a ``d x d`` array: an error when it does not fit ``memory_budget``)."""
+        state = self.__dict__
+        if "_M" not in state:
+            raise AttributeError(
+                f"This {type(self).__name__} instance is not fitted yet: it has no M_."
+            )
+        if state["_M"] is not None:
+            return state["_M"]
+        F = self.M_factor_
+        need = F.shape[1] ** 2 * F.itemsize
+        budget = memory_budget_bytes(self.memory_budget, torch.device("cpu"))
+        if need > budget:
+            raise MemoryError(
+                f"M_ of {F.shape[1]} features takes {need / 2**30:.3g} GiB, above the "
+                f"memory budget of {budget / 2**30:.3g} GiB: use M_factor_ "
+                f"(shape {F.shape}, M_ = M_factor_.T @ M_factor_) instead."
+            )
+        return F.T @ F
 
     def _log(self, message):
         if self.verbose:
@@ -250,14 +280,19 @@ class _BaseRFM(BaseEstimator):
         kernel.check_scale(X, np_dtype, reg=float(np.min(regs)))
 
         M0 = None
-        if self.warm_start and hasattr(self, "M_"):
-            if self.M_.shape[0] != d or (self.M_.ndim == 1) != bool(self.diag):
+        if self.warm_start and "_M" in self.__dict__:
+            factor = self.M_factor_
+            shape = self._M.shape if factor is None else (factor.shape[1],) * 2
+            if shape[0] != d or (len(shape) == 1) != bool(self.diag):
                 raise ValueError(
                     f"warm_start=True needs a previous M_ of the same kind and "
-                    f"size: M_ has shape {self.M_.shape}, X has {d} features and "
+                    f"size: M_ has shape {shape}, X has {d} features and "
                     f"diag={self.diag}."
                 )
-            M0 = torch.tensor(self.M_, device=device, dtype=dtype)
+            if factor is None:
+                M0 = torch.tensor(self._M, device=device, dtype=dtype)
+            else:
+                M0 = LowRank(torch.tensor(factor.T, device=device, dtype=dtype))
 
         log = self._log if self.verbose else None
         n_rounds = int(self.max_iter)
@@ -347,7 +382,12 @@ class _BaseRFM(BaseEstimator):
             self.reg_grid_ = np.array([params["reg"]])
         if M is None:
             M = torch.ones(d, dtype=dtype) if self.diag else torch.eye(d, dtype=dtype)
-        self.M_ = to_numpy(M)
+        if isinstance(M, LowRank):
+            self._M, self.M_factor_ = None, to_numpy(M.root.T)
+            diagonal = (self.M_factor_.astype(np.float64) ** 2).sum(axis=0)
+        else:
+            self._M, self.M_factor_ = to_numpy(M), None
+            diagonal = self._M if self._M.ndim == 1 else np.diag(self._M)
         centres = final_path[-1]["centers"]
         self.dual_coef_ = to_numpy(alpha) * np_dtype(y_scale)
         self.centers_ = to_numpy(Xt if centres is None else Xt[centres])
@@ -356,8 +396,7 @@ class _BaseRFM(BaseEstimator):
         self.validation_curve_ = curve
         self.reg_ = float(params["reg"])
         self.bandwidth_ = float(final_path[-1]["kernel"].bandwidth)
-        diagonal = self.M_ if self.M_.ndim == 1 else np.diag(self.M_)
-        self.feature_importances_ = diagonal / diagonal.sum()
+        self.feature_importances_ = (diagonal / diagonal.sum()).astype(np_dtype)
 
     def _after_validation(self, F, Y):
         """Subclass hook: use the chosen round's validation decisions."""
@@ -367,15 +406,31 @@ class _BaseRFM(BaseEstimator):
         device = resolve_device(self.device, fallback=True)
         dtype = torch.float64 if self.centers_.dtype == np.float64 else torch.float32
         C = torch.tensor(self.centers_, device=device, dtype=dtype)
-        M = torch.tensor(self.M_, device=device, dtype=dtype)
+        if self.M_factor_ is None:
+            M = torch.tensor(self._M, device=device, dtype=dtype)
+        else:
+            M = LowRank(torch.tensor(self.M_factor_.T, device=device, dtype=dtype))
         offset = torch.tensor(self.X_offset_, device=device, dtype=dtype)
         return to_tensor(X, device, dtype).sub_(offset), C, M, device
 
+    @staticmethod
+    def _in_metric(Xt, C, M):
+        """``(X, C, M)`` with a :class:`~skdnc._rfm_core.LowRank` metric mapped
+        away: ``X R``, ``C R`` and the identity, on which every kernel value and
+        gradient is the one in ``M``; anything else as it is."""
+        if isinstance(M, LowRank):
+            return Xt @ M.root, C @ M.root, None
+        return Xt, C, M
+
     @collective
-    def _decision(self, X, *, comm=None):
+    def _decision(self, X, *, method="predict", comm=None):
         """Raw kernel predictor outputs, shape (n, K), as NumPy float64 (computed in
-        the fitted precision), and the float dtype of the validated input."""
+        the fitted precision), the float dtype of the validated input, and where
+        the outputs go (:func:`~skdnc._backend.array_api_input`)."""
         check_is_fitted(self)
+        X, _, space = array_api_input(
+            X, fitted=getattr(self, "_space", None), method=method
+        )
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         Xt, C, M, device = self._fitted_tensors(X)
         limit = overflow_limit(X.shape[1], self.centers_.dtype)
@@ -389,6 +444,7 @@ class _BaseRFM(BaseEstimator):
             )
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
+        Xt, C, M = self._in_metric(Xt, C, M)
         F = to_numpy(
             kernel_predict(
                 Xt, C, alpha, M, self._fitted_kernel(), budget=budget, comm=comm
@@ -403,7 +459,7 @@ class _BaseRFM(BaseEstimator):
                 f"{C.dtype} (largest |x| = {np.abs(X).max():.3g}). Scale X as the "
                 "training data were scaled."
             )
-        return F, X.dtype
+        return F, X.dtype, space
 
     def agop(self, X=None):
         """AGOP of the fitted predictor.
@@ -431,12 +487,17 @@ class _BaseRFM(BaseEstimator):
             Xt, C, M, device = self._fitted_tensors(self.centers_ + self.X_offset_)
             self_index = torch.arange(len(C), device=device)
         else:
+            X, _, space = array_api_input(
+                X, fitted=getattr(self, "_space", None), method="agop"
+            )
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
             Xt, C, M, device = self._fitted_tensors(X)
             self_index = None
         alpha = torch.tensor(self.dual_coef_, device=device, dtype=C.dtype)
         budget = memory_budget_bytes(self.memory_budget, device)
         rows = block_rows(len(C), C.element_size(), budget, n_buffers=3)
+        low_rank = M if isinstance(M, LowRank) else None
+        Xt, C, M = self._in_metric(Xt, C, M)
         A = kernel_agop(
             Xt,
             C,
@@ -448,7 +509,9 @@ class _BaseRFM(BaseEstimator):
             block_size=rows,
             comm=comm,
         )
-        return to_numpy(A, np.float64)
+        if low_rank is not None:  # the gradients in x are R times those in x R
+            A = low_rank.root @ A @ low_rank.root.T
+        return array_api_output(to_numpy(A, np.float64), None if X is None else space)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -648,6 +711,14 @@ def _doc_parameters(reg, bandwidth, note):
 _RFM_DOC_ATTRIBUTES = """
     M_ : ndarray of shape (n_features, n_features), or (n_features,) if ``diag``
         The learned feature matrix (Mahalanobis metric) of the final predictor.
+        When the fit kept it as a factor (``M_factor_`` is not ``None``), it is
+        built from the factor on each access, and refused with a
+        ``MemoryError`` when it does not fit ``memory_budget``.
+    M_factor_ : ndarray of shape (rank, n_features) or None
+        ``M_ = M_factor_.T @ M_factor_`` when the AGOP's rank (at most the AGOP
+        points times the outputs) is below ``n_features``: the rounds then work
+        on the ``rank`` columns of ``X @ M_factor_.T`` and never form a
+        ``d x d`` matrix. ``None`` when ``M_`` is kept whole.
     dual_coef_ : ndarray of shape (n_samples, n_outputs)
         Dual coefficients :math:`\\alpha` of the final kernel machine.
     centers_ : ndarray of shape (n_samples, n_features)
@@ -844,6 +915,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
             check_call(comm, self, "fit", None)  # fit compares X and y itself
+            X, y, self._space = array_api_input(X, y)
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
             self.classes_, y_index = check_class_labels(y, owner="RFMClassifier")
             return self._fit(X, y_index, comm)
@@ -909,9 +981,9 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             classes, the score of ``classes_[1]`` (positive means ``classes_[1]``
             under ``"pm1"``).
         """
-        F, dtype = self._decision(X)
+        F, dtype, space = self._decision(X, method="decision_function")
         F = F.astype(dtype, copy=False)
-        return F[:, 0] if F.shape[1] == 1 else F
+        return array_api_output(F[:, 0] if F.shape[1] == 1 else F, space)
 
     def predict(self, X):
         """Predict class labels.
@@ -925,8 +997,8 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         y_pred : ndarray of shape (n_samples,)
             The class with the largest output.
         """
-        F, _ = self._decision(X)
-        return self.classes_[self._labels(F).astype(int)]
+        F, _, space = self._decision(X, method="predict")
+        return array_api_output(self.classes_[self._labels(F).astype(int)], space)
 
     def predict_proba(self, X):
         """Class probabilities by temperature scaling of the outputs.
@@ -950,8 +1022,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             prediction underflows, and ties the small probabilities at 0, which
             would break their agreement in order with :meth:`predict_log_proba`.
         """
-        F, _ = self._decision(X)
-        return softmax(self.proba_scale_ * self._logits(F), axis=1)
+        F, _, space = self._decision(X, method="predict_proba")
+        return array_api_output(
+            softmax(self.proba_scale_ * self._logits(F), axis=1), space
+        )
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`.
@@ -964,8 +1038,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         -------
         log_proba : ndarray of shape (n_samples, n_classes)
         """
-        F, _ = self._decision(X)
-        return log_softmax(self.proba_scale_ * self._logits(F), axis=1)
+        F, _, space = self._decision(X, method="predict_log_proba")
+        return array_api_output(
+            log_softmax(self.proba_scale_ * self._logits(F), axis=1), space
+        )
 
 
 class RFMRegressor(RegressorMixin, _BaseRFM):
@@ -1088,6 +1164,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         comm = world(self.distributed)
         with fail_together(comm):  # also when one rank's data fail validation
             check_call(comm, self, "fit", None)  # fit compares X and y itself
+            X, y, self._space = array_api_input(X, y)
             X, y = validate_data(
                 self,
                 X,
@@ -1132,6 +1209,6 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         -------
         y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs)
         """
-        F, dtype = self._decision(X)
+        F, dtype, space = self._decision(X, method="predict")
         F = (F + self.y_mean_).astype(dtype, copy=False)
-        return F[:, 0] if self._y_ndim == 1 else F
+        return array_api_output(F[:, 0] if self._y_ndim == 1 else F, space)

@@ -15,11 +15,16 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 
-from skdnc._agop import kernel_agop, normalize_agop, sample_points
+from skdnc._agop import (
+    kernel_agop,
+    normalize_agop,
+    normalize_agop_factor,
+    sample_points,
+)
 from skdnc._backend import block_rows
 from skdnc._base import DEVICE_CONSTRAINT
 from skdnc._kernels import KERNELS
-from skdnc._linalg import psd_power, psd_powers
+from skdnc._linalg import psd_factor_power, psd_power, psd_powers
 from skdnc._solvers import SOLVERS, fit_kernel_machine_path, kernel_predict
 
 #: ``_parameter_constraints`` of the parameters every kernel machine of skdnc has
@@ -89,21 +94,68 @@ def class_targets(y_index, n_classes, coding="pm1", *, binary_column=False):
     return Y
 
 
-def _sampled_agop(X, alpha, M, kernel, *, params, budget, generator, centres=None):
+class LowRank:
+    """A metric ``M = R R^T`` kept as its root ``R`` of shape ``(d, r)``, ``r < d``.
+
+    What the rounds hold instead of ``M`` when the AGOP's rank (at most its
+    points times outputs) is below ``d``: ``k_M(x, z) = k(R^T x, R^T z)``, so
+    every solve, distance and gradient runs on the ``r`` columns of ``X R``.
+    The estimators expose ``R^T`` as ``M_factor_``.
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root):
+        self.root = root
+
+    def dense(self):
+        """``M = R R^T`` of shape ``(d, d)``."""
+        return self.root @ self.root.T
+
+
+#: ``params["low_rank"]`` values: ``"auto"`` keeps ``M`` as a factor when the
+#: AGOP's points times outputs are fewer than ``d`` (and neither ``diag`` nor a
+#: process group asks otherwise), ``True`` whenever possible, ``False`` never.
+LOW_RANK_OPTIONS = ("auto", True, False)
+
+
+def _wants_factor(n_points, n_outputs, S, n_cols, params):
+    """Whether the next AGOP is taken as a factor (see :class:`LowRank`)."""
+    option = params.get("low_rank", "auto")
+    if option not in LOW_RANK_OPTIONS:
+        raise ValueError(f"low_rank must be one of {LOW_RANK_OPTIONS}; got {option!r}.")
+    if option is False or params["diag"] or params.get("comm") is not None:
+        return False
+    if S is not None and S.ndim == 2 and S.shape[0] != S.shape[1]:
+        return True  # already low rank: M's rank stays below d
+    d = n_cols if S is None else S.shape[0]
+    return option is True or n_points * n_outputs < d
+
+
+def _sampled_agop(
+    X, alpha, M, kernel, *, params, budget, generator, centres=None, root=False
+):
     """The AGOP of ``f(x) = k_M(x, C) @ alpha`` at a random subset of the training
     points (``params["agop_samples"]``, each point's own centre dropped), not yet
     normalised. The centres ``C`` are ``X[centres]`` (sorted indices), or all of
-    ``X`` when ``centres`` is ``None``."""
+    ``X`` when ``centres`` is ``None``.
+
+    With ``root`` (``False``, or the current root ``S``, ``None`` for the
+    identity), the AGOP comes as its factor (``kernel_agop(factor=True)``) when
+    :func:`_wants_factor` says so; returns ``(agop, is_factor)`` then."""
     n = X.shape[0]
     idx = sample_points(n, params["agop_samples"], generator, X.shape[1])
     idx = idx.to(X.device)
+    factor = root is not False and _wants_factor(
+        len(idx), alpha.shape[1], root, X.shape[1], params
+    )
     if centres is None:
         C, self_index = X, idx
     else:  # the position of each sampled point among the centres, or -1
         C = X[centres]
         pos = torch.searchsorted(centres, idx).clamp_(max=len(centres) - 1)
         self_index = torch.where(centres[pos] == idx, pos, -1)
-    return kernel_agop(
+    A = kernel_agop(
         X[idx],
         C,
         alpha,
@@ -115,7 +167,9 @@ def _sampled_agop(X, alpha, M, kernel, *, params, budget, generator, centres=Non
         block_size=block_rows(len(C), X.element_size(), budget, n_buffers=3),
         allow_tf32=params.get("allow_tf32", False),
         comm=params.get("comm"),
+        factor=factor,
     )
+    return A if root is False else (A, factor)
 
 
 def agop_step(X, alpha, M, kernel, *, params, budget, generator, centres=None):
@@ -150,8 +204,9 @@ def agop_step(X, alpha, M, kernel, *, params, budget, generator, centres=None):
 
 def apply_root(X, S):
     """The rows of ``X`` mapped by the metric's square root ``S`` (``S S = M``):
-    ``k_M(x, z) = k(S x, S z)``. ``S`` is full, a diagonal (a vector) or ``None``
-    (the identity)."""
+    ``k_M(x, z) = k(S x, S z)``. ``S`` is full, a diagonal (a vector), a
+    :class:`LowRank` root ``R`` of shape ``(d, r)`` (``R R^T = M``: ``X R`` has
+    ``r`` columns) or ``None`` (the identity)."""
     if S is None:
         return X
     return X * S if S.ndim == 1 else X @ S
@@ -166,8 +221,16 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator, centres
     no product with ``M`` on any block of points. Returns the next metric and its
     square root, both from one eigendecomposition, or ``None`` when the AGOP is
     zero (a constant predictor: the metric stays).
+
+    Low rank (:func:`_wants_factor`): the AGOP in the mapped coordinates comes
+    as its factor ``H`` (``G = H^T H``, ``m K`` rows), so the AGOP is
+    ``B B^T`` with ``B = S H^T`` (``d x m K``); it is normalised through the row
+    norms of ``B`` and raised to the power by the ``m K x m K`` eigenproblem of
+    :func:`~skdnc._linalg.psd_factor_power`. The next metric is then a
+    :class:`LowRank` and its root the factor itself: ``O(n m K d + (m K)^2 d)``
+    per round, never a ``d x d`` matrix.
     """
-    G = _sampled_agop(
+    G, factor = _sampled_agop(
         XS,
         alpha,
         None,
@@ -176,7 +239,15 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator, centres
         budget=budget,
         generator=generator,
         centres=centres,
+        root=S,
     )
+    if factor:
+        B = G.T if S is None else S @ G.T
+        B = normalize_agop_factor(B, params["agop_normalization"])
+        if torch.count_nonzero(B) == 0:
+            return None
+        R = psd_factor_power(B, params["agop_power"])
+        return LowRank(R), R
     if S is not None:
         G = G * S * S if S.ndim == 1 else S @ G @ S
     A = normalize_agop(G, params["agop_normalization"])
@@ -315,7 +386,10 @@ def rfm_rounds(
             f"A grid of ridge values (reg={reg!r}) is chosen on validation "
             "scores: pass evaluate, or a single reg."
         )
-    S = psd_power(M, 0.5) if M is not None and root is None else root
+    if isinstance(M, LowRank):
+        S = M.root
+    else:
+        S = psd_power(M, 0.5) if M is not None and root is None else root
     scores = []
     n_centers = params.get("n_centers", "auto")
     if isinstance(n_centers, Integral):  # a split may have fewer points

@@ -4,6 +4,8 @@ generator."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skdnc.nn import CausalLMOutput, make_causal_lm
@@ -122,3 +124,44 @@ def test_bad_arguments():
         lm(torch.zeros(1, 13, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(n, tokens\)"):
         lm(torch.zeros(13, dtype=torch.long))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    vocab=st.integers(2, 30),
+    heads=st.integers(1, 3),
+    per_head=st.integers(1, 6),
+    layers=st.integers(1, 3),
+    n=st.integers(1, 4),
+    length=st.integers(1, 8),
+    cut=st.integers(1, 8),
+)
+def test_property_shapes_and_causality(vocab, heads, per_head, layers, n, length, cut):
+    d = heads * per_head
+    lm = make_causal_lm(
+        vocab, d_model=d, n_layers=layers, n_heads=heads, max_len=8, random_state=0
+    ).eval()
+    ids = torch.randint(
+        0, vocab, (n, length), generator=torch.Generator().manual_seed(n)
+    )
+    with torch.no_grad():
+        out = lm(ids, output_hidden_states=True)
+        prefix = lm(ids[:, : min(cut, length)])
+    assert out.logits.shape == (n, length, vocab)
+    assert [h.shape for h in out.hidden_states] == [(n, length, d)] * (layers + 1)
+    assert torch.isfinite(out.logits).all()
+    # a prefix's logits do not depend on what follows it
+    torch.testing.assert_close(
+        prefix, out.logits[:, : min(cut, length)], rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    lm = _lm()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        cpu = lm(ids)
+        gpu = lm.to("cuda")(ids.to("cuda")).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)

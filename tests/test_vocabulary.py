@@ -15,8 +15,9 @@ import matplotlib
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
 
-from skdnc import DeepRFMTransformer, NFAProbe
+from skdnc import DeepRFMTransformer, NFAProbe, probe_layers
 from skdnc import __main__ as deep_rfm_command
 from skdnc._display import METRIC_LABELS, STAGE_COLORS, CollapseDisplay
 from skdnc.metrics import (
@@ -179,3 +180,17 @@ def test_nn_command_json(tmp_path):
     result = nn_command.run(args)
     seen = _check(result.data)
     assert {"nc1", "nc3", "nc4"} <= {m for m, _, _ in seen}
+
+
+def test_layer_probe_outputs(digits):
+    """Per-layer probe scores name no collapse metric and index layers as the
+    collapse probes do."""
+    X, y = digits
+    net = make_mlp(64, 10, width=8, depth=2, random_state=0)
+    keep = np.isin(y, (0, 1))
+    layers = {"a": X[keep][:, :32], "b": X[keep][:, 32:]}
+    result = probe_layers(layers, y[keep], estimator=LogisticRegression(), cv=3)
+    assert _check(result.to_dict()) == set()
+    frame = result.to_frame()
+    assert frame.index.name == layer_collapse(net, X, y).to_frame().index.name
+    assert _check(dict.fromkeys(frame.columns)) == set()

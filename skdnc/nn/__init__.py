@@ -9,6 +9,7 @@ paper's experiment and writes its figures.
 """
 
 from skdnc.metrics._collapse import STAGES
+from skdnc.nn._activations import ACTIVATION_REDUCTIONS, collect_activations
 from skdnc.nn._capture import GRADIENTS, REDUCTIONS
 from skdnc.nn._collapse_probe import CollapseProbe, layer_collapse
 from skdnc.nn._common import InputShapeError
@@ -26,6 +27,7 @@ from skdnc.nn._models import (
     make_vgg11,
 )
 from skdnc.nn._network_probe import NetworkProbe, probe_network
+from skdnc.nn._steering import steer
 from skdnc.nn._token_collapse import TokenCollapseProbe, token_collapse
 from skdnc.nn._train import (
     ProbeCallback,
@@ -37,6 +39,7 @@ from skdnc.nn._train import (
 )
 
 __all__ = [
+    "ACTIVATION_REDUCTIONS",
     "ARCHITECTURES",
     "GRADIENTS",
     "REDUCTIONS",
@@ -51,6 +54,7 @@ __all__ = [
     "TokenCollapseProbe",
     "TrainingHistory",
     "aggregate_histories",
+    "collect_activations",
     "find_layers",
     "layer_agops",
     "layer_collapse",
@@ -62,6 +66,7 @@ __all__ = [
     "nfa_correlation",
     "pm1_targets",
     "probe_network",
+    "steer",
     "token_collapse",
     "train_network",
     "train_seeds",
