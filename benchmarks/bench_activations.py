@@ -29,7 +29,10 @@ own) and measures:
    (``|cos|``).
 5. The process's peak resident set (``VmHWM``, imports included).
 
-and, separately, on a problem where both paths run (``d = 1024`` in float64), the
+and, for information (no target), the same measures on a harder problem
+(``--hard-strength``, 1.5 noise standard deviations) at the smallest size, with the
+accuracy of a detector fitted on the projection onto the top direction; and,
+separately, on a problem where both paths run (``d = 1024`` in float64), the
 dense ``M`` (``_low_rank = False``) against the low-rank factor: the largest
 difference in ``M``, in the decision function and in the top component, and
 both fit times.
@@ -177,6 +180,35 @@ def one_size(n, d, n_test, seed):
     return out
 
 
+def harder(n, d, n_test, seed, strength):
+    """Informational: the same problem with a weaker concept, where neither the
+    classifiers nor the directions are perfect (no target)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from skdnc import AGOPDirections, RFMClassifier
+
+    X, y, Xt, yt, u = simulated_hidden_states(
+        n, d, n_test=n_test, seed=seed, strength=strength
+    )
+    out = {"n": n, "d": d, "strength": strength}
+    rfm = RFMClassifier(bandwidth="auto", random_state=0).fit(X, y)
+    out["accuracy_auto"] = float(rfm.score(Xt, yt))
+    logistic = LogisticRegression(max_iter=2000).fit(X, y)
+    out["accuracy_logistic"] = float(logistic.score(Xt, yt))
+    directions = AGOPDirections(
+        RFMClassifier(bandwidth="auto", refit="rounds", random_state=0)
+    ).fit(X, y)
+    out["cos_agop"] = _cos(directions.components_[0], u)
+    out["cos_logistic"] = _cos(logistic.coef_, u)
+    out["cos_mean_difference"] = _cos(X[y == 1].mean(0) - X[y == 0].mean(0), u)
+    # Detection from the projection on the top direction (a 1-D logistic fit).
+    detector = LogisticRegression().fit(directions.transform(X), y)
+    out["accuracy_top_direction_detector"] = float(
+        detector.score(directions.transform(Xt), yt)
+    )
+    return out
+
+
 def agreement(n, d, seed):
     """Dense M against the low-rank factor, float64, on one problem."""
     import numpy as np
@@ -228,6 +260,9 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--agreement-d", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hard-strength", type=float, default=1.5, help="signal of the harder problem"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="s per size")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--check", action="store_true")
@@ -238,6 +273,8 @@ def main(argv=None):
         spec = json.loads(args.worker)
         if spec.pop("agreement", False):
             print(json.dumps(agreement(**spec)))
+        elif "strength" in spec:
+            print(json.dumps(harder(**spec)))
         else:
             print(json.dumps(one_size(**spec)))
         return 0
@@ -314,6 +351,15 @@ def main(argv=None):
     headers += ["cos AGOPDirections", "cos logistic", "cos mean diff", "peak GiB"]
     print(format_table(headers, rows))
     report["sizes"] = results
+    spec = {
+        "n": n,
+        "d": min(sizes),
+        "n_test": n_test,
+        "seed": args.seed,
+        "strength": args.hard_strength,
+    }
+    report["harder"] = run_worker(script, spec, args.timeout)
+    print("harder problem (no target):", json.dumps(report["harder"]))
     spec = {"n": min(n, 400), "d": agreement_d, "seed": args.seed, "agreement": True}
     agree = run_worker(script, spec, args.timeout)
     report["agreement"] = agree

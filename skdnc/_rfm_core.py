@@ -144,7 +144,10 @@ def _sampled_agop(
     identity), the AGOP comes as its factor (``kernel_agop(factor=True)``) when
     :func:`_wants_factor` says so; returns ``(agop, is_factor)`` then."""
     n = X.shape[0]
-    idx = sample_points(n, params["agop_samples"], generator, X.shape[1])
+    # agop_samples=None counts points by the data's dimension d, also when X
+    # holds the r < d columns X R of a LowRank root R (shape (d, r)).
+    d = X.shape[1] if root is False or root is None else root.shape[0]
+    idx = sample_points(n, params["agop_samples"], generator, d)
     idx = idx.to(X.device)
     factor = root is not False and _wants_factor(
         len(idx), alpha.shape[1], root, X.shape[1], params
@@ -249,7 +252,7 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator, centres
         R = psd_factor_power(B, params["agop_power"])
         return LowRank(R), R
     if S is not None:
-        G = G * S * S if S.ndim == 1 else S @ G @ S
+        G = G * S * S if S.ndim == 1 else S @ G @ S.T  # S symmetric, or a LowRank root
     A = normalize_agop(G, params["agop_normalization"])
     if torch.count_nonzero(A) == 0:
         return None

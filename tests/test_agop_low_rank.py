@@ -202,3 +202,48 @@ def test_factor_path_properties(n, d, m, power):
     assert np.diag(low.M_).max() == pytest.approx(1.0 if power == 1.0 else 1.0, abs=1)
     np.testing.assert_allclose(low.M_, dense.M_, atol=1e-6)
     np.testing.assert_allclose(low.predict(X[:10]), dense.predict(X[:10]), atol=1e-6)
+
+
+def test_warm_start_from_a_factor_on_either_path():
+    """A model holding a factor continues on the dense path (S G S^T with the
+    (d, r) root) or on the factor path to the same M."""
+    X, y = _data(n=80, d=120)
+    params = {
+        "bandwidth": "auto",
+        "max_iter": 1,
+        "validation_fraction": 0.0,
+        "agop_samples": 30,
+        "dtype": "float64",
+        "random_state": 0,
+    }
+    first = RFMClassifier(**params).fit(X, y)
+    dense, low = _pair(RFMClassifier, warm_start=True, **params)
+    for est in (dense, low):
+        est.__dict__.update(
+            {k: v for k, v in first.__dict__.items() if k.endswith("_")}
+        )
+        est.__dict__["_M"] = None
+        est.fit(X, y)
+    assert dense.M_factor_ is None and low.M_factor_ is not None
+    np.testing.assert_allclose(low.M_, dense.M_, atol=1e-6)
+
+
+def test_default_agop_points_follow_d_on_the_factor_path(monkeypatch):
+    """agop_samples=None takes default_agop_points(d) on every round, as the dense
+    path does, not the count for the r columns of X R (which would be all n)."""
+    import skdnc._rfm_core as core
+
+    seen = []
+    original = core.sample_points
+
+    def spy(n, agop_samples, generator, n_features=1):
+        seen.append(n_features)
+        return original(n, agop_samples, generator, n_features)
+
+    monkeypatch.setattr(core, "sample_points", spy)
+    X, y = _data(n=120, d=2000)
+    est = RFMClassifier(
+        bandwidth="auto", max_iter=2, validation_fraction=0.0, random_state=0
+    ).fit(X, y)
+    assert est.M_factor_ is not None and est.M_factor_.shape[0] <= 120
+    assert seen == [2000, 2000]
