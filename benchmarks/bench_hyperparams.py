@@ -126,7 +126,10 @@ def regression_section(quick, repeat, targets):
             entry = {"r2": float(model.score(Xte, yte)), "fit_s": seconds}
             if hasattr(est, "reg_"):
                 entry.update(
-                    reg=est.reg_, bandwidth=est.bandwidth_, n_iter=int(est.n_iter_)
+                    reg=est.reg_,
+                    bandwidth=est.bandwidth_,
+                    n_iter=int(est.n_iter_),
+                    best_iter=int(est.best_iter_),
                 )
             if grid:
                 entry["best_params"] = {
@@ -194,6 +197,7 @@ def classification_section(quick, repeat, targets):
                 "reg": clf.reg_,
                 "bandwidth": clf.bandwidth_,
                 "n_iter": int(clf.n_iter_),
+                "best_iter": int(clf.best_iter_),
             }
             rows.append(
                 (
