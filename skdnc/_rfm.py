@@ -678,11 +678,12 @@ _RFM_DOC_ATTRIBUTES = """
         ``0..n_iter_ - 1`` (``0`` is plain kernel ridge regression, ``M = I``),
         the round with the best validation score (``max_iter`` without a
         validation split).
-    history_ : ndarray of shape (n_iter_,) or None
-        Validation score after ``0, 1, ...`` AGOP updates, one per round run,
+    history_ : ndarray of shape (n_rounds,) or None
+        Validation score after ``0, 1, ...`` AGOP updates, one per round run
+        (``n_rounds`` is ``n_iter_``),
         with the round's best ridge value (``history_[best_iter_]`` is the
         best); ``None`` when no validation split was made.
-    validation_curve_ : ndarray of shape (n_iter_, n_regs) or None
+    validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
         The whole curve behind ``history_``: the validation score of every
         round and every value of ``reg_grid_`` (``history_`` is its row-wise
         maximum); ``None`` when no validation split was made.
