@@ -15,10 +15,12 @@ the end:
    same stratified 80/20 splits of three problems: sklearn's digits, a generated
    10-class problem (n=5000, d=100) and an image-like one (n=5000, d=784: digits
    upsampled to 28 x 28 with random shifts and noise, see
-   ``_util.image_like``), for ``skdnc.RFMClassifier()`` at its defaults, xRFM's
-   ``RFM`` (same bandwidth, ridge and largest number of iterations; its
-   validation set carved from the training data with skdnc's
-   ``validation_fraction``), and (digits and synthetic only) KernelRidge and SVC.
+   ``_util.image_like``), for ``skdnc.RFMClassifier()`` at its defaults
+   (``reg="auto", bandwidth="auto"``), the same with the former fixed
+   ``reg=1e-3, bandwidth=10``, xRFM's ``RFM`` at its defaults (bandwidth 10,
+   ridge 1e-3; skdnc's largest number of iterations; its validation set carved
+   from the training data with skdnc's ``validation_fraction``), and (digits and
+   synthetic only) KernelRidge and SVC.
 2. The trade-offs behind two defaults, skdnc only, on the same splits: the
    ``refit`` policies, and the number of AGOP points (``agop_samples``).
 3. One RFM round (one kernel ridge solve + one AGOP, from M = I), float32, at
@@ -67,6 +69,9 @@ DIGITS_ACCURACY_TARGET = 0.985
 FLOOR_RATIO_TARGET = 1.3
 AGOP_POINTS = (250, 500, 1000, 2000, None)
 REFITS = ("solve", "warm", "rounds")
+#: xRFM's RFM at its own defaults (bandwidth 10, ridge 1e-3), the classifier's
+#: former fixed values; the round section (part 3) measures one solve with them.
+FIXED = {"bandwidth": 10.0, "reg": 1e-3}
 
 
 # -- data -------------------------------------------------------------------------
@@ -125,8 +130,9 @@ def _skdnc_fit(**params):
 
 
 def _xrfm_fit(Xtr, ytr, Xte):
-    """xRFM's RFM with skdnc's defaults; it needs a validation set, float32 and
-    one-hot targets. Its validation split is carved from the training data."""
+    """xRFM's RFM at its defaults (bandwidth 10, ridge 1e-3) with skdnc's number
+    of iterations; it needs a validation set, float32 and one-hot targets. Its
+    validation split is carved from the training data."""
     import torch
     from sklearn.model_selection import train_test_split
     from xrfm import RFM
@@ -142,7 +148,7 @@ def _xrfm_fit(Xtr, ytr, Xte):
     model = RFM(
         kernel="l2",
         iters=defaults.max_iter,
-        bandwidth=defaults.bandwidth,
+        bandwidth=FIXED["bandwidth"],
         device="cpu",
         verbose=False,
         tuning_metric="accuracy",
@@ -151,7 +157,7 @@ def _xrfm_fit(Xtr, ytr, Xte):
         (torch.from_numpy(Xf), onehot[torch.tensor(yf)]),
         (torch.from_numpy(Xv), onehot[torch.tensor(yv)]),
         method="lstsq",
-        reg=defaults.reg,
+        reg=FIXED["reg"],
         verbose=False,
     )
     pred = model.predict(torch.from_numpy(Xte)).argmax(dim=1).numpy()
@@ -160,13 +166,11 @@ def _xrfm_fit(Xtr, ytr, Xte):
 
 def _kernel_ridge_fit(Xtr, ytr, Xte):
     """sklearn's KernelRidge with its (L1) laplacian kernel on one-hot targets,
-    default gamma, the ridge of the RFMs."""
+    default gamma, xRFM's ridge 1e-3."""
     from sklearn.kernel_ridge import KernelRidge
 
-    from skdnc import RFMClassifier
-
     classes, yi = np.unique(ytr, return_inverse=True)
-    model = KernelRidge(kernel="laplacian", alpha=RFMClassifier().reg)
+    model = KernelRidge(kernel="laplacian", alpha=FIXED["reg"])
     model.fit(Xtr, np.eye(len(classes), dtype=Xtr.dtype)[yi])
     return classes[model.predict(Xte).argmax(axis=1)], model
 
@@ -179,7 +183,8 @@ def _svc_fit(Xtr, ytr, Xte):
 
 
 SKDNC, XRFM = "skdnc RFMClassifier()", "xRFM RFM"
-TIMED = [(SKDNC, _skdnc_fit()), (XRFM, _xrfm_fit)]
+SKDNC_FIXED = "skdnc RFMClassifier(reg=1e-3, bandwidth=10)"
+TIMED = [(SKDNC, _skdnc_fit()), (SKDNC_FIXED, _skdnc_fit(**FIXED)), (XRFM, _xrfm_fit)]
 OTHERS = [("KernelRidge laplacian", _kernel_ridge_fit), ("SVC rbf", _svc_fit)]
 
 
@@ -205,6 +210,9 @@ def accuracy_section(problems, repeat, targets):
                 if method == SKDNC:
                     extra = {
                         "n_iter": int(model.n_iter_),
+                        "best_iter": int(model.best_iter_),
+                        "reg": float(model.reg_),
+                        "bandwidth": float(model.bandwidth_),
                         "history": model.history_.tolist(),
                         "output_dtype": str(model.predict_proba(Xte[:2]).dtype),
                     }
@@ -227,7 +235,9 @@ def accuracy_section(problems, repeat, targets):
             )
         )
         print(
-            f"skdnc: {extra['n_iter']} AGOP updates chosen, validation history "
+            f"skdnc: {extra['n_iter']} rounds run, {extra['best_iter']} AGOP updates "
+            f"chosen, reg_={extra['reg']:g}, bandwidth_={extra['bandwidth']:.3g}, "
+            "validation history "
             f"{np.round(extra['history'], 4).tolist()}"
         )
         results[name] = {
@@ -276,10 +286,10 @@ def tradeoff_section(problems, quick):
             res[key][label] = {
                 "fit_s": seconds,
                 "accuracy": acc,
-                "n_iter": int(model.n_iter_),
+                "best_iter": int(model.best_iter_),
             }
             rows.append(
-                (f"{key}={label}", f"{acc:.4f}", f"{seconds:.2f}", model.n_iter_)
+                (f"{key}={label}", f"{acc:.4f}", f"{seconds:.2f}", model.best_iter_)
             )
         print(f"\n{name}")
         print(format_table(["setting", "accuracy", "fit s", "AGOP updates"], rows))
@@ -307,14 +317,15 @@ def _targets(y):
 
 def _skdnc_round(X, y):
     """skdnc's own round: ``rfm_rounds`` with no AGOP update is one solve, then
-    ``agop_step``, with RFMClassifier's default parameters (float32 data)."""
+    ``agop_step``, with RFMClassifier's default parameters but one ridge value
+    and bandwidth (``FIXED``, xRFM's), float32 data."""
     import torch
 
     from skdnc import RFMClassifier
     from skdnc._backend import make_generator, memory_budget_bytes
     from skdnc._rfm_core import agop_step, rfm_rounds
 
-    est = RFMClassifier()
+    est = RFMClassifier(**FIXED)
     params, kernel = est._round_params(), est._kernel()
     budget = memory_budget_bytes(est.memory_budget, torch.device("cpu"))
     generator = make_generator(0)
@@ -339,16 +350,13 @@ def _xrfm_round(X, y):
     import torch
     from xrfm import RFM
 
-    from skdnc import RFMClassifier
-
-    defaults = RFMClassifier()
     n, d = X.shape
     c = int(y.max()) + 1
     Y = torch.eye(c)[y]
     model = RFM(
         kernel="l2",
         iters=1,
-        bandwidth=defaults.bandwidth,
+        bandwidth=FIXED["bandwidth"],
         device="cpu",
         verbose=False,
         tuning_metric="accuracy",
@@ -357,7 +365,7 @@ def _xrfm_round(X, y):
     model._initialize_fit_parameters(
         iters=1,
         method="lstsq",
-        reg=defaults.reg,
+        reg=FIXED["reg"],
         verbose=False,
         M_batch_size=None,
         total_points_to_sample=None,
@@ -396,7 +404,7 @@ def _floor_round(X, y):
     from skdnc._agop import sample_points
 
     defaults = RFMClassifier()
-    L, reg = float(defaults.bandwidth), float(defaults.reg)
+    L, reg = FIXED["bandwidth"], FIXED["reg"]
     n, d = X.shape
     Y = _targets(y)
     c = Y.shape[1]

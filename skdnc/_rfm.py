@@ -129,9 +129,9 @@ class _BaseRFM(BaseEstimator):
         self,
         *,
         kernel="laplace",
-        bandwidth=10.0,
+        bandwidth="auto",
         exponent=1.0,
-        reg=1e-3,
+        reg="auto",
         max_iter=5,
         diag=False,
         agop_samples=None,
@@ -339,6 +339,7 @@ class _BaseRFM(BaseEstimator):
                 path=path,
             )
             del Xf, Yf, Xv
+            rounds_run = len(scores)
             n_rounds = max(range(len(scores)), key=lambda t: scores[t])
             history = np.array([s[0] for s in scores])
             curve = np.array([[s[0] for s in p["scores"]] for p in path])
@@ -366,6 +367,7 @@ class _BaseRFM(BaseEstimator):
             del metrics, path
         else:
             self._after_validation(None, None)
+            rounds_run = n_rounds + 1
             self._log(f"fitting on all {n} points with {n_rounds} AGOP updates")
             M, alpha, _ = rfm_rounds(
                 Xt,
@@ -391,7 +393,8 @@ class _BaseRFM(BaseEstimator):
         centres = final_path[-1]["centers"]
         self.dual_coef_ = to_numpy(alpha) * np_dtype(y_scale)
         self.centers_ = to_numpy(Xt if centres is None else Xt[centres])
-        self.n_iter_ = n_rounds
+        self.n_iter_ = rounds_run
+        self.best_iter_ = n_rounds
         self.history_ = history
         self.validation_curve_ = curve
         self.reg_ = float(params["reg"])
@@ -685,12 +688,17 @@ _RFM_DOC_PARAMETERS = """
 
 _CLASSIFIER_NOTE = """
 
-        The classifier's defaults are fixed: the near-interpolating ridge 1e-3
-        suits separable classes, and on the benchmark problems
-        (``benchmarks/bench_hyperparams.py``) ``reg="auto"`` chose it, at
-        several times the fit time. Use ``"auto"`` for noisy labels.
-        ``bandwidth="auto"`` is worth trying on features that are not
-        standardised."""
+        The classifier's defaults are ``reg="auto"`` and ``bandwidth="auto"``,
+        as the regressor's: on noisy labels the near-interpolating ridge 1e-3
+        fits the noise (below the majority class on real tabular data), and a
+        fixed bandwidth of 10 is far off the distances of many feature sets
+        (at 4,096 features the kernel matrix is then the identity and the
+        classifier is at chance). The split that chooses the number of AGOP
+        updates chooses both, so clean problems keep the near-interpolating
+        ridge when it is best (``benchmarks/bench_real.py``,
+        ``benchmarks/bench_rfm.py``; the user guide's "choosing the defaults"
+        has the figures). ``reg=1e-3, bandwidth=10`` is the former fixed
+        choice."""
 
 _REGRESSOR_NOTE = """
 
@@ -729,11 +737,23 @@ _RFM_DOC_ATTRIBUTES = """
         Mean of the training points, subtracted from every input (kernels and
         AGOPs are translation invariant; this keeps float32 distances accurate).
     n_iter_ : int
-        Number of AGOP updates behind ``M_``.
+        Number of rounds run, as scikit-learn's iterative estimators count
+        them (``HistGradientBoostingClassifier``, ``MLPClassifier``): a round is
+        one kernel solve, followed by an AGOP update unless it is the last. On
+        the validation split when there is one (``len(history_)``: at most
+        ``max_iter + 1``, fewer when early stopping ended the rounds sooner),
+        else ``max_iter + 1`` on all the data. The final solve of ``refit`` is
+        not counted.
+    best_iter_ : int
+        The chosen round: the number of AGOP updates behind ``M_``, in
+        ``0..n_iter_ - 1`` (``0`` is plain kernel ridge regression, ``M = I``),
+        the round with the best validation score (``max_iter`` without a
+        validation split).
     history_ : ndarray of shape (n_rounds,) or None
-        Validation score after ``0, 1, ...`` AGOP updates, one per round measured
-        (``max_iter + 1`` unless early stopping ended the rounds sooner), with the
-        round's best ridge value; ``None`` when no validation split was made.
+        Validation score after ``0, 1, ...`` AGOP updates, one per round run
+        (``n_rounds`` is ``n_iter_``),
+        with the round's best ridge value (``history_[best_iter_]`` is the
+        best); ``None`` when no validation split was made.
     validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
         The whole curve behind ``history_``: the validation score of every
         round and every value of ``reg_grid_`` (``history_`` is its row-wise
@@ -787,7 +807,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     (2024). Runs on torch, on a GPU when there is one.
 
     Parameters
-    ----------{_doc_parameters("1e-3", "10.0", _CLASSIFIER_NOTE)}
+    ----------{_doc_parameters('"auto"', '"auto"', _CLASSIFIER_NOTE)}
     target_coding : {{"pm1", "onehot"}}, default="pm1"
         Targets of the regression: ``"pm1"`` codes each class as +1 in its own
         column and -1 elsewhere (the paper's coding), ``"onehot"`` as 1 and 0.
@@ -840,9 +860,9 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         self,
         *,
         kernel="laplace",
-        bandwidth=10.0,
+        bandwidth="auto",
         exponent=1.0,
-        reg=1e-3,
+        reg="auto",
         max_iter=5,
         diag=False,
         agop_samples=None,

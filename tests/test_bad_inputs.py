@@ -133,7 +133,9 @@ def test_networks_reject_non_finite_inputs_and_labels():
 def test_memory_messages_use_a_readable_unit():
     """A tiny budget used to be reported as 'needs 0.00 GiB, more than ... 0.00 GiB'."""
     with pytest.raises(ValueError, match=r"needs 7\.03 KiB, more than the memory "):
-        RFMClassifier(max_iter=0, solver="cholesky", memory_budget=1e-9).fit(X, Y)
+        RFMClassifier(reg=1e-3, max_iter=0, solver="cholesky", memory_budget=1e-9).fit(
+            X, Y
+        )
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,7 @@ def test_chosen_reg_is_argmax_of_separate_fits(Est, regs, friedman, blobs):
     np.testing.assert_allclose(grid.validation_curve_[0], separate, rtol=1e-8)
     assert grid.reg_ == regs[int(np.argmax(separate))]
     np.testing.assert_array_equal(grid.reg_grid_, regs)
-    assert grid.n_iter_ == 0
+    assert grid.best_iter_ == 0 and grid.n_iter_ == 1
 
 
 def test_rounds_refuse_a_grid_without_scores():
@@ -303,7 +303,7 @@ def test_regressor_grid_property(regs, scale, seed):
     assert est.reg_ in regs
     assert est.validation_curve_.shape == (len(est.history_), len(regs))
     np.testing.assert_array_equal(est.validation_curve_.max(axis=1), est.history_)
-    assert est.history_[est.n_iter_] == est.history_.max()
+    assert est.history_[est.best_iter_] == est.history_.max()
     assert np.isfinite(est.predict(X)).all()
     if len(regs) == 1:
         fixed = RFMRegressor(reg=regs[0], bandwidth="auto", max_iter=2)

@@ -26,8 +26,10 @@ def test_digits_accuracy_with_defaults(digits_split):
     clf = RFMClassifier(random_state=0).fit(X_train, y_train)
     assert clf.score(X_test, y_test) >= 0.985
     assert clf.M_.shape == (64, 64)
-    assert clf.history_.shape == (6,)
-    assert 0 <= clf.n_iter_ <= 5
+    # n_iter_ counts the rounds run on the split, best_iter_ is the chosen one.
+    assert clf.history_.shape == (clf.n_iter_,)
+    assert 1 <= clf.n_iter_ <= 6
+    assert clf.history_[clf.best_iter_] == clf.history_.max()
     assert clf.feature_importances_.sum() == pytest.approx(1)
 
 
@@ -133,10 +135,12 @@ def test_validation_split_chooses_rounds_and_refits(digits_split):
     X_train, _, y_train, _ = digits_split
     clf = RFMClassifier(max_iter=3, random_state=0).fit(X_train, y_train)
     best = np.flatnonzero(clf.history_ == clf.history_.max())
-    assert clf.n_iter_ in best
+    assert clf.best_iter_ in best
+    assert clf.n_iter_ == len(clf.history_)
     assert clf.centers_.shape == X_train.shape  # refit on all the data
     no_val = RFMClassifier(max_iter=3, validation_fraction=0).fit(X_train, y_train)
-    assert no_val.n_iter_ == 3 and no_val.history_ is None
+    assert no_val.best_iter_ == 3 and no_val.n_iter_ == 4
+    assert no_val.history_ is None
 
 
 def test_warm_start_continues_from_M():
@@ -283,7 +287,9 @@ def test_ridgeless_solve_warns_on_an_ill_conditioned_kernel():
 def test_kernel_parameter_reaches_the_kernel():
     X, y = load_digits(n_class=3, return_X_y=True)
     for name in ("gaussian", "exponential"):
-        clf = RFMClassifier(kernel=name, exponent=1.5, max_iter=1, random_state=0)
+        clf = RFMClassifier(
+            kernel=name, bandwidth=10.0, exponent=1.5, max_iter=1, random_state=0
+        )
         assert clf.fit(X, y).score(X, y) > 0.95
         assert clf._kernel() == Kernel(name, 10.0, 1.5)
 

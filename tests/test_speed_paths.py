@@ -228,7 +228,9 @@ def test_estimator_final_solve_uses_its_metric(refit, digits):
     (centred) training data: checked with NumPy in float64."""
     X, y = digits
     X = X[:, ::4]  # 16 features keep the NumPy reference small
-    clf = RFMClassifier(bandwidth=L_BW, max_iter=2, refit=refit, random_state=0)
+    clf = RFMClassifier(
+        bandwidth=L_BW, reg=REG, max_iter=2, refit=refit, random_state=0
+    )
     clf.fit(X, y)
     Y = np.where(np.eye(4)[y] > 0, 1.0, -1.0)
     alpha = _np_solve(clf.centers_, Y, clf.M_)

@@ -88,6 +88,6 @@ clf = make_pipeline(
 ).fit(X_train, y_train)
 rfm = clf.named_steps["rfmclassifier"]
 print("validation accuracy per round:", np.round(rfm.history_, 3))
-print(f"chosen number of AGOP updates: {rfm.n_iter_}")
+print(f"chosen number of AGOP updates: {rfm.best_iter_}")
 print(f"test accuracy: {clf.score(X_test, y_test):.3f}")
 plt.show()

@@ -41,7 +41,8 @@ reg = RFMRegressor(bandwidth=5.0, max_iter=5, random_state=0).fit(X_train, y_tra
 plain = RFMRegressor(bandwidth=5.0, max_iter=0).fit(X_train, y_train)
 print(f"test R^2, kernel ridge regression (M = I): {plain.score(X_test, y_test):.3f}")
 print(
-    f"test R^2, RFM after {reg.n_iter_} AGOP updates: {reg.score(X_test, y_test):.3f}"
+    f"test R^2, RFM after {reg.best_iter_} AGOP updates: "
+    f"{reg.score(X_test, y_test):.3f}"
 )
 
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -72,7 +73,8 @@ X_train, X_test, y_train, y_test = train_test_split(
 )
 clf = RFMClassifier(max_iter=3, random_state=0).fit(X_train, y_train)
 print(
-    f"test accuracy after {clf.n_iter_} AGOP updates: {clf.score(X_test, y_test):.3f}"
+    f"test accuracy after {clf.best_iter_} AGOP updates: "
+    f"{clf.score(X_test, y_test):.3f}"
 )
 
 agop = clf.agop()

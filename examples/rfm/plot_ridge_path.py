@@ -40,7 +40,9 @@ tic = time.perf_counter()
 rfm = RFMRegressor(reg="auto", max_iter=3, n_iter_no_change=None, random_state=0)
 rfm.fit(X_train, y_train)
 auto_seconds = time.perf_counter() - tic
-print(f"reg_={rfm.reg_:g}, {rfm.n_iter_} AGOP updates, bandwidth_={rfm.bandwidth_:.3g}")
+print(
+    f"reg_={rfm.reg_:g}, {rfm.best_iter_} AGOP updates, bandwidth_={rfm.bandwidth_:.3g}"
+)
 print(f"test R^2 {rfm.score(X_test, y_test):.3f} in {auto_seconds:.2f} s")
 
 # %%
