@@ -145,7 +145,7 @@ def one_size(n, d, n_test, seed):
     out["warnings_default"] = sorted({str(w.message)[:160] for w in caught})
     out["accuracy_default"] = float(default.score(Xt, yt))
     out["bandwidth_default"] = default.bandwidth_
-    out["n_iter_default"] = int(default.n_iter_)
+    out["best_iter_default"] = int(default.best_iter_)
     out["rank_default"] = (
         None if default.M_factor_ is None else int(default.M_factor_.shape[0])
     )
@@ -154,7 +154,7 @@ def one_size(n, d, n_test, seed):
     out["fit_auto_s"] = time.perf_counter() - tic
     out["accuracy_auto"] = float(rfm.score(Xt, yt))
     out["bandwidth_auto"] = rfm.bandwidth_
-    out["n_iter_auto"] = int(rfm.n_iter_)
+    out["best_iter_auto"] = int(rfm.best_iter_)
     out["rank_auto"] = None if rfm.M_factor_ is None else int(rfm.M_factor_.shape[0])
     out["cos_agop_auto"] = _cos(
         psd_top_eigh(factor=torch.as_tensor(rfm.M_factor_), n_components=1)[1]

@@ -188,10 +188,10 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         else:
             estimator = RFMRegressor(refit="rounds")
         estimator.fit(X, y)
-        if getattr(estimator, "n_iter_", None) == 0:
+        if getattr(estimator, "best_iter_", None) == 0:
             warnings.warn(
                 f"The fitted {type(estimator).__name__} made no AGOP update "
-                "(n_iter_=0: the validation split preferred M = I, or max_iter=0), "
+                "(best_iter_=0: the validation split preferred M = I, or max_iter=0), "
                 "so its M is the identity and the components are arbitrary axes. "
                 "Check the RFM's accuracy; a bandwidth near the data's distances "
                 '(bandwidth="auto") often helps.',
