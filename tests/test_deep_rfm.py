@@ -228,7 +228,7 @@ def test_pipeline_cross_validation_on_digits(digits):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"L": 0}, "'L' parameter"),
+        ({"L": -1}, "'L' parameter"),
         ({"n_agop_steps": -1}, "'n_agop_steps' parameter"),
         ({"feature_map": "tanh"}, "'feature_map' parameter"),
         ({"width": 0}, "'width' parameter"),
