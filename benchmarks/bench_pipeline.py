@@ -197,6 +197,112 @@ def curves_section(quick, max_depth, targets):
     return results
 
 
+def default_problems(quick):
+    """(name, X, y) of the defaults section: digits as loaded, image-like float32."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    if quick:
+        return [
+            ("digits[:300]", X[:300], y[:300]),
+            ("image-like n=300", *image_like(300)),
+        ]
+    return [("digits", X, y), ("image-like n=2000", *image_like(2000))]
+
+
+def defaults_models(readout):
+    """name -> estimator: RFM alone, and the pipeline at the transformer's
+    defaults with the ReLU and the cos map, each with the readout ``readout``."""
+    from sklearn.pipeline import Pipeline
+
+    from skdnc import DeepRFMTransformer, RFMClassifier
+
+    params = READOUTS[readout]
+    return {
+        "rfm_alone": RFMClassifier(**params, random_state=0),
+        "pipeline_relu": Pipeline(
+            [
+                ("deep_rfm", DeepRFMTransformer(random_state=0)),
+                ("rfm", RFMClassifier(**params, random_state=0)),
+            ]
+        ),
+        "pipeline_cos": Pipeline(
+            [
+                ("deep_rfm", DeepRFMTransformer(feature_map="cos", random_state=0)),
+                ("rfm", RFMClassifier(**params, random_state=0)),
+            ]
+        ),
+    }
+
+
+def defaults_section(quick, targets):
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    from skdnc import DeepRFMTransformer, RFMClassifier
+
+    print("\n== 2. Defaults: 5-fold shuffled cross_val_score ==")
+    results = {
+        "deep_rfm_params": {
+            k: v
+            for k, v in DeepRFMTransformer().get_params().items()
+            if k
+            in ("L", "width", "reg", "bandwidth", "feature_map", "validation_fraction")
+        },
+        "rfm_default_params": {
+            k: v
+            for k, v in RFMClassifier().get_params().items()
+            if k in ("bandwidth", "reg", "max_iter")
+        },
+    }
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    for pname, X, y in default_problems(quick):
+        results[pname] = {}
+        print(f"\n{pname}: n={len(y)}, d={X.shape[1]}, dtype {X.dtype}")
+        rows = []
+        for readout in READOUTS:
+            res = results[pname][readout] = {}
+            for name, model in defaults_models(readout).items():
+                tic = time.perf_counter()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    out = cross_validate(model, X, y, cv=cv, return_estimator=True)
+                seconds = time.perf_counter() - tic
+                scores = out["test_score"]
+                depths = [
+                    int(est.named_steps["deep_rfm"].n_layers_)
+                    for est in out["estimator"]
+                    if hasattr(est, "named_steps")
+                ]
+                res[name] = {
+                    "scores": scores.tolist(),
+                    "mean": float(scores.mean()),
+                    "seconds": seconds,
+                    "n_layers_per_fold": depths,
+                    "warnings": sorted({str(w.message)[:160] for w in caught}),
+                }
+                rows.append(
+                    (readout, name, f"{scores.mean():.4f}", f"{seconds:.1f}", depths)
+                )
+            alone = res["rfm_alone"]["mean"]
+            for name in ("pipeline_relu", "pipeline_cos"):
+                res[name]["minus_rfm_alone"] = res[name]["mean"] - alone
+            targets.check(
+                f"{pname}, readout {readout}: pipeline accuracy - RFM alone's",
+                res["pipeline_relu"]["minus_rfm_alone"],
+                -ACCURACY_MARGIN,
+                at_most=False,
+            )
+        print(format_table(["readout", "model", "accuracy", "seconds", "depths"], rows))
+        if pname == "digits":
+            targets.check(
+                "digits: pipeline 5-fold cross_val_score seconds",
+                results[pname]["rfm_default"]["pipeline_relu"]["seconds"],
+                DIGITS_SECONDS,
+                unit=" s",
+            )
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -230,6 +336,8 @@ def main(argv=None):
     targets = Targets()
     if not args.skip_curves:
         report["curves"] = curves_section(args.quick, args.max_depth, targets)
+    if not args.skip_defaults:
+        report["defaults"] = defaults_section(args.quick, targets)
     report["total_s"] = time.perf_counter() - tic
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\ntotal {report['total_s']:.0f} s; load average at the end {load}")
