@@ -39,6 +39,7 @@ pipeline within 60 s. The cos map's figures are reported, not targeted.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -159,12 +160,16 @@ def depth_curve(X, y, params, readout_depths, *, seed=0):
     return out
 
 
-def curves_section(quick, max_depth, targets):
+def curves_section(quick, max_depth, targets, *, only=None, settings=None, dump=None):
     print("== 1. Held-out accuracy against depth (float32, one 70/30 split) ==")
     results = {}
     for pname, X, y in problems(quick):
+        if only and not pname.startswith(only):
+            continue
         results[pname] = {}
         for i, (sname, params) in enumerate(curve_settings(quick)):
+            if settings is not None and i not in settings:
+                continue
             if not quick:
                 params = {**params, "L": max_depth}
             # Both RFM readouts on the first setting; RFMClassifier() on the rest.
@@ -194,6 +199,9 @@ def curves_section(quick, max_depth, targets):
             print(format_table(["depth", *depths], rows))
             for w in res["warnings"]:
                 print(f"  warning: {w}")
+            if dump is not None:
+                with open(dump, "w") as f:
+                    json.dump(results, f, indent=1, default=float)
     return results
 
 
@@ -316,6 +324,15 @@ def main(argv=None):
         "--max-depth", type=int, default=18, help="layers of the curves"
     )
     parser.add_argument("--skip-curves", action="store_true")
+    parser.add_argument(
+        "--curves-only", help="the curves of the problems whose name starts so"
+    )
+    parser.add_argument(
+        "--settings",
+        type=int,
+        nargs="+",
+        help="indices of the curve settings to run (default all)",
+    )
     parser.add_argument("--skip-defaults", action="store_true")
     parser.add_argument(
         "--note", default="", help="a note stored in the JSON (e.g. the machine's load)"
@@ -335,7 +352,14 @@ def main(argv=None):
     )
     targets = Targets()
     if not args.skip_curves:
-        report["curves"] = curves_section(args.quick, args.max_depth, targets)
+        report["curves"] = curves_section(
+            args.quick,
+            args.max_depth,
+            targets,
+            only=args.curves_only,
+            settings=args.settings,
+            dump=args.json + ".partial" if args.json else None,
+        )
     if not args.skip_defaults:
         report["defaults"] = defaults_section(args.quick, targets)
     report["total_s"] = time.perf_counter() - tic
