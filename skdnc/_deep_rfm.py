@@ -99,9 +99,9 @@ class DeepRFMTransformer(
         part, predicts the validation part better; the depth whose
         representation scored best (the shallowest on ties, up to 18 layers) is
         then fitted on all the data. It can be 0: on held-out data Deep RFM's
-        collapse of the training set often costs accuracy (on digits, one layer
-        kept the accuracy of RFM alone and 18 lost about a point; the user guide
-        gives the curves), and ``n_layers_`` records the choice. ``0`` is the
+        collapse of the training set can cost accuracy (on 784-pixel images an
+        RFM after one layer lost 3 points to RFM alone, after 18 layers 7; the
+        user guide gives the curves), and ``n_layers_`` records the choice. ``0`` is the
         row-normalised input. The paper's Figure 1 shows ``L=18``.
     validation_fraction : float, default=0.2
         Fraction of the training data held out by ``L="auto"`` (a stratified
