@@ -247,7 +247,7 @@ def defaults_models(readout):
     return models
 
 
-def defaults_section(quick, targets):
+def defaults_section(quick, targets, only=None):
     from sklearn.model_selection import StratifiedKFold, cross_validate
 
     from skdnc import DeepRFMTransformer, RFMClassifier
@@ -268,6 +268,8 @@ def defaults_section(quick, targets):
     }
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
     for pname, X, y in default_problems(quick):
+        if only and not pname.startswith(only):
+            continue
         results[pname] = {}
         print(f"\n{pname}: n={len(y)}, d={X.shape[1]}, dtype {X.dtype}")
         rows = []
@@ -353,6 +355,9 @@ def main(argv=None):
     )
     parser.add_argument("--skip-defaults", action="store_true")
     parser.add_argument(
+        "--defaults-only", help="the defaults of the problems whose name starts so"
+    )
+    parser.add_argument(
         "--note", default="", help="a note stored in the JSON (e.g. the machine's load)"
     )
     args = parser.parse_args(argv)
@@ -379,7 +384,7 @@ def main(argv=None):
             dump=args.json + ".partial" if args.json else None,
         )
     if not args.skip_defaults:
-        report["defaults"] = defaults_section(args.quick, targets)
+        report["defaults"] = defaults_section(args.quick, targets, args.defaults_only)
     report["total_s"] = time.perf_counter() - tic
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\ntotal {report['total_s']:.0f} s; load average at the end {load}")

@@ -101,8 +101,11 @@ class DeepRFMTransformer(
         then fitted on all the data. It can be 0: on held-out data Deep RFM's
         collapse of the training set can cost accuracy (on 784-pixel images an
         RFM after one layer lost 3 points to RFM alone, after 18 layers 7; the
-        user guide gives the curves), and ``n_layers_`` records the choice. ``0`` is the
-        row-normalised input. The paper's Figure 1 shows ``L=18``.
+        user guide gives the curves), and ``n_layers_`` records the choice. With
+        no layer, :meth:`transform` returns the input as given, so that a
+        pipeline is then its next estimator alone (the depth-0 score is that of
+        the kernel machine on the row-normalised input, the first layer's). The
+        paper's Figure 1 shows ``L=18``.
     validation_fraction : float, default=0.2
         Fraction of the training data held out by ``L="auto"`` (a stratified
         split, drawn with ``random_state``). Ignored for an integer ``L``.
@@ -746,6 +749,8 @@ class DeepRFMTransformer(
                     }
                 )
             Xl, MX = Phi, None
+        if not self.weights_:
+            return np.array(X, dtype=out_dtype), kept  # no layer: the input as given
         if self.normalize == "rows":
             normalize_rows(Xl)
         return to_numpy(Xl, out_dtype), kept
@@ -763,7 +768,7 @@ class DeepRFMTransformer(
         X_new : ndarray of shape (n_samples, n_features_out)
             The output of the last layer, :math:`\\Phi_L(M_L^{1/2} X_L)`, with each
             row normalised to unit norm (when ``normalize="rows"``), in the input's
-            float dtype.
+            float dtype; with no layer (``n_layers_ == 0``), ``X`` itself.
         """
         return self._forward(X, keep=lambda index: False)[0]
 

@@ -63,11 +63,12 @@ def test_auto_depth_is_the_best_of_fixed_depths_on_the_same_split(digits):
     scores = []
     for k in range(AUTO_MAX_LAYERS + 1):
         fixed = DeepRFMTransformer(L=k, **SMALL).fit(X[fit], y[fit])
-        scores.append(
-            _kernel_machine_scores(
-                fixed.transform(X[fit]), y[fit], fixed.transform(X[val]), y[val], 10
-            )
+        # Depth k is scored on the normalised input of layer k + 1.
+        Z_fit, Z_val = (
+            _unit_rows(fixed.transform(X[fit])),
+            _unit_rows(fixed.transform(X[val])),
         )
+        scores.append(_kernel_machine_scores(Z_fit, y[fit], Z_val, y[val], 10))
         # The documented stop: no better accuracy in the last 2 depths.
         if k >= 2 and max(s[0] for s in scores[-2:]) <= max(s[0] for s in scores[:-2]):
             break
@@ -99,13 +100,13 @@ def test_auto_depth_stops_where_the_scores_stop_improving(digits, monkeypatch):
     np.testing.assert_allclose(model.validation_scores_, seen)
 
 
-def test_zero_layers_is_the_row_normalised_input(digits):
+def test_zero_layers_pass_the_input_through(digits):
+    # No layer: a pipeline is its next estimator alone.
     X, y = digits
     model = DeepRFMTransformer(L=0).fit(X, y)
-    np.testing.assert_allclose(model.transform(X), _unit_rows(X), rtol=1e-12)
+    np.testing.assert_array_equal(model.transform(X), X)
+    assert model.transform(X.astype(np.float32)).dtype == np.float32
     assert model.n_layers_ == 0 and model.get_feature_names_out().shape == (64,)
-    raw = DeepRFMTransformer(L=0, normalize=None).fit(X, y)
-    np.testing.assert_array_equal(raw.transform(X), X)
 
 
 # -- warnings that locate themselves --------------------------------------------------
