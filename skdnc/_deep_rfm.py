@@ -242,9 +242,10 @@ class DeepRFMTransformer(
         Per layer, the random phases :math:`b_l` of the ``"cos"`` map (``None``
         for ``"relu"``).
     collapse_history_ : dict of ndarray or None
-        With ``record_metrics``: ``"layer"`` (1, ..., n_layers_) and, for every stage
-        ``s`` in ``("input", "projection", "output")`` (the row-normalised input
-        :math:`X_l`, :math:`M_l^{p} X_l` and :math:`\\Phi_l(M_l^{p} X_l)`),
+        With ``record_metrics``: ``"layer"`` (1, ..., ``n_layers_``) and, for
+        every stage ``s`` in ``("input", "projection", "output")`` (the
+        row-normalised input :math:`X_l`, :math:`M_l^{p} X_l` and
+        :math:`\\Phi_l(M_l^{p} X_l)`),
         ``"nc1_s"`` (tr Sigma_W / tr Sigma_B), ``"nc2_s"`` (Frobenius distance of
         the centred, normalised class-mean Gram matrix from the simplex ETF's),
         ``"nc2_mse_s"`` (its mean squared entry, the paper code's NC2) and
@@ -253,7 +254,7 @@ class DeepRFMTransformer(
         ``"nc3_s"`` and ``"nc4_s"``: NC3 (Frobenius form of
         :func:`skdnc.metrics.nc3_score`) and NC4 (:func:`skdnc.metrics.nc4_score`)
         of a *ridge readout* fitted to that representation (NaN without
-        ``record_readout``), each of shape (n_layers_,).
+        ``record_readout``), each of shape (n_fitted_layers,).
         The readout is ridge regression of the one-hot labels on the features
         with an intercept and relative ridge ``1e-3`` (``lam = 1e-3 tr(X_c'
         X_c) / min(n, d)``, ``X_c`` the centred features), the linear classifier
@@ -269,7 +270,7 @@ class DeepRFMTransformer(
         With ``L="auto"``: the validation accuracy of the representation after
         ``0, 1, ...`` layers (the next layer's kernel machine fitted on the
         training part); ``None`` for an integer ``L``.
-    layer_times_ : ndarray of shape (n_layers_,)
+    layer_times_ : ndarray of shape (n_fitted_layers,)
         Seconds each layer took in :meth:`fit` (metrics recording included).
     classes_ : ndarray of shape (n_classes,)
         The class labels seen in :meth:`fit`.
