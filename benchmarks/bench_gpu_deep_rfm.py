@@ -51,6 +51,7 @@ def main(argv=None):
     deep = DeepRFMTransformer(
         L=args.L,
         feature_map=args.feature_map,
+        width=4096 if args.feature_map == "cos" else 1024,  # the paper's widths
         agop_samples=args.agop_samples,
         dtype="float32",
         allow_tf32=args.tf32,

@@ -8,7 +8,9 @@ maps are :mod:`skdnc._feature_maps`; this module validates, runs the layers and
 stores them.
 """
 
+import contextlib
 import time
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,6 +21,7 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
+from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
@@ -45,8 +48,13 @@ from skdnc._feature_maps import (
 )
 from skdnc._kernels import Kernel
 from skdnc._linalg import psd_power
-from skdnc._rfm_core import KERNEL_MACHINE_CONSTRAINTS, agop_step, class_targets
-from skdnc._solvers import fit_kernel_machine, resolve_centers
+from skdnc._rfm_core import (
+    KERNEL_MACHINE_CONSTRAINTS,
+    agop_step,
+    class_targets,
+    no_improvement,
+)
+from skdnc._solvers import fit_kernel_machine, kernel_predict, resolve_centers
 from skdnc.metrics._collapse import (
     STAGES,
     _gram_label_correlation,
@@ -55,6 +63,9 @@ from skdnc.metrics._collapse import (
     _statistics,
 )
 from skdnc.metrics._readout import READOUT_RIDGE, _readout_scores, _ridge_readout
+
+#: The most layers ``L="auto"`` adds (the paper's Figure 1 shows 18).
+AUTO_MAX_LAYERS = 18
 
 
 # -- the estimator --------------------------------------------------------------------
@@ -75,10 +86,32 @@ class DeepRFMTransformer(
     down to a floor set by the width. The user guide gives the measurements. Runs
     on torch, on a GPU when there is one.
 
+    Warnings raised inside a layer say where: ``"layer 3 (kernel solve): ..."``,
+    with the steps ``normalisation``, ``kernel solve``, ``AGOP`` and ``feature
+    map`` (and ``choosing L`` while ``L="auto"`` searches).
+
     Parameters
     ----------
-    L : int, default=18
-        Number of layers (the paper's Figure 1 shows 18).
+    L : int or "auto", default="auto"
+        Number of layers. ``"auto"`` chooses it on a validation split: layers
+        are fitted on the rest of the training data and added while the next
+        layer's kernel machine (the one that supplies its AGOP), fitted on that
+        part, predicts the validation part better; the depth whose
+        representation scored best (the shallowest on ties, up to 18 layers) is
+        then fitted on all the data. It can be 0: on held-out data Deep RFM's
+        collapse of the training set can cost accuracy (on 784-pixel images an
+        RFM after one layer lost 3 points to RFM alone, after 18 layers 7; the
+        user guide gives the curves), and ``n_layers_`` records the choice. With
+        no layer, :meth:`transform` returns the input as given, so that a
+        pipeline is then its next estimator alone (the depth-0 score is that of
+        the kernel machine on the row-normalised input, the first layer's). The
+        paper's Figure 1 shows ``L=18``.
+    validation_fraction : float, default=0.2
+        Fraction of the training data held out by ``L="auto"`` (a stratified
+        split, drawn with ``random_state``). Ignored for an integer ``L``.
+    n_iter_no_change : int, default=2
+        ``L="auto"`` stops adding layers once this many layers in a row have not
+        improved the best validation accuracy.
     kernel : {"laplace", "gaussian", "exponential"}, default="laplace"
         Kernel of every layer's kernel machine (the paper uses the Laplace kernel
         :math:`\\exp(-\\|x - z\\| / L)`; the Gaussian for ReLU on MNIST).
@@ -123,8 +156,10 @@ class DeepRFMTransformer(
         Cauchy(0, ``gamma``) frequencies and uniform phases, random Fourier
         features of :math:`\\exp(-\\gamma \\|x - z\\|_1)`.
     width : int, default=None
-        Number of random features :math:`D`; ``None`` means 1024 for ``"relu"``
-        and 4096 for ``"cos"`` (the paper's widths).
+        Number of random features :math:`D`; ``None`` means 1024 for both maps.
+        The paper's widths are 1024 for ``"relu"`` and 4096 for ``"cos"``
+        (``python -m skdnc --preset paper``); at 4096 each layer's AGOP costs
+        about 100 times more.
     gamma : float, default=0.05
         Scale of the ``"cos"`` map's kernel (the paper's 0.05 for MNIST, 0.1 for
         CIFAR-10 and SVHN). The cos map sees :math:`\\gamma` times absolute
@@ -207,9 +242,10 @@ class DeepRFMTransformer(
         Per layer, the random phases :math:`b_l` of the ``"cos"`` map (``None``
         for ``"relu"``).
     collapse_history_ : dict of ndarray or None
-        With ``record_metrics``: ``"layer"`` (1, ..., L) and, for every stage
-        ``s`` in ``("input", "projection", "output")`` (the row-normalised input
-        :math:`X_l`, :math:`M_l^{p} X_l` and :math:`\\Phi_l(M_l^{p} X_l)`),
+        With ``record_metrics``: ``"layer"`` (1, ..., ``n_layers_``) and, for
+        every stage ``s`` in ``("input", "projection", "output")`` (the
+        row-normalised input :math:`X_l`, :math:`M_l^{p} X_l` and
+        :math:`\\Phi_l(M_l^{p} X_l)`),
         ``"nc1_s"`` (tr Sigma_W / tr Sigma_B), ``"nc2_s"`` (Frobenius distance of
         the centred, normalised class-mean Gram matrix from the simplex ETF's),
         ``"nc2_mse_s"`` (its mean squared entry, the paper code's NC2) and
@@ -218,7 +254,7 @@ class DeepRFMTransformer(
         ``"nc3_s"`` and ``"nc4_s"``: NC3 (Frobenius form of
         :func:`skdnc.metrics.nc3_score`) and NC4 (:func:`skdnc.metrics.nc4_score`)
         of a *ridge readout* fitted to that representation (NaN without
-        ``record_readout``), each of shape (L,).
+        ``record_readout``), each of shape (n_fitted_layers,).
         The readout is ridge regression of the one-hot labels on the features
         with an intercept and relative ridge ``1e-3`` (``lam = 1e-3 tr(X_c'
         X_c) / min(n, d)``, ``X_c`` the centred features), the linear classifier
@@ -228,7 +264,13 @@ class DeepRFMTransformer(
         :data:`skdnc.metrics.METRIC_NAMES`, stage names those of
         :data:`skdnc.metrics.STAGES`. ``None`` without ``record_metrics``;
         :func:`skdnc.metrics.history_to_frame` makes it a table.
-    layer_times_ : ndarray of shape (L,)
+    n_layers_ : int
+        Number of layers fitted: ``L``, or the depth ``L="auto"`` chose.
+    validation_scores_ : ndarray of shape (n_depths,) or None
+        With ``L="auto"``: the validation accuracy of the representation after
+        ``0, 1, ...`` layers (the next layer's kernel machine fitted on the
+        training part); ``None`` for an integer ``L``.
+    layer_times_ : ndarray of shape (n_fitted_layers,)
         Seconds each layer took in :meth:`fit` (metrics recording included).
     classes_ : ndarray of shape (n_classes,)
         The class labels seen in :meth:`fit`.
@@ -288,7 +330,9 @@ class DeepRFMTransformer(
 
     _parameter_constraints = {
         **KERNEL_MACHINE_CONSTRAINTS,
-        "L": [Interval(Integral, 1, None, closed="left")],
+        "L": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "n_agop_steps": [Interval(Integral, 0, None, closed="left")],
         "feature_map": [StrOptions(set(FEATURE_MAPS))],
         "width": [Interval(Integral, 1, None, closed="left"), None],
@@ -302,7 +346,9 @@ class DeepRFMTransformer(
     def __init__(
         self,
         *,
-        L=18,
+        L="auto",
+        validation_fraction=0.2,
+        n_iter_no_change=2,
         kernel="laplace",
         bandwidth=2.0,
         exponent=1.0,
@@ -330,6 +376,8 @@ class DeepRFMTransformer(
         verbose=0,
     ):
         self.L = L
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.kernel = kernel
         self.bandwidth = bandwidth
         self.exponent = exponent
@@ -357,9 +405,29 @@ class DeepRFMTransformer(
         self.verbose = verbose
 
     # -- fitting ----------------------------------------------------------------------
-    def _layer_agop(self, X, Y, kernel, *, budget, generator, state, comm=None):
+    def _solve(self, X, Y, M, kernel, *, budget, generator, state, comm):
+        """One kernel machine of a layer: ``(centres, alpha)``."""
+        return fit_kernel_machine(
+            X,
+            Y,
+            M,
+            kernel,
+            float(self.reg),
+            n_centers=self.n_centers,
+            solver=self.solver,
+            budget=budget,
+            solver_params=self.solver_params,
+            generator=generator,
+            state=state,
+            comm=comm,
+        )
+
+    def _layer_agop(
+        self, X, Y, kernel, *, at, budget, generator, state, machine=None, comm=None
+    ):
         """The layer's AGOP ``M_l`` (``None`` for the identity); ``state`` carries
-        the exact solve's jitter from layer to layer."""
+        the exact solve's jitter from layer to layer, ``machine`` is the first
+        solve when it was made already, and ``at(step)`` locates the warnings."""
         params = {
             "comm": comm,
             "agop_samples": self.agop_samples,
@@ -370,38 +438,40 @@ class DeepRFMTransformer(
             "allow_tf32": bool(self.allow_tf32),
         }
         M = None
-        for _ in range(int(self.n_agop_steps)):
-            centres, alpha = fit_kernel_machine(
-                X,
-                Y,
-                M,
-                kernel,
-                float(self.reg),
-                n_centers=self.n_centers,
-                solver=self.solver,
-                budget=budget,
-                solver_params=self.solver_params,
-                generator=generator,
-                state=state,
-                comm=comm,
-            )
-            M = agop_step(
-                X,
-                alpha,
-                M,
-                kernel,
-                params=params,
-                budget=budget,
-                generator=generator,
-                centres=centres,
-            )
+        for step in range(int(self.n_agop_steps)):
+            if step == 0 and machine is not None:
+                centres, alpha = machine
+            else:
+                with at("kernel solve"):
+                    centres, alpha = self._solve(
+                        X,
+                        Y,
+                        M,
+                        kernel,
+                        budget=budget,
+                        generator=generator,
+                        state=state,
+                        comm=comm,
+                    )
+            with at("AGOP"):
+                M = agop_step(
+                    X,
+                    alpha,
+                    M,
+                    kernel,
+                    params=params,
+                    budget=budget,
+                    generator=generator,
+                    centres=centres,
+                )
             del alpha
         return M
 
     @_fit_context(prefer_skip_nested_validation=True)
     @atomic_fit
     def fit(self, X, y):
-        """Fit the L layers of Deep RFM.
+        """Fit the layers of Deep RFM (``L`` of them, or as many as the validation
+        split chooses with ``L="auto"``).
 
         Parameters
         ----------
@@ -424,21 +494,159 @@ class DeepRFMTransformer(
             # Full float32 matrix products but where allow_tf32 lets the AGOP use
             # TF32.
             with matmul_precision(device, False):
-                self._fit_layers(X, y_index, classes, device, comm)
+                if self.L == "auto":
+                    n_layers, scores = self._choose_depth(
+                        X, y_index, classes, device, comm
+                    )
+                else:
+                    n_layers, scores = int(self.L), None
+                self._fit_layers(X, y_index, classes, device, comm, n_layers)
+        self.n_layers_ = n_layers
+        self.validation_scores_ = scores
         release_memory(device)
         return self
 
-    def _fit_layers(self, X, y_index, classes, device, comm=None):
-        """The L layers of :meth:`fit` on validated input."""
-        n_classes = len(classes)
+    def _setup(self, X, y_index, n_classes, device):
+        """What every pass over the layers needs: dtype, budget, a fresh generator
+        (so that each pass draws what ``fit`` with a fixed ``L`` draws), kernel,
+        width and targets."""
         dtype = resolve_dtype(self.dtype, like=X)
-        budget = memory_budget_bytes(self.memory_budget, device)
-        generator = make_generator(self.random_state)
         kernel = Kernel(self.kernel, float(self.bandwidth), float(self.exponent))
         width = DEFAULT_WIDTH[self.feature_map] if self.width is None else self.width
         Y = to_tensor(
             class_targets(y_index, n_classes, self.target_coding), device, dtype
         )
+        return {
+            "dtype": dtype,
+            "budget": memory_budget_bytes(self.memory_budget, device),
+            "generator": make_generator(self.random_state),
+            "kernel": kernel,
+            "width": width,
+            "Y": Y,
+        }
+
+    def _validation_split(self, y_index, n_classes):
+        """Stratified indices ``(fit, validation)`` of ``L="auto"``."""
+        n = len(y_index)
+        n_val = int(np.ceil(self.validation_fraction * n))
+        counts = np.bincount(y_index, minlength=n_classes)
+        if n_val < n_classes or n - n_val < n_classes or counts.min() < 2:
+            raise ValueError(
+                f"L='auto' chooses the depth on a stratified validation split of "
+                f"validation_fraction={self.validation_fraction} of the {n} "
+                f"samples, which needs at least 2 samples of every class and "
+                f"{n_classes} samples on each side; the smallest class has "
+                f"{counts.min()} and the split would have {n_val}. Give an integer "
+                "L or a larger validation_fraction."
+            )
+        return train_test_split(
+            np.arange(n),
+            test_size=n_val,
+            stratify=y_index,
+            random_state=self.random_state,
+        )
+
+    def _choose_depth(self, X, y_index, classes, device, comm=None):
+        """``L="auto"``: the depth whose representation the next layer's kernel
+        machine, fitted on the training part, scores best on the validation part.
+
+        Returns the number of layers and the validation scores (accuracy) of
+        depths ``0, 1, ...``.
+        """
+        fit_rows, val_rows = self._validation_split(y_index, len(classes))
+        s = self._setup(X[fit_rows], y_index[fit_rows], len(classes), device)
+        kernel, budget, generator = s["kernel"], s["budget"], s["generator"]
+        Xl = to_tensor(X[fit_rows], device, s["dtype"])
+        Vl = to_tensor(X[val_rows], device, s["dtype"])
+        y_val = y_index[val_rows]
+        Y_val = class_targets(y_val, len(classes), self.target_coding)
+        solver_state = {}
+        scores = []
+        for layer in range(AUTO_MAX_LAYERS + 1):
+            at = _Locator(layer + 1, "choosing L")
+            with at("normalisation"):
+                if self.normalize == "rows":
+                    normalize_rows(Xl)
+                    normalize_rows(Vl)
+            with at("kernel solve"):
+                if layer == 0:
+                    self._check_scale(kernel, Xl, s["dtype"])
+                machine = self._solve(
+                    Xl,
+                    s["Y"],
+                    None,
+                    kernel,
+                    budget=budget,
+                    generator=generator,
+                    state=solver_state,
+                    comm=comm,
+                )
+                centres, alpha = machine
+                C = Xl if centres is None else Xl[centres]
+                F = to_numpy(
+                    kernel_predict(
+                        Vl, C, alpha, None, kernel, budget=budget, comm=comm
+                    ),
+                    np.float64,
+                )
+            del C
+            scores.append((_accuracy(F, y_val), -float(np.mean((F - Y_val) ** 2))))
+            if layer == AUTO_MAX_LAYERS or no_improvement(
+                scores, int(self.n_iter_no_change), 0.0
+            ):
+                break
+            if self.n_agop_steps == 0:
+                machine = None
+            M = self._layer_agop(
+                Xl,
+                s["Y"],
+                kernel,
+                at=at,
+                budget=budget,
+                generator=generator,
+                state=solver_state,
+                machine=machine,
+                comm=comm,
+            )
+            del machine, alpha
+            with at("AGOP"):
+                P = self._power(M, Xl)
+            del M
+            with at("feature map"):
+                W, b = self._draw(Xl.shape[1], s["width"], generator, Xl)
+                Xl = _project_and_map(
+                    Xl, P, W, b, self.feature_map, budget, comm, False
+                )[1]
+                Vl = _project_and_map(
+                    Vl, P, W, b, self.feature_map, budget, comm, False
+                )[1]
+        # The first of the best: a deeper representation must score higher.
+        best = max(range(len(scores)), key=lambda k: (scores[k], -k))
+        return best, np.array([score[0] for score in scores])
+
+    def _check_scale(self, kernel, Xl, dtype):
+        if self.n_agop_steps > 0:
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+            kernel.check_scale(Xl, np_dtype, reg=float(self.reg))
+
+    def _power(self, M, Xl):
+        """:math:`M^{p}` of the layer (the identity when ``M`` is ``None``)."""
+        if M is None:
+            return torch.eye(Xl.shape[1], device=Xl.device, dtype=Xl.dtype)
+        return psd_power(M, float(self.agop_power))
+
+    def _draw(self, d, width, generator, Xl):
+        """The layer's random weights and offsets, on ``Xl``'s device and dtype."""
+        W, b = draw_feature_map(
+            self.feature_map, d, width, gamma=self.gamma, generator=generator
+        )
+        W = W.to(device=Xl.device, dtype=Xl.dtype)
+        return W, (None if b is None else b.to(device=Xl.device, dtype=Xl.dtype))
+
+    def _fit_layers(self, X, y_index, classes, device, comm, n_layers):
+        """``n_layers`` layers of :meth:`fit` on validated input."""
+        s = self._setup(X, y_index, len(classes), device)
+        kernel, budget, generator = s["kernel"], s["budget"], s["generator"]
         record = None
         if self.record_metrics:
             record = _MetricsRecorder(y_index, readout=bool(self.record_readout))
@@ -446,43 +654,40 @@ class DeepRFMTransformer(
             comm.check_same("X and y", X, y_index)
         resolve_centers(self.n_centers, X.shape[0])  # a clear error before any work
 
-        Xl = to_tensor(X, device, dtype)
+        Xl = to_tensor(X, device, s["dtype"])
         powers, weights, offsets = [], [], []
         solver_state = {}  # the jitter one layer needed, tried first in the next
         bar = tqdm(
-            range(int(self.L)), desc="Deep RFM", unit="layer", disable=not self.verbose
+            range(n_layers), desc="Deep RFM", unit="layer", disable=not self.verbose
         )
         layer_times = []
         for layer in bar:
             tic = time.perf_counter()
-            if self.normalize == "rows":
-                normalize_rows(Xl)
-            if layer == 0 and self.n_agop_steps > 0:
-                np_dtype = np.float32 if dtype == torch.float32 else np.float64
-                kernel.check_scale(Xl, np_dtype, reg=float(self.reg))
-            d = Xl.shape[1]
+            at = _Locator(layer + 1)
+            with at("normalisation"):
+                if self.normalize == "rows":
+                    normalize_rows(Xl)
+            if layer == 0:
+                with at("kernel solve"):
+                    self._check_scale(kernel, Xl, s["dtype"])
             M = self._layer_agop(
                 Xl,
-                Y,
+                s["Y"],
                 kernel,
+                at=at,
                 budget=budget,
                 generator=generator,
                 state=solver_state,
                 comm=comm,
             )
-            if M is None:
-                P = torch.eye(d, device=device, dtype=dtype)
-            else:
-                P = psd_power(M, float(self.agop_power))
+            with at("AGOP"):
+                P = self._power(M, Xl)
             del M
-            W, b = draw_feature_map(
-                self.feature_map, d, width, gamma=self.gamma, generator=generator
-            )
-            W = W.to(device=device, dtype=dtype)
-            b = None if b is None else b.to(device=device, dtype=dtype)
-            MX, Phi = _project_and_map(
-                Xl, P, W, b, self.feature_map, budget, comm, record is not None
-            )
+            with at("feature map"):
+                W, b = self._draw(Xl.shape[1], s["width"], generator, Xl)
+                MX, Phi = _project_and_map(
+                    Xl, P, W, b, self.feature_map, budget, comm, record is not None
+                )
             if record is not None:
                 record(Xl, MX, Phi)
                 bar.set_postfix(nc1=f"{record.history['nc1_input'][-1]:.3g}")
@@ -495,15 +700,16 @@ class DeepRFMTransformer(
         self.agop_powers_ = powers
         self.weights_ = weights
         self.offsets_ = offsets
-        self.layer_times_ = np.asarray(layer_times)
+        self.layer_times_ = np.asarray(layer_times, dtype=np.float64)
         self.collapse_history_ = None if record is None else record.result()
-        del Xl, Y, Phi
+        del Xl
 
     # -- transforming -----------------------------------------------------------------
     @property
     def _n_features_out(self):
-        """Number of output features (the last layer's width)."""
-        return self.weights_[-1].shape[0]
+        """Number of output features (the last layer's width; the input's with
+        no layer)."""
+        return self.weights_[-1].shape[0] if self.weights_ else self.n_features_in_
 
     @collective
     def _forward(self, X, keep, *, comm=None):
@@ -512,22 +718,27 @@ class DeepRFMTransformer(
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         out_dtype = X.dtype
         device = resolve_device(self.device, fallback=True)
-        dtype = (
-            torch.float64 if self.weights_[0].dtype == np.float64 else (torch.float32)
-        )
+        if self.weights_:
+            fitted = self.weights_[0].dtype
+            dtype = torch.float64 if fitted == np.float64 else torch.float32
+        else:
+            dtype = torch.float64 if X.dtype == np.float64 else torch.float32
         budget = memory_budget_bytes(self.memory_budget, device)
         Xl = to_tensor(X, device, dtype)
         kept = []
         layers = zip(self.agop_powers_, self.weights_, self.offsets_)
         for index, (P, W, b) in enumerate(layers):
-            if self.normalize == "rows":
-                normalize_rows(Xl)
+            at = _Locator(index + 1)
+            with at("normalisation"):
+                if self.normalize == "rows":
+                    normalize_rows(Xl)
             P = to_tensor(P, device, dtype)
             W = to_tensor(W, device, dtype)
             b = None if b is None else to_tensor(b, device, dtype)
-            MX, Phi = _project_and_map(
-                Xl, P, W, b, self.feature_map, budget, comm, keep(index)
-            )
+            with at("feature map"):
+                MX, Phi = _project_and_map(
+                    Xl, P, W, b, self.feature_map, budget, comm, keep(index)
+                )
             if keep(index):
                 # Copies: the next layer normalises Phi in place.
                 stages = (Xl, MX, Phi)
@@ -539,6 +750,8 @@ class DeepRFMTransformer(
                     }
                 )
             Xl, MX = Phi, None
+        if not self.weights_:
+            return np.array(X, dtype=out_dtype), kept  # no layer: the input as given
         if self.normalize == "rows":
             normalize_rows(Xl)
         return to_numpy(Xl, out_dtype), kept
@@ -556,7 +769,7 @@ class DeepRFMTransformer(
         X_new : ndarray of shape (n_samples, n_features_out)
             The output of the last layer, :math:`\\Phi_L(M_L^{1/2} X_L)`, with each
             row normalised to unit norm (when ``normalize="rows"``), in the input's
-            float dtype.
+            float dtype; with no layer (``n_layers_ == 0``), ``X`` itself.
         """
         return self._forward(X, keep=lambda index: False)[0]
 
@@ -599,6 +812,35 @@ class DeepRFMTransformer(
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         tags.non_deterministic = uses_cuda(self.device)
         return tags
+
+
+def _accuracy(F, y_index):
+    """Accuracy of the decision values ``F`` (one column per class)."""
+    return float(np.mean(F.argmax(axis=1) == y_index))
+
+
+class _Locator:
+    """Warnings that say where in Deep RFM they were raised.
+
+    ``with _Locator(3)("kernel solve"):`` records every warning raised inside and
+    re-emits it, with its category, as ``"layer 3 (kernel solve): <message>"``;
+    ``during`` adds what the pass was for (``"layer 3 (AGOP, choosing L): ..."``).
+    """
+
+    def __init__(self, layer, during=None):
+        self.layer = layer
+        self.during = during
+
+    @contextlib.contextmanager
+    def __call__(self, step):
+        where = step if self.during is None else f"{step}, {self.during}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            warnings.warn(
+                f"layer {self.layer} ({where}): {w.message}", w.category, stacklevel=4
+            )
 
 
 def _project_and_map(X, P, W, b, kind, budget, comm, projection):

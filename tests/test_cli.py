@@ -75,6 +75,10 @@ def test_main_writes_table_figures_and_json(tmp_path, capsys):
     assert set(cv) == {"deep_rfm+rfm", "rfm"}
     for res in cv.values():
         assert len(res["scores"]) == 2 and 0.5 < res["mean"] <= 1.0
+    # The pipeline's depth is chosen on each training fold (--cv-L auto).
+    depths = cv["deep_rfm+rfm"]["n_layers_per_fold"]
+    assert len(depths) == 2 and all(0 <= d <= 18 for d in depths)
+    assert "layers per fold" in printed
 
 
 def test_main_cos_features_without_cv(tmp_path):
@@ -272,6 +276,8 @@ BAD_ARGUMENTS = [
     (["--gram-layers", "0"], "'0' is not a positive integer"),
     (["--cv-folds", "1"], "'1' is less than 2"),
     (["--cv-folds", "many"], "'many' is not a positive integer"),
+    (["--cv-L", "-1"], "'-1' is neither auto nor a number of layers"),
+    (["--cv-L", "deep"], "'deep' is neither auto nor a number of layers"),
     (["--no-such-option"], "unrecognized arguments"),
 ]
 

@@ -170,10 +170,10 @@ def test_cos_features_and_defaults(digits):
     cos = DeepRFMTransformer(L=1, feature_map="cos", gamma=0.1, random_state=0)
     Z = cos.fit(X, y).transform(X)
     W, b = cos.weights_[0], cos.offsets_[0]
-    assert W.shape == (4096, 64) and b.shape == (4096,)
+    assert W.shape == (1024, 64) and b.shape == (1024,)  # the default width
     assert np.all((b >= 0) & (b < 2 * np.pi))
     MX = X / np.linalg.norm(X, axis=1, keepdims=True) @ cos.agop_powers_[0]
-    Phi = np.sqrt(2 / 4096) * np.cos(MX @ W.T + b)
+    Phi = np.sqrt(2 / 1024) * np.cos(MX @ W.T + b)
     np.testing.assert_allclose(
         Z, Phi / np.linalg.norm(Phi, axis=1, keepdims=True), atol=1e-10
     )
@@ -228,7 +228,7 @@ def test_pipeline_cross_validation_on_digits(digits):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"L": 0}, "'L' parameter"),
+        ({"L": -1}, "'L' parameter"),
         ({"n_agop_steps": -1}, "'n_agop_steps' parameter"),
         ({"feature_map": "tanh"}, "'feature_map' parameter"),
         ({"width": 0}, "'width' parameter"),

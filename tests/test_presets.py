@@ -59,6 +59,7 @@ def test_deep_rfm_paper_preset_is_appendix_c(
     assert seen["kernel"] == kernel and seen["width"] == width
     assert seen["bandwidth"] == 2.0 and seen["reg"] == 0.0
     assert seen["n_samples"] == 50_000 and seen["agop_samples"] == 1.0  # all points
+    assert seen["dtype"] == "float64"
     if feature_map == "cos":
         assert seen["gamma"] == 0.05
 
@@ -79,7 +80,8 @@ def test_explicit_options_override_the_preset(monkeypatch, tmp_path):
     seen = _deep_rfm_params(monkeypatch, tmp_path, argv)
     assert (seen["kernel"], seen["reg"], seen["width"]) == ("laplace", 0.01, 64)
     demo = _deep_rfm_params(monkeypatch, tmp_path, [])
-    assert (demo["width"], demo["agop_samples"], demo["n_samples"]) == (128, 500, None)
+    assert (demo["width"], demo["agop_samples"], demo["n_samples"]) == (256, 500, None)
+    assert demo["dtype"] == "float32"  # the demo's; the paper's is float64
 
 
 def _network_settings(monkeypatch, tmp_path, argv):
