@@ -85,6 +85,9 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         on).
     n_components : int, default=1
         Number of directions, at most ``n_features``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the default RFM (its validation split and AGOP points) when
+        ``estimator`` is None; a given ``estimator`` keeps its own.
 
     Attributes
     ----------
@@ -148,11 +151,13 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     _parameter_constraints = {
         "estimator": [HasMethods(["fit"]), None],
         "n_components": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
     }
 
-    def __init__(self, estimator=None, *, n_components=1):
+    def __init__(self, estimator=None, *, n_components=1, random_state=None):
         self.estimator = estimator
         self.n_components = n_components
+        self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
     @atomic_fit
@@ -184,9 +189,11 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         if self.estimator is not None:
             estimator = clone(self.estimator)
         elif is_class:
-            estimator = RFMClassifier(bandwidth="auto", refit="rounds")
+            estimator = RFMClassifier(
+                bandwidth="auto", refit="rounds", random_state=self.random_state
+            )
         else:
-            estimator = RFMRegressor(refit="rounds")
+            estimator = RFMRegressor(refit="rounds", random_state=self.random_state)
         estimator.fit(X, y)
         if getattr(estimator, "best_iter_", None) == 0:
             warnings.warn(
