@@ -246,3 +246,16 @@ def test_property_any_mask_any_batch_size(lm, n, length, batch_size, seed, reduc
     else:
         expected = np.concatenate([H[i, r] for i, r in enumerate(real)])
     np.testing.assert_allclose(acts, expected, rtol=0, atol=1e-6)
+
+
+def test_a_model_that_returns_no_hidden_states_is_named():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def forward(self, x, output_hidden_states=False):
+            return self.lin(x)
+
+    with pytest.raises(ValueError, match="Tensor output has no 'hidden_states'"):
+        collect_activations(Plain(), np.ones((3, 4), dtype=np.float32))

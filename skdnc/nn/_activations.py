@@ -22,6 +22,7 @@ from skdnc.nn._common import (
     eval_mode,
     forward,
     model_dtype,
+    select_hidden_states,
     select_output,
 )
 
@@ -69,20 +70,6 @@ def _split_layers(model, layers):
     if len(set(out)) != len(out):
         raise ValueError(f"layers names a layer twice: {out}.")
     return out
-
-
-def _hidden_states(out):
-    """The ``hidden_states`` tuple of a model output (attribute or key)."""
-    states = getattr(out, "hidden_states", None)
-    if states is None and isinstance(out, dict):
-        states = out.get("hidden_states")
-    if states is None:
-        raise ValueError(
-            "The model returned no hidden_states when called with "
-            "output_hidden_states=True. Name the modules to read instead, e.g. "
-            "layers=['blocks.0', 'blocks.1']."
-        )
-    return tuple(states)
 
 
 def _call(model, x, want_states):
@@ -284,7 +271,7 @@ def collect_activations(
             out = _call(model, xb, want_states)
             outputs = hooks.take()
             if want_states:
-                states = _hidden_states(out)
+                states = select_hidden_states(out)
                 if results is None:
                     items = _resolve_indices(items, len(states))
                 outputs.update({i: states[i] for i in items if not isinstance(i, str)})

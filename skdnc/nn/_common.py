@@ -301,6 +301,42 @@ def select_output(out, selector, what, param):
     raise TypeError(f"{what} returned a {type(out).__name__}, not a tensor.")
 
 
+def select_hidden_states(out, selector="hidden_states"):
+    """The tuple of hidden states in a model's output.
+
+    ``selector`` is an attribute or key of the output (``"hidden_states"``, as
+    returned by a model called with ``output_hidden_states=True``), an index into
+    a tuple or list output, or a callable applied to the output.
+    """
+    if callable(selector):
+        states = selector(out)
+    elif isinstance(selector, str) and not isinstance(out, dict):
+        states = getattr(out, selector, None)
+    else:
+        try:
+            states = out[selector]
+        except (IndexError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"hidden_states={selector!r} cannot select from the model's "
+                f"{type(out).__name__} output: {exc}."
+            ) from exc
+    if states is None:
+        raise ValueError(
+            f"The model's {type(out).__name__} output has no {selector!r} (call a "
+            "model that returns them with output_hidden_states=True), or name the "
+            "modules to read instead, e.g. layers=['blocks.0', 'blocks.1']."
+        )
+    if not isinstance(states, (tuple, list)) or not all(
+        isinstance(h, torch.Tensor) for h in states
+    ):
+        raise ValueError(
+            f"hidden_states={selector!r} must select a tuple of tensors from the "
+            f"model's output (e.g. 'hidden_states' of a model called with "
+            f"output_hidden_states=True); got {type(states).__name__}."
+        )
+    return tuple(states)
+
+
 def check_scores(out):
     """Check that the model's output is ``(n_samples, n_outputs)``."""
     if out.ndim != 2:

@@ -20,6 +20,7 @@ from skdnc.nn._common import (
     eval_mode,
     forward,
     model_dtype,
+    select_hidden_states,
     select_output,
 )
 from skdnc.nn._detect import _not_run
@@ -139,30 +140,6 @@ def _input_ids(x, input_key):
             )
         return x[input_key]
     return x[0] if isinstance(x, tuple) else x
-
-
-def _hidden_states(out, selector):
-    if callable(selector):
-        states = selector(out)
-    elif isinstance(selector, str) and not isinstance(out, dict):
-        states = getattr(out, selector, None)
-    else:
-        try:
-            states = out[selector]
-        except (IndexError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"hidden_states={selector!r} cannot select from the model's "
-                f"{type(out).__name__} output: {exc}."
-            ) from exc
-    if not isinstance(states, (tuple, list)) or not all(
-        isinstance(h, torch.Tensor) for h in states
-    ):
-        raise ValueError(
-            f"hidden_states={selector!r} must select a tuple of tensors from the "
-            f"model's output (e.g. 'hidden_states' of a model called with "
-            f"output_hidden_states=True); got {type(states).__name__}."
-        )
-    return states
 
 
 @_validate_probe_params
@@ -325,7 +302,7 @@ DataLoader or iterable of batches
                     if name not in states:
                         raise ValueError(f"Module {name!r}: {_not_run(name, model)}.")
                 if hidden_states is not None:
-                    for i, h in enumerate(_hidden_states(out, hidden_states)):
+                    for i, h in enumerate(select_hidden_states(out, hidden_states)):
                         states[f"hidden_states.{i}"] = h
                 labels = None if yb is None else to_numpy(yb)
                 if target == "token" and labels is None:
