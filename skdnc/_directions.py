@@ -9,7 +9,6 @@ Beaglehole et al. (2025), which detect a concept from the projections and steer
 a model along it.
 """
 
-import warnings
 from numbers import Integral
 
 import numpy as np
@@ -67,6 +66,13 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     label, the first component is the concept direction used to detect the
     concept and to steer the model (Beaglehole et al., 2025).
 
+    When the chosen round of the RFM made no AGOP update (``best_iter_ = 0``:
+    the validation split found ``M = I`` as good as any learned ``M``, as it
+    can on classes that are easy to separate, or ``max_iter=0``), ``M`` is the
+    identity and its eigenvectors would be arbitrary axes; the directions are
+    then those of the AGOP of the fitted predictor (:meth:`RFMClassifier.agop`,
+    the ``M`` a first update would take), and ``directions_from_`` says so.
+
     When the RFM kept ``M`` as a low-rank factor (``M_factor_``, the case
     ``n_samples << n_features``), the eigenvectors come from that factor's small
     Gram matrix, without forming ``M``.
@@ -96,7 +102,8 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     components_ : ndarray of shape (n_components, n_features)
         Orthonormal directions, by decreasing eigenvalue of ``M``.
     eigenvalues_ : ndarray of shape (n_components,)
-        The eigenvalues of ``M`` of the components.
+        The eigenvalues of ``M`` (or of the AGOP, see ``directions_from_``) of
+        the components.
     explained_ratio_ : ndarray of shape (n_components,)
         Each eigenvalue's share of the trace of ``M`` (the sum of all its
         eigenvalues).
@@ -106,6 +113,10 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         each class for more, the columns of ``y`` for regression.
     mean_ : ndarray of shape (n_features,)
         Training mean, subtracted before projecting.
+    directions_from_ : {"M", "agop"}
+        ``"M"``: the eigenvectors of the fitted RFM's ``M``. ``"agop"``: its
+        chosen round made no AGOP update, and they are those of the AGOP of the
+        fitted predictor.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -195,29 +206,28 @@ class AGOPDirections(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         else:
             estimator = RFMRegressor(refit="rounds", random_state=self.random_state)
         estimator.fit(X, y)
-        if getattr(estimator, "best_iter_", None) == 0:
-            warnings.warn(
-                f"The fitted {type(estimator).__name__} made no AGOP update "
-                "(best_iter_=0: the validation split preferred M = I, or max_iter=0), "
-                "so its M is the identity and the components are arbitrary axes. "
-                "Check the RFM's accuracy; a bandwidth near the data's distances "
-                '(bandwidth="auto") often helps.',
-                UserWarning,
-                stacklevel=3,
-            )
         factor = getattr(estimator, "M_factor_", None)
-        if factor is not None:
-            evals, evecs = psd_top_eigh(
-                factor=torch.as_tensor(factor), n_components=self.n_components
-            )
-            trace = float((np.asarray(factor, dtype=np.float64) ** 2).sum())
-        else:
+        self.directions_from_ = "M"
+        if getattr(estimator, "best_iter_", None) == 0:
+            # The chosen round made no AGOP update: M is the identity, whose
+            # eigenvectors are arbitrary axes. The AGOP of the fitted predictor
+            # (the M a first update would take) holds its directions.
+            M = estimator.agop()
+            self.directions_from_ = "agop"
+            factor = None
+        elif factor is None:
             M = getattr(estimator, "M_", None)
             if M is None:
                 raise TypeError(
                     "AGOPDirections needs an estimator with a feature matrix M_ "
                     f"(RFMClassifier or RFMRegressor); got {type(estimator).__name__}."
                 )
+        if factor is not None:
+            evals, evecs = psd_top_eigh(
+                factor=torch.as_tensor(factor), n_components=self.n_components
+            )
+            trace = float((np.asarray(factor, dtype=np.float64) ** 2).sum())
+        else:
             M = torch.as_tensor(np.asarray(M, dtype=np.float64))
             evals, evecs = psd_top_eigh(M, n_components=self.n_components)
             trace = float(M.sum() if M.ndim == 1 else M.diagonal().sum())

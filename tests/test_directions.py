@@ -40,15 +40,40 @@ def _rfm(**params):
 def test_recovers_planted_direction_and_control_does_not():
     X, y, u = planted()
     directions = AGOPDirections(_rfm()).fit(X, y)
+    assert directions.directions_from_ == "M"
     cos = float(directions.components_[0] @ u)
     assert cos > 0.9  # and positive: the sign follows the label
-    # The control: M = I (no AGOP update) holds no direction.
-    with pytest.warns(UserWarning, match="no AGOP update"):
-        control = AGOPDirections(_rfm(max_iter=0)).fit(X, y)
+    # The control: labels that carry no signal give no direction.
+    shuffled = np.random.default_rng(3).permutation(y)
+    control = AGOPDirections(_rfm()).fit(X, shuffled)
     assert abs(float(control.components_[0] @ u)) < 0.5
     # A random direction is far from the planted one too.
     v = np.random.default_rng(1).normal(size=X.shape[1])
     assert abs(v @ u) / np.linalg.norm(v) < 0.5
+
+
+def test_no_update_takes_the_directions_of_the_predictors_agop():
+    # With no AGOP update M = I, whose eigenvectors are the coordinate axes,
+    # none of them near the planted direction; the AGOP of the fitted predictor
+    # (computed here by central differences of its decision function, in float64)
+    # holds it.
+    X, y, u = planted()
+    directions = AGOPDirections(_rfm(max_iter=0), n_components=2).fit(X, y)
+    assert directions.estimator_.best_iter_ == 0
+    assert directions.directions_from_ == "agop"
+    np.testing.assert_allclose(directions.estimator_.M_, np.eye(X.shape[1]))
+    assert np.abs(u).max() < 0.6  # no axis is close to u
+    assert float(directions.components_[0] @ u) > 0.9
+    f = directions.estimator_.decision_function
+    h = 1e-5
+    G = np.stack(
+        [(f(X + h * e) - f(X - h * e)) / (2 * h) for e in np.eye(X.shape[1])],
+        axis=1,
+    )
+    agop = G.T @ G / len(X)
+    evals, evecs = np.linalg.eigh(agop)
+    top = evecs[:, -1]
+    assert abs(float(directions.components_[0] @ top)) > 0.99
 
 
 def test_components_are_the_eigenvectors_of_M():

@@ -132,8 +132,9 @@ probes.plot(title="Detecting the topic from the last token")
 # kernel machine does not interpolate, and the Gaussian kernel's bandwidth is
 # twice the median distance between hidden states. The topic is so well
 # separated that a validation split would find ``M = I`` as accurate as any
-# learned ``M`` and keep it (the directions would then be arbitrary axes), so
-# the RFM makes three AGOP updates unchecked (``validation_fraction=0``). With
+# learned ``M`` and keep it (the directions would then come from the AGOP of
+# that first kernel machine alone), so the RFM makes three AGOP updates
+# unchecked (``validation_fraction=0``). With
 # the defaults (``reg=1e-3``) the top component had a cosine of only 0.1 to
 # 0.3 with the mean difference here. The controls: the difference
 # of the class means and a logistic regression's weights, normalised, and
