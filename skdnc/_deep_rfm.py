@@ -96,14 +96,19 @@ class DeepRFMTransformer(
     ----------
     L : int or "auto", default="auto"
         Number of layers. ``"auto"`` chooses it on a validation split: layers
-        are fitted on the rest of the training data and added while the next
-        layer's kernel machine (the one that supplies its AGOP), fitted on that
-        part, predicts the validation part better; the depth whose
-        representation scored best (the shallowest on ties, up to 18 layers) is
-        then fitted on all the data. It can be 0: on held-out data Deep RFM's
-        collapse of the training set can cost accuracy (on 784-pixel images an
-        RFM after one layer lost 3 points to RFM alone, after 18 layers 7; the
-        user guide gives the curves), and ``n_layers_`` records the choice. With
+        are fitted on the rest of the training data, and the representation
+        after each is scored on the validation part by the next layer's kernel
+        machine (the one that supplies its AGOP), fitted on that part. A depth
+        replaces the best shallower one only when it classifies clearly more
+        validation samples right: its accuracy gain exceeds two standard errors
+        of the paired per-sample difference (about a one-sided test at 2.5%), so
+        that a win by the noise of the split is not taken. The search stops
+        ``n_iter_no_change`` layers after the best (at 18 layers at most), and
+        the best depth is then fitted on all the data. It can be 0: on held-out
+        data Deep RFM's collapse of the training set can cost accuracy (on
+        784-pixel images an RFM after one layer lost 3 points to RFM alone, after
+        18 layers 7; the user guide gives the curves), and ``n_layers_`` records
+        the choice. With
         no layer, :meth:`transform` returns the input as given, so that a
         pipeline is then its next estimator alone (the depth-0 score is that of
         the kernel machine on the row-normalised input, the first layer's). The
@@ -113,7 +118,7 @@ class DeepRFMTransformer(
         split, drawn with ``random_state``). Ignored for an integer ``L``.
     n_iter_no_change : int, default=2
         ``L="auto"`` stops adding layers once this many layers in a row have not
-        improved the best validation accuracy.
+        clearly improved on the best depth's validation accuracy.
     kernel : {"laplace", "gaussian", "exponential"}, default="laplace"
         Kernel of every layer's kernel machine (the paper uses the Laplace kernel
         :math:`\\exp(-\\|x - z\\| / L)`; the Gaussian for ReLU on MNIST).
@@ -271,7 +276,9 @@ class DeepRFMTransformer(
     validation_scores_ : ndarray of shape (n_depths,) or None
         With ``L="auto"``: the validation accuracy of the representation after
         ``0, 1, ...`` layers (the next layer's kernel machine fitted on the
-        training part); ``None`` for an integer ``L``.
+        training part), as far as the search went; ``n_layers_`` is the
+        shallowest depth that no deeper one beat by two standard errors, not
+        necessarily the highest entry. ``None`` for an integer ``L``.
     layer_times_ : ndarray of shape (n_fitted_layers,)
         Seconds each layer took in :meth:`fit` (metrics recording included).
     classes_ : ndarray of shape (n_classes,)
