@@ -127,7 +127,7 @@ def test_auto_depth_needs_a_clear_win_and_stops_after_two_without(digits, monkey
     # within the noise), depth 2 wins 8 (clear: it becomes the best), depths 3
     # and 4 win 3, and 2 with a loss, against depth 2 (not clear): the search
     # stops after depth 4 with depth 2, though depth 3 scored highest (the
-    # plain argmax would take it, and the old rule would have stopped at 0).
+    # plain argmax would take it).
     X, y = digits
     n_val = math.ceil(0.2 * len(y))
     plan = [50, (0, 3, 0), (0, 8, 0), (2, 3, 0), (2, 2, 1)]
