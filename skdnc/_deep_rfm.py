@@ -52,7 +52,6 @@ from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
     agop_step,
     class_targets,
-    no_improvement,
 )
 from skdnc._solvers import fit_kernel_machine, kernel_predict, resolve_centers
 from skdnc.metrics._collapse import (
@@ -66,6 +65,9 @@ from skdnc.metrics._readout import READOUT_RIDGE, _readout_scores, _ridge_readou
 
 #: The most layers ``L="auto"`` adds (the paper's Figure 1 shows 18).
 AUTO_MAX_LAYERS = 18
+#: Standard errors of the paired difference by which a deeper representation must
+#: beat the best shallower one on ``L="auto"``'s validation part (:func:`_improves`).
+AUTO_MIN_STANDARD_ERRORS = 2.0
 
 
 # -- the estimator --------------------------------------------------------------------
@@ -94,14 +96,19 @@ class DeepRFMTransformer(
     ----------
     L : int or "auto", default="auto"
         Number of layers. ``"auto"`` chooses it on a validation split: layers
-        are fitted on the rest of the training data and added while the next
-        layer's kernel machine (the one that supplies its AGOP), fitted on that
-        part, predicts the validation part better; the depth whose
-        representation scored best (the shallowest on ties, up to 18 layers) is
-        then fitted on all the data. It can be 0: on held-out data Deep RFM's
-        collapse of the training set can cost accuracy (on 784-pixel images an
-        RFM after one layer lost 3 points to RFM alone, after 18 layers 7; the
-        user guide gives the curves), and ``n_layers_`` records the choice. With
+        are fitted on the rest of the training data, and the representation
+        after each is scored on the validation part by the next layer's kernel
+        machine (the one that supplies its AGOP), fitted on that part. A depth
+        replaces the best shallower one only when it classifies clearly more
+        validation samples right: its accuracy gain exceeds two standard errors
+        of the paired per-sample difference (about a one-sided test at 2.5%), so
+        that a win by the noise of the split is not taken. The search stops
+        ``n_iter_no_change`` layers after the best (at 18 layers at most), and
+        the best depth is then fitted on all the data. It can be 0: on held-out
+        data Deep RFM's collapse of the training set can cost accuracy (on
+        784-pixel images an RFM after one layer lost 3 points to RFM alone, after
+        18 layers 7; the user guide gives the curves), and ``n_layers_`` records
+        the choice. With
         no layer, :meth:`transform` returns the input as given, so that a
         pipeline is then its next estimator alone (the depth-0 score is that of
         the kernel machine on the row-normalised input, the first layer's). The
@@ -111,7 +118,7 @@ class DeepRFMTransformer(
         split, drawn with ``random_state``). Ignored for an integer ``L``.
     n_iter_no_change : int, default=2
         ``L="auto"`` stops adding layers once this many layers in a row have not
-        improved the best validation accuracy.
+        clearly improved on the best depth's validation accuracy.
     kernel : {"laplace", "gaussian", "exponential"}, default="laplace"
         Kernel of every layer's kernel machine (the paper uses the Laplace kernel
         :math:`\\exp(-\\|x - z\\| / L)`; the Gaussian for ReLU on MNIST).
@@ -269,7 +276,9 @@ class DeepRFMTransformer(
     validation_scores_ : ndarray of shape (n_depths,) or None
         With ``L="auto"``: the validation accuracy of the representation after
         ``0, 1, ...`` layers (the next layer's kernel machine fitted on the
-        training part); ``None`` for an integer ``L``.
+        training part), as far as the search went; ``n_layers_`` is the
+        shallowest depth that no deeper one beat by two standard errors, not
+        necessarily the highest entry. ``None`` for an integer ``L``.
     layer_times_ : ndarray of shape (n_fitted_layers,)
         Seconds each layer took in :meth:`fit` (metrics recording included).
     classes_ : ndarray of shape (n_classes,)
@@ -548,26 +557,23 @@ class DeepRFMTransformer(
 
     def _choose_depth(self, X, y_index, classes, device, comm=None):
         """``L="auto"``: the depth whose representation the next layer's kernel
-        machine, fitted on the training part, scores best on the validation part.
+        machine, fitted on the training part, scores best on the validation part,
+        a deeper one counting only when it wins clearly (see :func:`_improves`).
 
         Returns the number of layers and the validation scores (accuracy) of
         depths ``0, 1, ...``.
         """
         fit_rows, val_rows = self._validation_split(y_index, len(classes))
         s = self._setup(X[fit_rows], y_index[fit_rows], len(classes), device)
-        kernel, budget, generator = s["kernel"], s["budget"], s["generator"]
+        kernel, budget = s["kernel"], s["budget"]
         Xl = to_tensor(X[fit_rows], device, s["dtype"])
         Vl = to_tensor(X[val_rows], device, s["dtype"])
         y_val = y_index[val_rows]
-        Y_val = class_targets(y_val, len(classes), self.target_coding)
         solver_state = {}
-        scores = []
+        correct, best = [], 0
         for layer in range(AUTO_MAX_LAYERS + 1):
             at = _Locator(layer + 1, "choosing L")
-            with at("normalisation"):
-                if self.normalize == "rows":
-                    normalize_rows(Xl)
-                    normalize_rows(Vl)
+            self._normalise(at, Xl, Vl)
             with at("kernel solve"):
                 if layer == 0:
                     self._check_scale(kernel, Xl, s["dtype"])
@@ -577,7 +583,7 @@ class DeepRFMTransformer(
                     None,
                     kernel,
                     budget=budget,
-                    generator=generator,
+                    generator=s["generator"],
                     state=solver_state,
                     comm=comm,
                 )
@@ -589,40 +595,60 @@ class DeepRFMTransformer(
                     ),
                     np.float64,
                 )
-            del C
-            scores.append((_accuracy(F, y_val), -float(np.mean((F - Y_val) ** 2))))
-            if layer == AUTO_MAX_LAYERS or no_improvement(
-                scores, int(self.n_iter_no_change), 0.0
-            ):
+            del C, alpha
+            correct.append(_correct(F, y_val))
+            if layer > 0 and _improves(correct[layer], correct[best]):
+                best = layer
+            if layer == AUTO_MAX_LAYERS or layer - best >= self.n_iter_no_change:
                 break
-            if self.n_agop_steps == 0:
-                machine = None
-            M = self._layer_agop(
-                Xl,
-                s["Y"],
-                kernel,
-                at=at,
-                budget=budget,
-                generator=generator,
-                state=solver_state,
-                machine=machine,
-                comm=comm,
-            )
-            del machine, alpha
-            with at("AGOP"):
-                P = self._power(M, Xl)
-            del M
-            with at("feature map"):
-                W, b = self._draw(Xl.shape[1], s["width"], generator, Xl)
-                Xl = _project_and_map(
-                    Xl, P, W, b, self.feature_map, budget, comm, False
-                )[1]
-                Vl = _project_and_map(
-                    Vl, P, W, b, self.feature_map, budget, comm, False
-                )[1]
-        # The first of the best: a deeper representation must score higher.
-        best = max(range(len(scores)), key=lambda k: (scores[k], -k))
-        return best, np.array([score[0] for score in scores])
+            Xl, Vl = self._layer(
+                Xl, s, at=at, state=solver_state, comm=comm, machine=machine, also=Vl
+            )[-2:]
+            del machine
+        return best, np.array([float(np.mean(c)) for c in correct])
+
+    def _normalise(self, at, *representations):
+        """Row normalisation at the start of a layer (in place), located by ``at``."""
+        with at("normalisation"):
+            if self.normalize == "rows":
+                for Z in representations:
+                    normalize_rows(Z)
+
+    def _layer(
+        self, Xl, s, *, at, state, comm, machine=None, projection=False, also=None
+    ):
+        """One layer of :meth:`fit` on its (normalised) input ``Xl``: the AGOP of
+        its kernel machine, ``M^p`` and the random feature map.
+
+        ``s`` is :meth:`_setup`'s, ``state`` carries the solve's jitter from layer
+        to layer, ``machine`` is the layer's first solve when it was made already,
+        and ``at(step)`` locates the warnings. Returns ``(P, W, b, MX, Phi,
+        also_Phi)``: ``M^p``, the random weights and offsets, ``Xl M^p`` (when
+        ``projection``, else ``None``), ``Phi(Xl M^p)`` and the same layer's
+        features of the rows ``also`` (``None`` without them), as the search of
+        ``L="auto"`` maps its validation part.
+        """
+        M = self._layer_agop(
+            Xl,
+            s["Y"],
+            s["kernel"],
+            at=at,
+            budget=s["budget"],
+            generator=s["generator"],
+            state=state,
+            machine=machine,
+            comm=comm,
+        )
+        with at("AGOP"):
+            P = self._power(M, Xl)
+        del M
+        with at("feature map"):
+            W, b = self._draw(Xl.shape[1], s["width"], s["generator"], Xl)
+            kind, budget = self.feature_map, s["budget"]
+            MX, Phi = _project_and_map(Xl, P, W, b, kind, budget, comm, projection)
+            if also is not None:
+                also = _project_and_map(also, P, W, b, kind, budget, comm, False)[1]
+        return P, W, b, MX, Phi, also
 
     def _check_scale(self, kernel, Xl, dtype):
         if self.n_agop_steps > 0:
@@ -646,7 +672,6 @@ class DeepRFMTransformer(
     def _fit_layers(self, X, y_index, classes, device, comm, n_layers):
         """``n_layers`` layers of :meth:`fit` on validated input."""
         s = self._setup(X, y_index, len(classes), device)
-        kernel, budget, generator = s["kernel"], s["budget"], s["generator"]
         record = None
         if self.record_metrics:
             record = _MetricsRecorder(y_index, readout=bool(self.record_readout))
@@ -664,30 +689,18 @@ class DeepRFMTransformer(
         for layer in bar:
             tic = time.perf_counter()
             at = _Locator(layer + 1)
-            with at("normalisation"):
-                if self.normalize == "rows":
-                    normalize_rows(Xl)
+            self._normalise(at, Xl)
             if layer == 0:
                 with at("kernel solve"):
-                    self._check_scale(kernel, Xl, s["dtype"])
-            M = self._layer_agop(
+                    self._check_scale(s["kernel"], Xl, s["dtype"])
+            P, W, b, MX, Phi, _ = self._layer(
                 Xl,
-                s["Y"],
-                kernel,
+                s,
                 at=at,
-                budget=budget,
-                generator=generator,
                 state=solver_state,
                 comm=comm,
+                projection=record is not None,
             )
-            with at("AGOP"):
-                P = self._power(M, Xl)
-            del M
-            with at("feature map"):
-                W, b = self._draw(Xl.shape[1], s["width"], generator, Xl)
-                MX, Phi = _project_and_map(
-                    Xl, P, W, b, self.feature_map, budget, comm, record is not None
-                )
             if record is not None:
                 record(Xl, MX, Phi)
                 bar.set_postfix(nc1=f"{record.history['nc1_input'][-1]:.3g}")
@@ -729,9 +742,7 @@ class DeepRFMTransformer(
         layers = zip(self.agop_powers_, self.weights_, self.offsets_)
         for index, (P, W, b) in enumerate(layers):
             at = _Locator(index + 1)
-            with at("normalisation"):
-                if self.normalize == "rows":
-                    normalize_rows(Xl)
+            self._normalise(at, Xl)
             P = to_tensor(P, device, dtype)
             W = to_tensor(W, device, dtype)
             b = None if b is None else to_tensor(b, device, dtype)
@@ -814,9 +825,33 @@ class DeepRFMTransformer(
         return tags
 
 
-def _accuracy(F, y_index):
-    """Accuracy of the decision values ``F`` (one column per class)."""
-    return float(np.mean(F.argmax(axis=1) == y_index))
+def _correct(F, y_index):
+    """Whether the decision values ``F`` (one column per class) classify each
+    sample correctly."""
+    return F.argmax(axis=1) == y_index
+
+
+def _improves(correct, best, n_se=AUTO_MIN_STANDARD_ERRORS):
+    """Whether per-sample correctness ``correct`` beats ``best`` (on the same
+    samples) by more than ``n_se`` standard errors of the paired difference.
+
+    The difference of accuracies is the mean of ``d_i = correct_i - best_i``;
+    its standard error is ``std(d, ddof=1) / sqrt(n)``. Only the samples on which
+    the two disagree count, so that a deeper representation is taken only when
+    it wins clearly more of them than it loses (at ``n_se = 2``, about a one-sided
+    paired test at 2.5%): a layer that wins by the noise of the split is not
+    taken (the user guide's depth curves show why).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._deep_rfm import _improves
+    >>> best = np.zeros(160, dtype=bool)
+    >>> _improves(np.arange(160) < 3, best), _improves(np.arange(160) < 4, best)
+    (False, True)
+    """
+    d = np.asarray(correct, np.float64) - np.asarray(best, np.float64)
+    return bool(d.mean() > n_se * d.std(ddof=1) / np.sqrt(len(d)))
 
 
 class _Locator:

@@ -4,7 +4,9 @@ warnings that name their layer and step, and bad ``L`` values.
 The depth search is checked against a loop written here: fixed-depth transformers
 fitted on the same stratified split, each scored on the validation part by a
 float64 Laplace kernel ridge machine computed with numpy (the next layer's kernel
-machine: bandwidth 2, ridge 1e-3, +-1 targets, ``M = I``).
+machine: bandwidth 2, ridge 1e-3, +-1 targets, ``M = I``), a deeper depth taken
+only when it beats the best shallower one by more than two standard errors of
+the paired difference (written here from the counts of wins and losses).
 """
 
 import math
@@ -12,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.linalg import LinAlgWarning
 from sklearn.model_selection import train_test_split
@@ -35,8 +37,9 @@ def _unit_rows(Z):
     return Z / np.linalg.norm(Z, axis=1, keepdims=True)
 
 
-def _kernel_machine_scores(Ztr, ytr, Zva, yva, n_classes):
-    """(accuracy, -MSE) on the validation rows of Laplace kernel ridge, float64."""
+def _kernel_machine_correct(Ztr, ytr, Zva, yva, n_classes):
+    """Per validation row, whether Laplace kernel ridge (float64) classifies it
+    right."""
     Ztr, Zva = np.asarray(Ztr, np.float64), np.asarray(Zva, np.float64)
     Y = -np.ones((len(ytr), n_classes))
     Y[np.arange(len(ytr)), ytr] = 1.0
@@ -49,18 +52,38 @@ def _kernel_machine_scores(Ztr, ytr, Zva, yva, n_classes):
     np.fill_diagonal(K, 1.0)
     alpha = np.linalg.solve(K + 1e-3 * np.eye(len(K)), Y)
     F = laplace(Zva, Ztr) @ alpha
-    Yva = -np.ones((len(yva), n_classes))
-    Yva[np.arange(len(yva)), yva] = 1.0
-    return float(np.mean(F.argmax(1) == yva)), -float(np.mean((F - Yva) ** 2))
+    return F.argmax(1) == yva
 
 
-def test_auto_depth_is_the_best_of_fixed_depths_on_the_same_split(digits):
-    X, y = digits
-    n = len(y)
+def _clearly_better(new, old):
+    """The documented rule, from the counts of wins and losses: the accuracy
+    gain (wins - losses) / n beats twice the standard error of the paired
+    difference, whose sample variance is (wins + losses - (wins - losses)^2 / n)
+    / (n - 1)."""
+    n = len(new)
+    wins = int(np.sum(new & ~old))
+    losses = int(np.sum(old & ~new))
+    variance = (wins + losses - (wins - losses) ** 2 / n) / (n - 1)
+    return (wins - losses) / n > 2.0 * math.sqrt(variance / n)
+
+
+def _xor(n=200, d=10):
+    """4 classes from the signs of 2 of ``d`` Gaussian coordinates: the AGOP of
+    one layer finds them, and ``L="auto"`` takes that layer."""
+    X = np.random.default_rng(0).normal(size=(n, d))
+    return X, 2 * (X[:, 0] > 0) + (X[:, 1] > 0)
+
+
+@pytest.mark.parametrize("problem, depth", [("digits", 0), ("xor", 1)])
+def test_auto_depth_is_the_best_of_fixed_depths_on_the_same_split(
+    digits, problem, depth
+):
+    X, y = digits if problem == "digits" else _xor()
+    n, n_classes = len(y), len(np.unique(y))
     fit, val = train_test_split(
         np.arange(n), test_size=math.ceil(0.2 * n), stratify=y, random_state=0
     )
-    scores = []
+    correct, best = [], 0
     for k in range(AUTO_MAX_LAYERS + 1):
         fixed = DeepRFMTransformer(L=k, **SMALL).fit(X[fit], y[fit])
         # Depth k is scored on the normalised input of layer k + 1.
@@ -68,36 +91,78 @@ def test_auto_depth_is_the_best_of_fixed_depths_on_the_same_split(digits):
             _unit_rows(fixed.transform(X[fit])),
             _unit_rows(fixed.transform(X[val])),
         )
-        scores.append(_kernel_machine_scores(Z_fit, y[fit], Z_val, y[val], 10))
-        # The documented stop: no better accuracy in the last 2 depths.
-        if k >= 2 and max(s[0] for s in scores[-2:]) <= max(s[0] for s in scores[:-2]):
+        correct.append(_kernel_machine_correct(Z_fit, y[fit], Z_val, y[val], n_classes))
+        # A deeper depth counts only when clearly better than the best so far;
+        # the search stops 2 depths after the last that counted.
+        if k > 0 and _clearly_better(correct[k], correct[best]):
+            best = k
+        if k - best >= 2:
             break
-    best = max(range(len(scores)), key=lambda k: (scores[k], -k))
 
     auto = DeepRFMTransformer(L="auto", **SMALL).fit(X, y)
-    np.testing.assert_allclose(auto.validation_scores_, [s[0] for s in scores])
-    assert auto.n_layers_ == best
+    np.testing.assert_allclose(auto.validation_scores_, [c.mean() for c in correct])
+    assert auto.n_layers_ == best == depth  # both cases are exercised
     assert len(auto.weights_) == best
     # The chosen depth is refitted on all the data, as a fixed-depth fit would be.
     refit = DeepRFMTransformer(L=best, **SMALL).fit(X, y)
     np.testing.assert_allclose(auto.transform(X), refit.transform(X), atol=1e-10)
 
 
-def test_auto_depth_stops_where_the_scores_stop_improving(digits, monkeypatch):
-    # Scores that rise for 3 depths then fall: depth 3 is chosen after 2 more.
+def _scripted_correctness(n, plan):
+    """Correctness vectors over ``n`` validation rows: depth 0 right on the first
+    ``plan[0]`` rows; each later entry ``(base, wins, losses)`` takes depth
+    ``base``'s vector, makes ``wins`` wrong rows right and ``losses`` right rows
+    wrong."""
+    vectors = [np.arange(n) < plan[0]]
+    for base, wins, losses in plan[1:]:
+        v = vectors[base].copy()
+        v[np.flatnonzero(~v)[:wins]] = True
+        v[np.flatnonzero(vectors[base])[:losses]] = False
+        vectors.append(v)
+    return vectors
+
+
+def test_auto_depth_needs_a_clear_win_and_stops_after_two_without(digits, monkeypatch):
+    # 80 validation rows. Depth 1 wins 3 rows against depth 0 (accuracy up,
+    # within the noise), depth 2 wins 8 (clear: it becomes the best), depths 3
+    # and 4 win 3, and 2 with a loss, against depth 2 (not clear): the search
+    # stops after depth 4 with depth 2, though depth 3 scored highest (the
+    # plain argmax would take it).
     X, y = digits
-    planned = iter([0.5, 0.6, 0.7, 0.8, 0.7, 0.75, 0.9, 0.9])
+    n_val = math.ceil(0.2 * len(y))
+    plan = [50, (0, 3, 0), (0, 8, 0), (2, 3, 0), (2, 2, 1)]
+    vectors = iter(_scripted_correctness(n_val, plan))
     seen = []
 
     def scripted(F, y_val):
-        seen.append(next(planned))
+        assert len(y_val) == n_val
+        seen.append(next(vectors))
         return seen[-1]
 
-    monkeypatch.setattr(deep_rfm_module, "_accuracy", scripted)
+    monkeypatch.setattr(deep_rfm_module, "_correct", scripted)
     model = DeepRFMTransformer(L="auto", **SMALL).fit(X, y)
-    assert seen == [0.5, 0.6, 0.7, 0.8, 0.7, 0.75]
-    assert model.n_layers_ == 3
-    np.testing.assert_allclose(model.validation_scores_, seen)
+    accuracy = [v.mean() for v in seen]
+    np.testing.assert_allclose(accuracy, np.array([50, 53, 58, 61, 59]) / n_val)
+    assert model.n_layers_ == 2 and len(model.weights_) == 2
+    assert int(np.argmax(accuracy)) == 3
+    np.testing.assert_allclose(model.validation_scores_, accuracy)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    n=st.integers(2, 300),
+    data=st.data(),
+)
+def test_improves_is_the_two_standard_error_rule(n, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    p_old, p_flip = data.draw(st.floats(0, 1)), data.draw(st.floats(0, 0.3))
+    old = rng.random(n) < p_old
+    new = old ^ (rng.random(n) < p_flip)
+    # Exact ties of the rule, (w - l)^2 (n + 3) = 4 n (w + l), are left to rounding.
+    w, l = int(np.sum(new & ~old)), int(np.sum(old & ~new))
+    assume(w == l or (w - l) ** 2 * (n + 3) != 4 * n * (w + l))
+    assert deep_rfm_module._improves(new, old) == _clearly_better(new, old)
+    assert not deep_rfm_module._improves(old, old)
 
 
 def test_zero_layers_pass_the_input_through(digits):
@@ -225,7 +290,8 @@ def test_depth_properties(balanced_digits, L, fraction, patience):
         scores = model.validation_scores_
         assert 0 <= depth < len(scores) <= AUTO_MAX_LAYERS + 1
         assert np.all((scores >= 0) & (scores <= 1))
-        assert scores[depth] == scores.max()
-        assert len(scores) == AUTO_MAX_LAYERS + 1 or len(scores) > patience
+        # A chosen layer beat depth 0; the search ran `patience` depths past it.
+        assert depth == 0 or scores[depth] > scores[0]
+        assert len(scores) == min(depth + patience, AUTO_MAX_LAYERS) + 1
     else:
         assert depth == L and model.validation_scores_ is None

@@ -60,9 +60,11 @@ print(f"RFMClassifier() alone: {alone:.3f}")
 # %%
 # The depth that ``L="auto"`` chooses
 # -----------------------------------
-# The default ``L="auto"`` holds out a fifth of the training data, adds layers
-# while the next layer's kernel machine scores better there, and refits the best
-# depth on all of it. ``n_layers_`` and ``validation_scores_`` record the choice.
+# The default ``L="auto"`` holds out a fifth of the training data and scores the
+# representation after each layer there with the next layer's kernel machine. A
+# deeper layer is taken only when it is clearly better, by more than two standard
+# errors of the paired per-sample difference, and the best depth is refitted on
+# all of the data. ``n_layers_`` and ``validation_scores_`` record the choice.
 auto = DeepRFMTransformer(width=128, random_state=0).fit(X_train, y_train)
 print(f"L='auto' chose {auto.n_layers_} layers; validation accuracy by depth:")
 print(np.round(auto.validation_scores_, 3).tolist())
