@@ -101,6 +101,80 @@ def target_scale(Y, dtype, *, exact=False):
     return 2.0 ** round(math.log2(largest))
 
 
+def coded_r2(F, Y):
+    """The coefficient of determination of outputs ``F`` for targets ``Y`` (both
+    of shape ``(n, K)``), pooled over the columns; ``-sum((F - Y)^2)`` when
+    ``Y`` is constant.
+
+    For class codes this is the Brier skill score of the coded targets: one
+    minus their squared error over the squared error of the validation
+    points' own class frequencies.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._rfm import coded_r2
+    >>> coded_r2(np.array([[0.0], [2.0]]), np.array([[0.0], [1.0]]))
+    -1.0
+    """
+    ss_res = float(np.sum((F - Y) ** 2))
+    ss_tot = float(np.sum((Y - Y.mean(axis=0)) ** 2))
+    return 1 - ss_res / ss_tot if ss_tot > 0 else -ss_res
+
+
+def select_model(curve, regs, outputs, Y):
+    """The round and ridge value of the final model from the validation split.
+
+    The candidate with the best score, unless the simplest candidate -- no AGOP
+    update (``M = I``) and the largest ridge value, which on centred targets
+    is close to predicting the training mean (the class prior) -- is within
+    one standard error of it: the one-standard-error rule (Breiman et al.,
+    1984; Hastie, Tibshirani and Friedman, 2009, sec. 7.10) between the two,
+    on the paired differences of their squared errors on the validation points.
+    On features that carry no signal, the best of many candidates beats the
+    prior on the validation points by chance alone, and falls below it on new
+    data; the rule keeps the prior then. With a single ridge value the best
+    candidate is taken.
+
+    Parameters
+    ----------
+    curve : list of list of tuple
+        ``curve[t][g]``: the validation score of round ``t`` with ridge value
+        ``regs[g]`` (greater is better; the first entry of each tuple first).
+    regs : sequence of float
+        The ridge values of every round, in the order of ``curve[t]``.
+    outputs : list of ndarray of shape (n_val, K)
+        The validation outputs of every candidate, round by round.
+    Y : ndarray of shape (n_val, K)
+        The validation targets.
+
+    Returns
+    -------
+    t, g : int
+        The round (the number of AGOP updates) and the index of the ridge
+        value; the earliest round and smallest ridge among ties.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._rfm import select_model
+    >>> Y = np.array([[1.0], [-1.0], [1.0], [-1.0]])
+    >>> noise = [np.array([[0.1], [0.1], [-0.1], [-0.1]]), np.zeros((4, 1))]
+    >>> select_model([[(0.01,), (0.0,)]], [0.1, 10.0], noise, Y)
+    (0, 1)
+    """
+    flat = [(t, g) for t, row in enumerate(curve) for g in range(len(row))]
+    best = max(range(len(flat)), key=lambda k: curve[flat[k][0]][flat[k][1]])
+    if len(regs) == 1:
+        return flat[best]
+    simplest = int(np.argmax(regs))  # in round 0
+    losses = [np.sum((F - Y) ** 2, axis=1) for F in (outputs[best], outputs[simplest])]
+    excess = losses[1] - losses[0]
+    if excess.mean() <= excess.std(ddof=1) / math.sqrt(len(excess)):
+        return 0, simplest
+    return flat[best]
+
+
 class _BaseRFM(BaseEstimator):
     """Shared fit/predict logic of :class:`RFMClassifier` and :class:`RFMRegressor`."""
 
@@ -310,16 +384,13 @@ class _BaseRFM(BaseEstimator):
             fit_idx_t = torch.as_tensor(fit_idx, device=device)
             Xf, Yf = Xt[fit_idx_t], Yt[fit_idx_t]
             Xv = Xt[torch.as_tensor(val_idx, device=device)]
-            Yv = Y_np[val_idx]
+            Yv = Y_np[val_idx] * y_scale  # scores in the units of the coding
             metrics, path = [], []
-            chosen = {}  # the decisions of the best (round, ridge) so far
+            decisions = []  # the validation outputs of every (round, ridge)
 
             def evaluate(predict):
-                F = to_numpy(predict(Xv))
-                score = self._validation_score(F, Yv)
-                if "score" not in chosen or score > chosen["score"]:
-                    chosen.update(score=score, F=F)
-                return score
+                decisions.append(to_numpy(predict(Xv)) * y_scale)
+                return self._validation_score(decisions[-1], Yv)
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
             _, _, scores = rfm_rounds(
@@ -340,11 +411,15 @@ class _BaseRFM(BaseEstimator):
             )
             del Xf, Yf, Xv
             rounds_run = len(scores)
-            n_rounds = max(range(len(scores)), key=lambda t: scores[t])
+            n_rounds, g = select_model(
+                [p["scores"] for p in path], path[0]["regs"], decisions, Yv
+            )
             history = np.array([s[0] for s in scores])
             curve = np.array([[s[0] for s in p["scores"]] for p in path])
-            params["reg"] = path[n_rounds]["reg"]
-            self._after_validation(chosen["F"], Yv)
+            params["reg"] = path[n_rounds]["regs"][g]
+            seen = sum(len(p["regs"]) for p in path[:n_rounds])
+            self._after_validation(decisions[seen + g], Yv)
+            del decisions
             self._log(
                 f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
                 f"reg={params['reg']:g}"
@@ -941,9 +1016,16 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             return self._fit(X, y_index, comm)
 
     def _encode_targets(self, y_index):
-        return class_targets(
+        Y = class_targets(
             y_index, len(self.classes_), self.target_coding, binary_column=True
         )
+        # Centred on the class prior: a large ridge shrinks toward it.
+        self.intercept_ = Y.mean(axis=0)
+        return Y - self.intercept_
+
+    def _decision(self, X, *, method="predict"):
+        F, dtype, space = super()._decision(X, method=method)
+        return F + self.intercept_, dtype, space
 
     def _split(self, n, y_index, generator):
         counts = np.bincount(y_index)
@@ -962,8 +1044,11 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         return 0.0 if self.target_coding == "pm1" else 0.5
 
     def _validation_score(self, F, Y):
+        # R^2 of the coded targets (one minus the Brier score over the spread
+        # of the codes), ties broken by the accuracy.
+        F, Y = F + self.intercept_, Y + self.intercept_
         accuracy = np.mean(self._labels(F) == self._labels(Y))
-        return (float(accuracy), -float(np.mean((F - Y) ** 2)))
+        return (coded_r2(F, Y), float(accuracy))
 
     def _logits(self, F):
         """Per-class logits from raw outputs (binary: the negated column first)."""
@@ -976,6 +1061,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         if F is None:
             self.proba_scale_ = 1.0
             return
+        F, Y = F + self.intercept_, Y + self.intercept_
         logits = self._logits(F)
         target = self._labels(Y).astype(int)
 
@@ -1209,9 +1295,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         return train_test_split(np.arange(n), test_size=n_val, random_state=seed)
 
     def _validation_score(self, F, Y):
-        ss_res = np.sum((F - Y) ** 2)
-        ss_tot = np.sum((Y - Y.mean(axis=0)) ** 2)
-        return (float(1 - ss_res / ss_tot) if ss_tot > 0 else -float(ss_res),)
+        return (coded_r2(F, Y),)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
