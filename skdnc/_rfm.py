@@ -614,27 +614,29 @@ _RFM_DOC_PARAMETERS = """
     exponent : float, default=1.0
         The exponent :math:`p \\in (0, 2]` of the ``"exponential"`` kernel.
     reg : float, "auto" or array-like of float, default=<REG_DEFAULT>
-        Ridge :math:`\\mu` of the solve :math:`(K_M + \\mu I)\\alpha = Y`. ``0`` asks
-        for the interpolating solve; a jitter is added, with a warning, if the kernel
-        matrix is then not numerically positive definite. A list of values, or
-        ``"auto"`` (the half-decades from 1e-3 to 100, 11 values), is a grid
-        chosen on the validation split: on every round the solves for all the
-        values are scored there (accuracy for the classifier, :math:`R^2` for
-        the regressor), the best one gives the round's predictor and its AGOP,
-        and the value of the best round is used for the final model
-        (``reg_``). With at least 24 values (and at most 4,096 training points
-        in the split) all the solves come from one eigendecomposition of the
-        kernel matrix; a shorter grid, ``"auto"`` included, is solved one value
-        at a time, because on CPU cores an eigendecomposition costs as much as
-        a few dozen Cholesky solves. With ``solver="cg"`` (or ``"auto"`` resolving
-        to it) every value is one conjugate-gradient solve: about ``len(grid)``
-        times the time of a fixed ``reg``. The Nystrom model (``n_centers``
-        fewer than the points) forms its ``m x m`` normal matrix once for the
-        whole grid, so that every value costs a Cholesky factorisation of an
-        ``m x m`` matrix (one eigendecomposition for 24 values or more) instead
-        of a solve of the whole system. Without a validation split
-        (``validation_fraction=0``, or too few samples for one) the grid's value
-        nearest to 1e-3 is used.<NOTE>
+        Ridge :math:`\\mu` of the solve :math:`(K_M + \\mu I)\\alpha = Y`. ``0``
+        asks for the interpolating solve; a jitter is added, with a warning, if the
+        kernel matrix is then not numerically positive definite. A list of values,
+        or ``"auto"`` (the half-decades from 1e-3 to 1e4, 15 values), is a grid
+        chosen on the validation split: on every round the solves for all the values
+        are scored there (:math:`R^2` of the targets, for the classifier of its
+        class codes), the best one gives the round's predictor and its AGOP, and the
+        value of the best round is used for the final model (``reg_``), unless the
+        simplest candidate (no AGOP update and the largest value, with the targets
+        centred close to predicting their training mean) is within one standard
+        error of the best: it is kept then (see Notes). With at least 24 values (and
+        at most 4,096 training points in the split) all the solves come from one
+        eigendecomposition of the kernel matrix; a shorter grid, ``"auto"``
+        included, is solved one value at a time, because on CPU cores an
+        eigendecomposition costs as much as a few dozen Cholesky solves. With
+        ``solver="cg"`` (or ``"auto"`` resolving to it) every value is one
+        conjugate-gradient solve: about ``len(grid)`` times the time of a fixed
+        ``reg``. The Nystrom model (``n_centers`` fewer than the points) forms its
+        ``m x m`` normal matrix once for the whole grid, so that every value costs a
+        Cholesky factorisation of an ``m x m`` matrix (one eigendecomposition for 24
+        values or more) instead of a solve of the whole system. Without a validation
+        split (``validation_fraction=0``, or too few samples for one) the grid's
+        value nearest to 1e-3 is used.<NOTE>
     max_iter : int, default=5
         Largest number of AGOP updates of ``M``. ``0`` is plain kernel ridge
         regression with ``M = I``.
@@ -671,8 +673,9 @@ _RFM_DOC_PARAMETERS = """
         round costs as much as a kernel solve and an AGOP, so stopping on a flat
         score saves most of a fit's time.
     tol : float, default=1e-4
-        Smallest improvement of the validation score (accuracy for the
-        classifier, :math:`R^2` for the regressor) that counts for early stopping.
+        Smallest improvement of the validation score (:math:`R^2` of the
+        targets, the class codes for the classifier) that counts for early
+        stopping.
     refit : {"solve", "warm", "rounds"}, default="solve"
         How the final model is fitted on all the training data once the number of
         AGOP updates is chosen on the validation split. ``"solve"``: one kernel
@@ -822,13 +825,16 @@ _RFM_DOC_ATTRIBUTES = """
     best_iter_ : int
         The chosen round: the number of AGOP updates behind ``M_``, in
         ``0..n_iter_ - 1`` (``0`` is plain kernel ridge regression, ``M = I``),
-        the round with the best validation score (``max_iter`` without a
-        validation split).
+        the round with the best validation score, or ``0`` when the
+        one-standard-error rule kept the simplest candidate (see Notes;
+        ``max_iter`` without a validation split).
     history_ : ndarray of shape (n_rounds,) or None
         Validation score after ``0, 1, ...`` AGOP updates, one per round run
         (``n_rounds`` is ``n_iter_``),
         with the round's best ridge value (``history_[best_iter_]`` is the
-        best); ``None`` when no validation split was made.
+        best, unless the simplest candidate was kept); ``None`` when no
+        validation split was made. :math:`R^2` of the targets (the class
+        codes for the classifier).
     validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
         The whole curve behind ``history_``: the validation score of every
         round and every value of ``reg_grid_`` (``history_`` is its row-wise
@@ -837,7 +843,8 @@ _RFM_DOC_ATTRIBUTES = """
         The ridge values tried, ascending (the one ``reg`` when it is a float).
     reg_ : float
         The ridge of the final model: ``reg``, or the value of the grid with the
-        best validation score in the chosen round.
+        best validation score in the chosen round (the largest value when the
+        simplest candidate was kept).
     bandwidth_ : float
         The bandwidth of the final model: ``bandwidth``, or the value the
         ``"auto"`` rule measured in its metric.
@@ -860,6 +867,19 @@ _RFM_DOC_NOTES = """
     computed in closed form with batched matrix products, rescaled by
     ``agop_normalization`` and raised to ``agop_power``. Its eigenvectors are the
     directions the predictor is sensitive to; its diagonal ranks the features.
+
+    The number of AGOP updates and the ridge are chosen on the validation
+    split by the :math:`R^2` of the (centred) targets; for the classifier, of
+    its class codes, i.e. the Brier skill score, a proper scoring rule, with
+    the accuracy breaking ties. The candidate with the best score is kept,
+    unless the simplest one (no AGOP update, the largest ridge: close to the
+    training mean of the targets, for the classifier the class prior and so
+    the majority class) is within one standard error of it, measured on the
+    paired differences of their squared errors on the validation points: the
+    one-standard-error rule (Hastie, Tibshirani and Friedman, *The Elements of
+    Statistical Learning*, 2009, sec. 7.10) between the two. On features
+    without signal the best of the many candidates beats the prior on the
+    validation points by chance alone, and would fall below it on new data.
 
     Fitting holds the ``n_samples x n_samples`` kernel matrix, factored in place;
     a problem that does not fit ``memory_budget`` raises an error that names it."""
@@ -892,6 +912,13 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     ----------
     classes_ : ndarray of shape (n_classes,)
         The class labels.{_RFM_DOC_ATTRIBUTES}
+    intercept_ : ndarray of shape (n_outputs,)
+        The training mean of the class codes (of ``target_coding``; one
+        column for two classes), i.e. the class prior in the coding: the
+        kernel machine is fitted to the codes minus ``intercept_``, which is
+        added back to its outputs, so that a large ridge shrinks the
+        predictions toward the prior (the majority class) rather than toward
+        0.
     proba_scale_ : float
         Inverse temperature of :meth:`predict_proba`.
 
@@ -1073,7 +1100,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         self.proba_scale_ = float(np.exp(res.x))
 
     def decision_function(self, X):
-        """Outputs of the kernel predictor.
+        """Outputs of the kernel predictor, ``intercept_`` included.
 
         Parameters
         ----------
@@ -1171,9 +1198,6 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
 
     Notes
     -----{_RFM_DOC_NOTES}
-
-    The validation score that chooses the number of AGOP updates is the
-    coefficient of determination :math:`R^2`.
 
     References
     ----------
