@@ -259,9 +259,10 @@ class _BaseRFM(BaseEstimator):
         """Validated ``y`` -> float target matrix of shape (n, K) (NumPy)."""
         raise NotImplementedError
 
-    def _validation_score(self, F, Y):
-        """Score of decision values ``F`` against encoded targets ``Y`` (greater is
-        better), as a tuple compared lexicographically."""
+    def _validation_score(self, F, Y, scale):
+        """Score of decision values ``F`` against encoded targets ``Y``, both
+        divided by ``scale`` (:func:`target_scale`; greater is better), as a
+        tuple compared lexicographically."""
         raise NotImplementedError
 
     def _split(self, n, y, rng):
@@ -384,13 +385,13 @@ class _BaseRFM(BaseEstimator):
             fit_idx_t = torch.as_tensor(fit_idx, device=device)
             Xf, Yf = Xt[fit_idx_t], Yt[fit_idx_t]
             Xv = Xt[torch.as_tensor(val_idx, device=device)]
-            Yv = Y_np[val_idx] * y_scale  # scores in the units of the coding
+            Yv = Y_np[val_idx]
             metrics, path = [], []
             decisions = []  # the validation outputs of every (round, ridge)
 
             def evaluate(predict):
-                decisions.append(to_numpy(predict(Xv)) * y_scale)
-                return self._validation_score(decisions[-1], Yv)
+                decisions.append(to_numpy(predict(Xv)))
+                return self._validation_score(decisions[-1], Yv, y_scale)
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
             _, _, scores = rfm_rounds(
@@ -418,7 +419,7 @@ class _BaseRFM(BaseEstimator):
             curve = np.array([[s[0] for s in p["scores"]] for p in path])
             params["reg"] = path[n_rounds]["regs"][g]
             seen = sum(len(p["regs"]) for p in path[:n_rounds])
-            self._after_validation(decisions[seen + g], Yv)
+            self._after_validation(decisions[seen + g] * y_scale, Yv * y_scale)
             del decisions
             self._log(
                 f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
@@ -1070,10 +1071,10 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     def _threshold(self):
         return 0.0 if self.target_coding == "pm1" else 0.5
 
-    def _validation_score(self, F, Y):
+    def _validation_score(self, F, Y, scale):
         # R^2 of the coded targets (one minus the Brier score over the spread
         # of the codes), ties broken by the accuracy.
-        F, Y = F + self.intercept_, Y + self.intercept_
+        F, Y = F * scale + self.intercept_, Y * scale + self.intercept_
         accuracy = np.mean(self._labels(F) == self._labels(Y))
         return (coded_r2(F, Y), float(accuracy))
 
@@ -1318,8 +1319,8 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         return train_test_split(np.arange(n), test_size=n_val, random_state=seed)
 
-    def _validation_score(self, F, Y):
-        return (coded_r2(F, Y),)
+    def _validation_score(self, F, Y, scale):
+        return (coded_r2(F, Y),)  # scale-free
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
