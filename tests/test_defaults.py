@@ -133,6 +133,8 @@ def test_round_attributes_property(seed, max_iter, patience, regressor):
     # candidate: no AGOP update and the largest ridge.
     simplest = est.best_iter_ == 0 and est.reg_ == est.reg_grid_.max()
     assert simplest or est.history_[est.best_iter_] == est.history_.max()
+    if not regressor:  # the pm1 codes' training mean: 2 p - 1 for class 1
+        np.testing.assert_allclose(est.intercept_, [2 * np.mean(y) - 1], rtol=1e-12)
     if patience is None:
         assert est.n_iter_ == max_iter + 1
     if est.best_iter_ == 0:
