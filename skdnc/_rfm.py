@@ -101,7 +101,7 @@ def target_scale(Y, dtype, *, exact=False):
     return 2.0 ** round(math.log2(largest))
 
 
-def coded_r2(F, Y):
+def pooled_r2(F, Y):
     """The coefficient of determination of outputs ``F`` for targets ``Y`` (both
     of shape ``(n, K)``), pooled over the columns; ``-sum((F - Y)^2)`` when
     ``Y`` is constant.
@@ -113,8 +113,8 @@ def coded_r2(F, Y):
     Examples
     --------
     >>> import numpy as np
-    >>> from skdnc._rfm import coded_r2
-    >>> coded_r2(np.array([[0.0], [2.0]]), np.array([[0.0], [1.0]]))
+    >>> from skdnc._rfm import pooled_r2
+    >>> pooled_r2(np.array([[0.0], [2.0]]), np.array([[0.0], [1.0]]))
     -1.0
     """
     ss_res = float(np.sum((F - Y) ** 2))
@@ -143,8 +143,9 @@ def select_model(curve, regs, outputs, Y):
         ``regs[g]`` (greater is better; the first entry of each tuple first).
     regs : sequence of float
         The ridge values of every round, in the order of ``curve[t]``.
-    outputs : list of ndarray of shape (n_val, K)
-        The validation outputs of every candidate, round by round.
+    outputs : dict of int to ndarray of shape (n_val, K)
+        Validation outputs of candidates by their index in the order of
+        ``curve`` (round by round): at least the best's and the simplest's.
     Y : ndarray of shape (n_val, K)
         The validation targets.
 
@@ -159,7 +160,7 @@ def select_model(curve, regs, outputs, Y):
     >>> import numpy as np
     >>> from skdnc._rfm import select_model
     >>> Y = np.array([[1.0], [-1.0], [1.0], [-1.0]])
-    >>> noise = [np.array([[0.1], [0.1], [-0.1], [-0.1]]), np.zeros((4, 1))]
+    >>> noise = {0: np.array([[0.1], [0.1], [-0.1], [-0.1]]), 1: np.zeros((4, 1))}
     >>> select_model([[(0.01,), (0.0,)]], [0.1, 10.0], noise, Y)
     (0, 1)
     """
@@ -387,11 +388,25 @@ class _BaseRFM(BaseEstimator):
             Xv = Xt[torch.as_tensor(val_idx, device=device)]
             Yv = Y_np[val_idx]
             metrics, path = [], []
-            decisions = []  # the validation outputs of every (round, ridge)
+            # The validation outputs of the best candidate so far and of the
+            # simplest (round 0, largest ridge), by their index among the
+            # candidates in the order of evaluation (round by round).
+            simplest = int(np.argmax(regs)) if np.ndim(regs) else 0
+            kept, scores_seen = {}, []
 
             def evaluate(predict):
-                decisions.append(to_numpy(predict(Xv)))
-                return self._validation_score(decisions[-1], Yv, y_scale)
+                F = to_numpy(predict(Xv))
+                score = self._validation_score(F, Yv, y_scale)
+                k = len(scores_seen)
+                best = max(range(k), key=scores_seen.__getitem__, default=None)
+                if best is None or score > scores_seen[best]:
+                    if best != simplest:
+                        kept.pop(best, None)
+                    kept[k] = F
+                elif k == simplest:
+                    kept[k] = F
+                scores_seen.append(score)
+                return score
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
             _, _, scores = rfm_rounds(
@@ -413,14 +428,14 @@ class _BaseRFM(BaseEstimator):
             del Xf, Yf, Xv
             rounds_run = len(scores)
             n_rounds, g = select_model(
-                [p["scores"] for p in path], path[0]["regs"], decisions, Yv
+                [p["scores"] for p in path], path[0]["regs"], kept, Yv
             )
             history = np.array([s[0] for s in scores])
             curve = np.array([[s[0] for s in p["scores"]] for p in path])
             params["reg"] = path[n_rounds]["regs"][g]
             seen = sum(len(p["regs"]) for p in path[:n_rounds])
-            self._after_validation(decisions[seen + g] * y_scale, Yv * y_scale)
-            del decisions
+            self._after_validation(kept[seen + g] * y_scale, Yv * y_scale)
+            del kept
             self._log(
                 f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
                 f"reg={params['reg']:g}"
@@ -1076,7 +1091,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         # of the codes), ties broken by the accuracy.
         F, Y = F * scale + self.intercept_, Y * scale + self.intercept_
         accuracy = np.mean(self._labels(F) == self._labels(Y))
-        return (coded_r2(F, Y), float(accuracy))
+        return (pooled_r2(F, Y), float(accuracy))
 
     def _logits(self, F):
         """Per-class logits from raw outputs (binary: the negated column first)."""
@@ -1320,7 +1335,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         return train_test_split(np.arange(n), test_size=n_val, random_state=seed)
 
     def _validation_score(self, F, Y, scale):
-        return (coded_r2(F, Y),)  # scale-free
+        return (pooled_r2(F, Y),)  # scale-free
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -193,7 +193,7 @@ def test_classifier_codes_are_centred_on_the_class_prior(coding, n_classes):
 def test_select_model_against_a_direct_computation():
     """The one-standard-error rule between the best candidate and the simplest,
     checked against the paired t-ratio written out here in float64."""
-    from skdnc._rfm import coded_r2, select_model
+    from skdnc._rfm import pooled_r2, select_model
 
     rng = np.random.default_rng(3)
     Y = np.where(rng.random((40, 1)) < 0.5, 1.0, -1.0)
@@ -201,14 +201,15 @@ def test_select_model_against_a_direct_computation():
     for shift in (0.0, 0.05, 0.2, 0.6):
         outputs = [Y * shift + rng.normal(scale=0.5, size=Y.shape) for _ in range(6)]
         outputs[2] = np.zeros_like(Y)  # round 0, largest ridge: the prior
-        curve = [[(coded_r2(F, Y),) for F in outputs[:3]]]
-        curve.append([(coded_r2(F, Y),) for F in outputs[3:]])
+        curve = [[(pooled_r2(F, Y),) for F in outputs[:3]]]
+        curve.append([(pooled_r2(F, Y),) for F in outputs[3:]])
         flat = [s for row in curve for s in row]
         b = int(np.argmax([s[0] for s in flat]))
         d = np.sum(Y**2, axis=1) - np.sum((outputs[b] - Y) ** 2, axis=1)
         keep_null = d.mean() <= d.std(ddof=1) / np.sqrt(len(d))
         expected = (0, 2) if keep_null else divmod(b, 3)
-        assert select_model(curve, regs, outputs, Y) == expected
+        assert select_model(curve, regs, dict(enumerate(outputs)), Y) == expected
     # One ridge value: the best, whatever the prior would score.
     one = [[(0.1,)], [(0.3,)]]
-    assert select_model(one, [1.0], [np.zeros_like(Y)] * 2, Y) == (1, 0)
+    outputs = {0: np.zeros_like(Y), 1: np.zeros_like(Y)}
+    assert select_model(one, [1.0], outputs, Y) == (1, 0)
