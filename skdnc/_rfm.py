@@ -101,6 +101,81 @@ def target_scale(Y, dtype, *, exact=False):
     return 2.0 ** round(math.log2(largest))
 
 
+def pooled_r2(F, Y):
+    """The coefficient of determination of outputs ``F`` for targets ``Y`` (both
+    of shape ``(n, K)``), pooled over the columns; ``-sum((F - Y)^2)`` when
+    ``Y`` is constant.
+
+    For class codes this is the Brier skill score of the coded targets: one
+    minus their squared error over the squared error of the validation
+    points' own class frequencies.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._rfm import pooled_r2
+    >>> pooled_r2(np.array([[0.0], [2.0]]), np.array([[0.0], [1.0]]))
+    -1.0
+    """
+    ss_res = float(np.sum((F - Y) ** 2))
+    ss_tot = float(np.sum((Y - Y.mean(axis=0)) ** 2))
+    return 1 - ss_res / ss_tot if ss_tot > 0 else -ss_res
+
+
+def select_model(curve, regs, outputs, Y):
+    """The round and ridge value of the final model from the validation split.
+
+    The candidate with the best score, unless the simplest candidate -- no AGOP
+    update (``M = I``) and the largest ridge value, which on centred targets
+    is close to predicting the training mean (the class prior) -- is within
+    one standard error of it: the one-standard-error rule (Breiman et al.,
+    1984; Hastie, Tibshirani and Friedman, 2009, sec. 7.10) between the two,
+    on the paired differences of their squared errors on the validation points.
+    On features that carry no signal, the best of many candidates beats the
+    prior on the validation points by chance alone, and falls below it on new
+    data; the rule keeps the prior then. With a single ridge value the best
+    candidate is taken.
+
+    Parameters
+    ----------
+    curve : list of list of tuple
+        ``curve[t][g]``: the validation score of round ``t`` with ridge value
+        ``regs[g]`` (greater is better; the first entry of each tuple first).
+    regs : sequence of float
+        The ridge values of every round, in the order of ``curve[t]``.
+    outputs : dict of int to ndarray of shape (n_val, K)
+        Validation outputs of candidates by their index in the order of
+        ``curve`` (round by round): at least the best's and the simplest's.
+    Y : ndarray of shape (n_val, K)
+        The validation targets.
+
+    Returns
+    -------
+    t, g : int
+        The round (the number of AGOP updates) and the index of the ridge
+        value; the earliest round and smallest ridge among ties.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._rfm import select_model
+    >>> Y = np.array([[1.0], [-1.0], [1.0], [-1.0]])
+    >>> noise = {0: np.array([[0.1], [0.1], [-0.1], [-0.1]]), 1: np.zeros((4, 1))}
+    >>> select_model([[(0.01,), (0.0,)]], [0.1, 10.0], noise, Y)
+    (0, 1)
+    """
+    flat = [(t, g) for t, row in enumerate(curve) for g in range(len(row))]
+    best = max(range(len(flat)), key=lambda k: curve[flat[k][0]][flat[k][1]])
+    if len(regs) == 1:
+        return flat[best]
+    simplest = int(np.argmax(regs))  # in round 0
+    losses = [np.sum((F - Y) ** 2, axis=1) for F in (outputs[best], outputs[simplest])]
+    excess = losses[1] - losses[0]
+    if excess.mean() <= excess.std(ddof=1) / math.sqrt(len(excess)):
+        return 0, simplest
+    return flat[best]
+
+
 class _BaseRFM(BaseEstimator):
     """Shared fit/predict logic of :class:`RFMClassifier` and :class:`RFMRegressor`."""
 
@@ -185,9 +260,10 @@ class _BaseRFM(BaseEstimator):
         """Validated ``y`` -> float target matrix of shape (n, K) (NumPy)."""
         raise NotImplementedError
 
-    def _validation_score(self, F, Y):
-        """Score of decision values ``F`` against encoded targets ``Y`` (greater is
-        better), as a tuple compared lexicographically."""
+    def _validation_score(self, F, Y, scale):
+        """Score of decision values ``F`` against encoded targets ``Y``, both
+        divided by ``scale`` (:func:`target_scale`; greater is better), as a
+        tuple compared lexicographically."""
         raise NotImplementedError
 
     def _split(self, n, y, rng):
@@ -312,13 +388,24 @@ class _BaseRFM(BaseEstimator):
             Xv = Xt[torch.as_tensor(val_idx, device=device)]
             Yv = Y_np[val_idx]
             metrics, path = [], []
-            chosen = {}  # the decisions of the best (round, ridge) so far
+            # The validation outputs of the best candidate so far and of the
+            # simplest (round 0, largest ridge), by their index among the
+            # candidates in the order of evaluation (round by round).
+            simplest = int(np.argmax(regs)) if np.ndim(regs) else 0
+            kept, scores_seen = {}, []
 
             def evaluate(predict):
                 F = to_numpy(predict(Xv))
-                score = self._validation_score(F, Yv)
-                if "score" not in chosen or score > chosen["score"]:
-                    chosen.update(score=score, F=F)
+                score = self._validation_score(F, Yv, y_scale)
+                k = len(scores_seen)
+                best = max(range(k), key=scores_seen.__getitem__, default=None)
+                if best is None or score > scores_seen[best]:
+                    if best != simplest:
+                        kept.pop(best, None)
+                    kept[k] = F
+                elif k == simplest:
+                    kept[k] = F
+                scores_seen.append(score)
                 return score
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
@@ -340,11 +427,15 @@ class _BaseRFM(BaseEstimator):
             )
             del Xf, Yf, Xv
             rounds_run = len(scores)
-            n_rounds = max(range(len(scores)), key=lambda t: scores[t])
+            n_rounds, g = select_model(
+                [p["scores"] for p in path], path[0]["regs"], kept, Yv
+            )
             history = np.array([s[0] for s in scores])
             curve = np.array([[s[0] for s in p["scores"]] for p in path])
-            params["reg"] = path[n_rounds]["reg"]
-            self._after_validation(chosen["F"], Yv)
+            params["reg"] = path[n_rounds]["regs"][g]
+            seen = sum(len(p["regs"]) for p in path[:n_rounds])
+            self._after_validation(kept[seen + g] * y_scale, Yv * y_scale)
+            del kept
             self._log(
                 f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
                 f"reg={params['reg']:g}"
@@ -539,27 +630,29 @@ _RFM_DOC_PARAMETERS = """
     exponent : float, default=1.0
         The exponent :math:`p \\in (0, 2]` of the ``"exponential"`` kernel.
     reg : float, "auto" or array-like of float, default=<REG_DEFAULT>
-        Ridge :math:`\\mu` of the solve :math:`(K_M + \\mu I)\\alpha = Y`. ``0`` asks
-        for the interpolating solve; a jitter is added, with a warning, if the kernel
-        matrix is then not numerically positive definite. A list of values, or
-        ``"auto"`` (the half-decades from 1e-3 to 100, 11 values), is a grid
-        chosen on the validation split: on every round the solves for all the
-        values are scored there (accuracy for the classifier, :math:`R^2` for
-        the regressor), the best one gives the round's predictor and its AGOP,
-        and the value of the best round is used for the final model
-        (``reg_``). With at least 24 values (and at most 4,096 training points
-        in the split) all the solves come from one eigendecomposition of the
-        kernel matrix; a shorter grid, ``"auto"`` included, is solved one value
-        at a time, because on CPU cores an eigendecomposition costs as much as
-        a few dozen Cholesky solves. With ``solver="cg"`` (or ``"auto"`` resolving
-        to it) every value is one conjugate-gradient solve: about ``len(grid)``
-        times the time of a fixed ``reg``. The Nystrom model (``n_centers``
-        fewer than the points) forms its ``m x m`` normal matrix once for the
-        whole grid, so that every value costs a Cholesky factorisation of an
-        ``m x m`` matrix (one eigendecomposition for 24 values or more) instead
-        of a solve of the whole system. Without a validation split
-        (``validation_fraction=0``, or too few samples for one) the grid's value
-        nearest to 1e-3 is used.<NOTE>
+        Ridge :math:`\\mu` of the solve :math:`(K_M + \\mu I)\\alpha = Y`. ``0``
+        asks for the interpolating solve; a jitter is added, with a warning, if the
+        kernel matrix is then not numerically positive definite. A list of values,
+        or ``"auto"`` (the half-decades from 1e-3 to 1e4, 15 values), is a grid
+        chosen on the validation split: on every round the solves for all the values
+        are scored there (:math:`R^2` of the targets, for the classifier of its
+        class codes), the best one gives the round's predictor and its AGOP, and the
+        value of the best round is used for the final model (``reg_``), unless the
+        simplest candidate (no AGOP update and the largest value, with the targets
+        centred close to predicting their training mean) is within one standard
+        error of the best: it is kept then (see Notes). With at least 24 values (and
+        at most 4,096 training points in the split) all the solves come from one
+        eigendecomposition of the kernel matrix; a shorter grid, ``"auto"``
+        included, is solved one value at a time, because on CPU cores an
+        eigendecomposition costs as much as a few dozen Cholesky solves. With
+        ``solver="cg"`` (or ``"auto"`` resolving to it) every value is one
+        conjugate-gradient solve: about ``len(grid)`` times the time of a fixed
+        ``reg``. The Nystrom model (``n_centers`` fewer than the points) forms its
+        ``m x m`` normal matrix once for the whole grid, so that every value costs a
+        Cholesky factorisation of an ``m x m`` matrix (one eigendecomposition for 24
+        values or more) instead of a solve of the whole system. Without a validation
+        split (``validation_fraction=0``, or too few samples for one) the grid's
+        value nearest to 1e-3 is used.<NOTE>
     max_iter : int, default=5
         Largest number of AGOP updates of ``M``. ``0`` is plain kernel ridge
         regression with ``M = I``.
@@ -596,8 +689,9 @@ _RFM_DOC_PARAMETERS = """
         round costs as much as a kernel solve and an AGOP, so stopping on a flat
         score saves most of a fit's time.
     tol : float, default=1e-4
-        Smallest improvement of the validation score (accuracy for the
-        classifier, :math:`R^2` for the regressor) that counts for early stopping.
+        Smallest improvement of the validation score (:math:`R^2` of the
+        targets, the class codes for the classifier) that counts for early
+        stopping.
     refit : {"solve", "warm", "rounds"}, default="solve"
         How the final model is fitted on all the training data once the number of
         AGOP updates is chosen on the validation split. ``"solve"``: one kernel
@@ -747,13 +841,16 @@ _RFM_DOC_ATTRIBUTES = """
     best_iter_ : int
         The chosen round: the number of AGOP updates behind ``M_``, in
         ``0..n_iter_ - 1`` (``0`` is plain kernel ridge regression, ``M = I``),
-        the round with the best validation score (``max_iter`` without a
-        validation split).
+        the round with the best validation score, or ``0`` when the
+        one-standard-error rule kept the simplest candidate (see Notes;
+        ``max_iter`` without a validation split).
     history_ : ndarray of shape (n_rounds,) or None
         Validation score after ``0, 1, ...`` AGOP updates, one per round run
         (``n_rounds`` is ``n_iter_``),
         with the round's best ridge value (``history_[best_iter_]`` is the
-        best); ``None`` when no validation split was made.
+        best, unless the simplest candidate was kept); ``None`` when no
+        validation split was made. :math:`R^2` of the targets (the class
+        codes for the classifier).
     validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
         The whole curve behind ``history_``: the validation score of every
         round and every value of ``reg_grid_`` (``history_`` is its row-wise
@@ -762,7 +859,8 @@ _RFM_DOC_ATTRIBUTES = """
         The ridge values tried, ascending (the one ``reg`` when it is a float).
     reg_ : float
         The ridge of the final model: ``reg``, or the value of the grid with the
-        best validation score in the chosen round.
+        best validation score in the chosen round (the largest value when the
+        simplest candidate was kept).
     bandwidth_ : float
         The bandwidth of the final model: ``bandwidth``, or the value the
         ``"auto"`` rule measured in its metric.
@@ -785,6 +883,19 @@ _RFM_DOC_NOTES = """
     computed in closed form with batched matrix products, rescaled by
     ``agop_normalization`` and raised to ``agop_power``. Its eigenvectors are the
     directions the predictor is sensitive to; its diagonal ranks the features.
+
+    The number of AGOP updates and the ridge are chosen on the validation
+    split by the :math:`R^2` of the (centred) targets; for the classifier, of
+    its class codes, i.e. the Brier skill score, a proper scoring rule, with
+    the accuracy breaking ties. The candidate with the best score is kept,
+    unless the simplest one (no AGOP update, the largest ridge: close to the
+    training mean of the targets, for the classifier the class prior and so
+    the majority class) is within one standard error of it, measured on the
+    paired differences of their squared errors on the validation points: the
+    one-standard-error rule (Hastie, Tibshirani and Friedman, *The Elements of
+    Statistical Learning*, 2009, sec. 7.10) between the two. On features
+    without signal the best of the many candidates beats the prior on the
+    validation points by chance alone, and would fall below it on new data.
 
     Fitting holds the ``n_samples x n_samples`` kernel matrix, factored in place;
     a problem that does not fit ``memory_budget`` raises an error that names it."""
@@ -817,6 +928,13 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     ----------
     classes_ : ndarray of shape (n_classes,)
         The class labels.{_RFM_DOC_ATTRIBUTES}
+    intercept_ : ndarray of shape (n_outputs,)
+        The training mean of the class codes (of ``target_coding``; one
+        column for two classes), i.e. the class prior in the coding: the
+        kernel machine is fitted to the codes minus ``intercept_``, which is
+        added back to its outputs, so that a large ridge shrinks the
+        predictions toward the prior (the majority class) rather than toward
+        0.
     proba_scale_ : float
         Inverse temperature of :meth:`predict_proba`.
 
@@ -941,9 +1059,16 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             return self._fit(X, y_index, comm)
 
     def _encode_targets(self, y_index):
-        return class_targets(
+        Y = class_targets(
             y_index, len(self.classes_), self.target_coding, binary_column=True
         )
+        # Centred on the class prior: a large ridge shrinks toward it.
+        self.intercept_ = Y.mean(axis=0)
+        return Y - self.intercept_
+
+    def _decision(self, X, *, method="predict"):
+        F, dtype, space = super()._decision(X, method=method)
+        return F + self.intercept_, dtype, space
 
     def _split(self, n, y_index, generator):
         counts = np.bincount(y_index)
@@ -961,9 +1086,12 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     def _threshold(self):
         return 0.0 if self.target_coding == "pm1" else 0.5
 
-    def _validation_score(self, F, Y):
+    def _validation_score(self, F, Y, scale):
+        # R^2 of the coded targets (one minus the Brier score over the spread
+        # of the codes), ties broken by the accuracy.
+        F, Y = F * scale + self.intercept_, Y * scale + self.intercept_
         accuracy = np.mean(self._labels(F) == self._labels(Y))
-        return (float(accuracy), -float(np.mean((F - Y) ** 2)))
+        return (pooled_r2(F, Y), float(accuracy))
 
     def _logits(self, F):
         """Per-class logits from raw outputs (binary: the negated column first)."""
@@ -976,6 +1104,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         if F is None:
             self.proba_scale_ = 1.0
             return
+        F, Y = F + self.intercept_, Y + self.intercept_
         logits = self._logits(F)
         target = self._labels(Y).astype(int)
 
@@ -987,7 +1116,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         self.proba_scale_ = float(np.exp(res.x))
 
     def decision_function(self, X):
-        """Outputs of the kernel predictor.
+        """Outputs of the kernel predictor, ``intercept_`` included.
 
         Parameters
         ----------
@@ -1085,9 +1214,6 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
 
     Notes
     -----{_RFM_DOC_NOTES}
-
-    The validation score that chooses the number of AGOP updates is the
-    coefficient of determination :math:`R^2`.
 
     References
     ----------
@@ -1208,10 +1334,8 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         return train_test_split(np.arange(n), test_size=n_val, random_state=seed)
 
-    def _validation_score(self, F, Y):
-        ss_res = np.sum((F - Y) ** 2)
-        ss_tot = np.sum((Y - Y.mean(axis=0)) ** 2)
-        return (float(1 - ss_res / ss_tot) if ss_tot > 0 else -float(ss_res),)
+    def _validation_score(self, F, Y, scale):
+        return (pooled_r2(F, Y),)  # scale-free
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -48,10 +48,11 @@ SOLVERS = ("auto", "cholesky", "cg", "nystrom", "falkon")
 SOLVER_PARAMS = {"tol": None, "max_iter": 1000, "rank": 1000}
 
 #: ``reg="auto"``: the half-decades from 1e-3 (close to interpolation, right for
-#: separable classes) to 100 (strong smoothing, right for noisy targets). The
+#: separable classes) to 1e4 (on centred targets, close to predicting their
+#: training mean: the null model that features without signal call for). The
 #: kernels are 1 on their diagonal, so these values do not depend on the scale of
 #: the data or of the targets.
-REG_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-6, 5))
+REG_GRID = tuple(float(10.0 ** (k / 2)) for k in range(-6, 9))
 #: The eigendecomposition path needs at least this many ridge values: on CPU
 #: cores one ``eigh`` of a kernel matrix costs as much as a few dozen Cholesky
 #: solves of it (``benchmarks/bench_hyperparams.py`` measures the ratio), so a
