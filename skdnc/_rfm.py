@@ -342,7 +342,9 @@ class _BaseRFM(BaseEstimator):
             rounds_run = len(scores)
             n_rounds = max(range(len(scores)), key=lambda t: scores[t])
             history = np.array([s[0] for s in scores])
-            curve = np.array([[s[0] for s in p["scores"]] for p in path])
+            curve = np.array(  # NaN: a ridge value the round's search skipped
+                [[np.nan if s is None else s[0] for s in p["scores"]] for p in path]
+            )
             params["reg"] = path[n_rounds]["reg"]
             self._after_validation(chosen["F"], Yv)
             self._log(

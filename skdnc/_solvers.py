@@ -113,7 +113,7 @@ def choose_solver(
 
 
 def cholesky_solve_kernel(
-    build_kernel, Y, reg, *, max_tries=6, state=None, spare_bytes=0
+    build_kernel, Y, reg, *, max_tries=6, state=None, spare_bytes=0, shown_reg=None
 ):
     """Solve ``(K + reg I) alpha = Y`` by Cholesky, escalating a jitter on failure.
 
@@ -153,6 +153,7 @@ def cholesky_solve_kernel(
         condition number close to the limit of the working precision.
     """
     eps = torch.finfo(Y.dtype).eps
+    shown = reg if shown_reg is None else shown_reg
     state = {} if state is None else state
     jitter = float(state.get("jitter", 0.0))
     n = Y.shape[0]
@@ -167,13 +168,13 @@ def cholesky_solve_kernel(
             shift = reg + jitter
             state["jitter"] = jitter
             state["at_risk"] = float(pivots.min()) < 2 * shift + 1e3 * eps * scale
-            _warn_conditioning(F.diagonal(), reg, jitter, eps)
+            _warn_conditioning(F.diagonal(), shown, jitter, eps)
             return _solve_factored(F, Y)
         del F
         jitter = max(100 * jitter, 1e3 * eps * scale)
     raise ValueError(
         f"The kernel matrix is not positive definite even with a jitter of "
-        f"{jitter:.3g} added to its diagonal (reg={reg}). Increase reg."
+        f"{jitter:.3g} added to its diagonal (reg={shown}). Increase reg."
     )
 
 
@@ -475,14 +476,20 @@ def ridge_path_method(reg, n, itemsize, budget, *, solver="auto", rank=None, n_r
     rank = SOLVER_PARAMS["rank"] if rank is None else rank
     method, _ = choose_solver(solver, n, itemsize, budget, rank, n_ranks=n_ranks)
     regs = REG_GRID if reg == "auto" else tuple(reg)
+    return _path_method(method, len(regs), n, budget), regs
+
+
+def _path_method(method, n_values, n, budget):
+    """``"eigh"`` where one eigendecomposition of an ``n x n`` matrix pays for
+    ``n_values`` ridge values (see :func:`ridge_path_method`), else ``method``."""
     if (
         method == "cholesky"
-        and len(regs) >= EIGH_MIN_VALUES
+        and n_values >= EIGH_MIN_VALUES
         and n <= EIGH_MAX_POINTS
         and 6 * n * n * 8 <= budget
     ):
-        return "eigh", regs
-    return method, regs
+        return "eigh"
+    return method
 
 
 def ridge_path_solve(K, Y, regs):
@@ -516,16 +523,27 @@ def ridge_path_solve(K, Y, regs):
     >>> torch.allclose(A[1], torch.linalg.solve(K + torch.eye(2), Y))
     True
     """
+    return eigen_ridge_path(K, Y)(regs)
+
+
+def eigen_ridge_path(K, Y):
+    """:func:`ridge_path_solve` in two steps: the eigendecomposition of ``K``
+    now, and a function ``regs -> alphas`` that any number of ridge values may
+    call afterwards without factoring again."""
     evals, Q = psd_eigh(K)
     evals = evals.clamp(min=0)
     floor = K.shape[0] * torch.finfo(torch.float64).eps * float(evals[-1])
     C = Q.T @ Y.to(device=Q.device, dtype=torch.float64)
-    mus = torch.tensor(list(regs), dtype=torch.float64, device=Q.device)
-    denom = evals[:, None] + mus[None, :]  # (n, G)
-    inverse = torch.where(denom > floor, 1.0 / denom, torch.zeros_like(denom))
-    W = (C[:, None, :] * inverse[:, :, None]).reshape(len(evals), -1)
-    alphas = (Q @ W).reshape(len(evals), len(mus), -1).permute(1, 0, 2)
-    return alphas.to(device=Y.device, dtype=Y.dtype).contiguous()
+
+    def solve(regs):
+        mus = torch.tensor(list(regs), dtype=torch.float64, device=Q.device)
+        denom = evals[:, None] + mus[None, :]  # (n, G)
+        inverse = torch.where(denom > floor, 1.0 / denom, torch.zeros_like(denom))
+        W = (C[:, None, :] * inverse[:, :, None]).reshape(len(evals), -1)
+        alphas = (Q @ W).reshape(len(evals), len(mus), -1).permute(1, 0, 2)
+        return alphas.to(device=Y.device, dtype=Y.dtype).contiguous()
+
+    return solve
 
 
 def fit_kernel_regression_path(
@@ -561,31 +579,73 @@ def fit_kernel_regression_path(
         The values solved, ascending.
     alphas : torch.Tensor of shape (len(regs), n, K)
     """
-    rank = {**SOLVER_PARAMS, **(solver_params or {})}["rank"]
-    method, regs = ridge_path_method(
-        reg,
-        X.shape[0],
-        X.element_size(),
-        budget,
+    regs = REG_GRID if reg == "auto" else tuple(reg)
+    solve = exact_ridge_path(
+        X,
+        Y,
+        M,
+        kernel,
+        len(regs),
         solver=solver,
-        rank=rank,
-        n_ranks=1 if comm is None else comm.size,
+        budget=budget,
+        solver_params=solver_params,
+        generator=generator,
+        log=log,
+        comm=comm,
     )
+    return regs, solve(regs)
+
+
+def exact_ridge_path(
+    X,
+    Y,
+    M,
+    kernel,
+    n_values,
+    *,
+    solver="auto",
+    budget,
+    solver_params=None,
+    generator=None,
+    log=None,
+    comm=None,
+):
+    """The exact kernel machine prepared for about ``n_values`` ridge values.
+
+    What one factorisation or kernel matrix can share is computed now (the
+    method follows :func:`ridge_path_method` for ``n_values`` values): the
+    eigendecomposition of the kernel matrix, or the kernel matrix itself when a
+    second copy fits the budget (each value factors a copy); otherwise each
+    value is one :func:`fit_kernel_regression`.
+
+    Returns
+    -------
+    solve : callable
+        ``solve(regs) -> alphas`` of shape ``(len(regs), n, K)``, for any ridge
+        values, each solved exactly; it may be called several times.
+    """
+    rank = {**SOLVER_PARAMS, **(solver_params or {})}["rank"]
+    n = X.shape[0]
+    n_ranks = 1 if comm is None else comm.size
+    method, _ = choose_solver(
+        solver, n, X.element_size(), budget, rank, n_ranks=n_ranks
+    )
+    method = _path_method(method, n_values, n, budget)
     if method == "eigh":
         tic = time.perf_counter()
-        K = training_kernel_matrix(X, M, kernel)
-        alphas = ridge_path_solve(K, Y, regs)
+        solve = eigen_ridge_path(training_kernel_matrix(X, M, kernel), Y)
         if log is not None:
             log(
-                f"ridge path ({len(regs)} values, one eigendecomposition): "
+                f"ridge path (one eigendecomposition): "
                 f"{time.perf_counter() - tic:.2f} s"
             )
-        return regs, alphas
-    n = X.shape[0]
+        return solve
     if method == "cholesky" and 2 * n * n * X.element_size() <= budget:
         K = training_kernel_matrix(X, M, kernel, triangle="lower")
-        return regs, torch.stack([cholesky_solve_kernel(K.clone, Y, mu) for mu in regs])
-    alphas = torch.stack(
+        return lambda regs: torch.stack(
+            [cholesky_solve_kernel(K.clone, Y, mu) for mu in regs]
+        )
+    return lambda regs: torch.stack(
         [
             fit_kernel_regression(
                 X,
@@ -603,7 +663,6 @@ def fit_kernel_regression_path(
             for mu in regs
         ]
     )
-    return regs, alphas
 
 
 def _column_major(V):
@@ -1020,25 +1079,50 @@ def falkon_preconditioner(L, n, reg):
     return apply
 
 
-def _nystrom_solve(
+def _nystrom_solve(X, Y, M, kernel, regs, centres, method, in_memory, **kwargs):
+    """The coefficients ``beta`` of every ridge value in ``regs``, shape
+    ``(len(regs), m, K)``, of the Nystrom system on ``X[centres]`` (see
+    :func:`nystrom_ridge_path`)."""
+    kwargs.setdefault("n_values", len(regs))
+    return nystrom_ridge_path(X, Y, M, kernel, centres, method, in_memory, **kwargs)(
+        regs
+    )
+
+
+def nystrom_ridge_path(
     X,
     Y,
     M,
     kernel,
-    regs,
     centres,
     method,
     in_memory,
     *,
+    n_values,
     budget,
     options,
     log=None,
     state=None,
     comm=None,
-    grid=False,
 ):
-    """The coefficients ``beta`` of every ridge value in ``regs``, shape
-    ``(len(regs), m, K)``, of the Nystrom system on ``X[centres]``."""
+    """The Nystrom system on ``X[centres]`` prepared for about ``n_values``
+    ridge values.
+
+    ``"nystrom"`` forms ``G = K_nm^T K_nm``, ``R = K_nm^T Y`` and the factor
+    ``K_mm = L L^T`` now; each value ``mu`` is then one Cholesky solve of
+    ``G + mu K_mm`` (``m^3 / 3`` flops), or, for :data:`EIGH_MIN_VALUES` values
+    or more, every value comes from one eigendecomposition of
+    ``A = L^{-1} G L^{-T}`` (``(A + mu I) L^T beta = L^{-1} R``), whose two
+    triangular ``m x m`` solves only pay for a long grid. ``"falkon"`` holds
+    ``K_nm`` (or its row blocks) and runs one preconditioned CG per value.
+
+    Returns
+    -------
+    solve : callable
+        ``solve(regs) -> betas`` of shape ``(len(regs), m, K)``, for any ridge
+        values, each solved exactly (``"nystrom"``) or to ``options["tol"]``
+        (``"falkon"``); it may be called several times.
+    """
     tic = time.perf_counter()
     m = centres.shape[0]
     n = X.shape[0]
@@ -1054,28 +1138,45 @@ def _nystrom_solve(
         hold=in_memory,
     )
     L = centre_factor(training_kernel_matrix(rows.C, M, kernel), X.dtype)
+    K_mm = L @ L.T  # with its jitter: the model's (and preconditioner's) matrix
     if method == "nystrom":
         G, R = nystrom_normal_equations(rows, Y, comm)
-        # (G + mu L L^T) beta = R  <=>  (A + mu I) L^T beta = L^{-1} R
-        A = torch.linalg.solve_triangular(L, G, upper=False)
-        del G
-        A = torch.linalg.solve_triangular(L, A.T.contiguous(), upper=False)
-        A = (A + A.T) / 2
-        b = torch.linalg.solve_triangular(L, R, upper=False)
-        if len(regs) >= EIGH_MIN_VALUES:  # the rule of ridge_path_method
-            Z = ridge_path_solve(A, b, regs)
-        else:
-            Z = torch.stack(
-                [cholesky_solve_kernel(A.clone, b, mu, state=state) for mu in regs]
+        del rows
+        if n_values >= EIGH_MIN_VALUES:  # the rule of ridge_path_method
+            # (G + mu L L^T) beta = R  <=>  (A + mu I) L^T beta = L^{-1} R
+            A = torch.linalg.solve_triangular(L, G, upper=False)
+            del G
+            A = torch.linalg.solve_triangular(L, A.T.contiguous(), upper=False)
+            eigen = eigen_ridge_path(
+                (A + A.T) / 2, torch.linalg.solve_triangular(L, R, upper=False)
             )
-        betas = torch.linalg.solve_triangular(L.T, Z, upper=True)
+
+            def solve(regs):
+                Z = eigen(regs)
+                return torch.linalg.solve_triangular(L.T, Z, upper=True).to(Y.dtype)
+
+        else:
+
+            def solve(regs):
+                return torch.stack(
+                    [
+                        cholesky_solve_kernel(
+                            lambda mu=mu: torch.add(G, K_mm, alpha=mu),
+                            R,
+                            0.0,
+                            state=state,
+                            shown_reg=mu,
+                        )
+                        for mu in regs
+                    ]
+                ).to(Y.dtype)
+
         if log is not None:
             log(
-                f"nystrom ({m} centres, direct, {len(regs)} ridge value(s)): "
+                f"nystrom ({m} centres, direct): normal matrix "
                 f"{time.perf_counter() - tic:.2f} s"
             )
-        return betas.to(Y.dtype)
-    K_mm = L @ L.T  # with its jitter: the preconditioner's own matrix
+        return solve
 
     def normal_matvec(V):
         out = torch.zeros_like(V)
@@ -1088,30 +1189,34 @@ def _nystrom_solve(
     for block, K in rows.blocks():
         R += (K.T @ Y[block]).double()
     _all_reduce(comm, R)
-    betas = []
-    for mu in regs:
-        precondition = falkon_preconditioner(L, n, mu)
-        beta, n_iter, residual = conjugate_gradient(
-            lambda V, mu=mu: normal_matvec(V) + mu * (K_mm @ V),
-            R,
-            0.0,
-            precondition,
-            tol=options["tol"],
-            max_iter=options["max_iter"],
-        )
-        mode = "K_nm in memory" if in_memory else "K_nm in blocks"
-        _report_cg(
-            f"falkon ({m} centres, {mode})",
-            n_iter,
-            residual,
-            options["tol"],
-            "Raise solver_params['max_iter'], or increase reg.",
-            tic=tic,
-            log=log,
-            stacklevel=4,
-        )
-        betas.append(beta)
-    return torch.stack(betas).to(Y.dtype)
+
+    def solve(regs):
+        betas = []
+        for mu in regs:
+            precondition = falkon_preconditioner(L, n, mu)
+            beta, n_iter, residual = conjugate_gradient(
+                lambda V, mu=mu: normal_matvec(V) + mu * (K_mm @ V),
+                R,
+                0.0,
+                precondition,
+                tol=options["tol"],
+                max_iter=options["max_iter"],
+            )
+            mode = "K_nm in memory" if in_memory else "K_nm in blocks"
+            _report_cg(
+                f"falkon ({m} centres, {mode})",
+                n_iter,
+                residual,
+                options["tol"],
+                "Raise solver_params['max_iter'], or increase reg.",
+                tic=tic,
+                log=log,
+                stacklevel=5,
+            )
+            betas.append(beta)
+        return torch.stack(betas).to(Y.dtype)
+
+    return solve
 
 
 def fit_kernel_machine_path(
@@ -1170,10 +1275,77 @@ def fit_kernel_machine_path(
         Indices of the centres in ``X`` (sorted); ``None`` for every point.
     coefs : torch.Tensor of shape (len(regs), m, K)
     """
+    grid = isinstance(reg, str | tuple | list)
+    regs = (REG_GRID if reg == "auto" else tuple(reg)) if grid else (float(reg),)
+    centres, solve = prepare_kernel_machine(
+        X,
+        Y,
+        M,
+        kernel,
+        n_values=len(regs),
+        grid=grid,
+        n_centers=n_centers,
+        solver=solver,
+        budget=budget,
+        solver_params=solver_params,
+        generator=generator,
+        log=log,
+        state=state,
+        comm=comm,
+    )
+    return regs, centres, solve(regs)
+
+
+def prepare_kernel_machine(
+    X,
+    Y,
+    M,
+    kernel,
+    *,
+    n_values,
+    grid=True,
+    n_centers="auto",
+    solver="auto",
+    budget,
+    solver_params=None,
+    generator=None,
+    log=None,
+    state=None,
+    comm=None,
+):
+    """One kernel machine's solves, prepared once for any ridge values.
+
+    The work the ridge values share (the kernel matrix or its
+    eigendecomposition; the centres, ``K_mm``'s factor and the normal matrix of
+    the Nystrom model) is done now, for the method :func:`choose_method` picks,
+    so that a search that tries a few values, looks at their scores and then
+    tries more (:func:`~skdnc._rfm_core.rfm_rounds`) pays for it once.
+
+    Parameters
+    ----------
+    X, Y, M, kernel, n_centers, solver, budget
+        As in :func:`fit_kernel_machine_path`.
+    solver_params, generator, log, state, comm
+        As in :func:`fit_kernel_machine_path`.
+    n_values : int
+        About how many ridge values will be solved: it chooses between one
+        eigendecomposition and a Cholesky factorisation per value.
+    grid : bool, default=True
+        Whether several values may be solved (``False``: the single-value
+        methods, ``"falkon"`` for the Nystrom model).
+
+    Returns
+    -------
+    centres : torch.Tensor of shape (m,), dtype long, or None
+        Indices of the centres in ``X`` (sorted); ``None`` for every point.
+    solve : callable
+        ``solve(regs) -> coefs`` of shape ``(len(regs), m, K)``; each value is
+        solved as a separate solve would (exactly by the direct methods, to the
+        tolerance by conjugate gradients).
+    """
     options = {**SOLVER_PARAMS, **(solver_params or {})}
     if options["tol"] is None:
         options["tol"] = 1e-6 if X.dtype == torch.float64 else 1e-4
-    grid = isinstance(reg, str | tuple | list)
     n = X.shape[0]
     exact = solver in ("cholesky", "cg") and n_centers == "auto"
     m = n if exact else resolve_centers(n_centers, n)
@@ -1198,29 +1370,30 @@ def fit_kernel_machine_path(
     }
     if method in ("cholesky", "cg"):
         if grid:
-            regs, alphas = fit_kernel_regression_path(X, Y, M, kernel, reg, **common)
-            return regs, None, alphas
-        alpha = fit_kernel_regression(X, Y, M, kernel, reg, state=state, **common)
-        return (float(reg),), None, alpha[None]
-    regs = (REG_GRID if reg == "auto" else tuple(reg)) if grid else (float(reg),)
+            return None, exact_ridge_path(X, Y, M, kernel, n_values, **common)
+        return None, lambda regs: torch.stack(
+            [
+                fit_kernel_regression(X, Y, M, kernel, mu, state=state, **common)
+                for mu in regs
+            ]
+        )
     centres = draw_centers(n, m, generator)
-    betas = _nystrom_solve(
+    solve = nystrom_ridge_path(
         X,
         Y,
         M,
         kernel,
-        regs,
         centres,
         method,
         in_memory,
+        n_values=n_values,
         budget=budget,
         options=options,
         log=log,
         state=state,
         comm=comm,
-        grid=grid,
     )
-    return regs, centres.to(X.device), betas
+    return centres.to(X.device), solve
 
 
 def fit_kernel_machine(X, Y, M, kernel, reg, **kwargs):
