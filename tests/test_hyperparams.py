@@ -302,7 +302,9 @@ def test_regressor_grid_property(regs, scale, seed):
     est.fit(X, y)
     assert est.reg_ in regs
     assert est.validation_curve_.shape == (len(est.history_), len(regs))
-    np.testing.assert_array_equal(np.nanmax(est.validation_curve_, axis=1), est.history_)
+    np.testing.assert_array_equal(
+        np.nanmax(est.validation_curve_, axis=1), est.history_
+    )
     assert est.history_[est.best_iter_] == est.history_.max()
     assert np.isfinite(est.predict(X)).all()
     if len(regs) == 1:
