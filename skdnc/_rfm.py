@@ -641,7 +641,10 @@ _RFM_DOC_PARAMETERS = """
         Number of centres of the Nystrom model, drawn uniformly (with
         ``random_state``) from the training points of each solve: a number, a
         fraction of the points, or ``"auto"``: every point (the exact model) up
-        to 2,048 points; beyond, a quarter of the points clipped to [1024, 2048]
+        to 2,048 points, or up to ``6 d`` points (at most 8,192) for ``d``
+        features, where the exact factorisation costs no more than the
+        distance and AGOP products of a round; beyond, a quarter of the points
+        clipped to [1024, 2048]
         and at most :math:`2^{26} / n` (``K_nm`` of at most :math:`2^{26}`
         numbers, 256 MiB in float32): 1,250 centres at 5,000 points, 2,048 from
         8,192 to 32,768 points, 1,024 from 65,536 points. A number larger than the

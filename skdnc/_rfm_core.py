@@ -492,6 +492,7 @@ def rfm_rounds(
         n_centers = min(int(n_centers), X.shape[0])
     solve = {
         "n_centers": n_centers,
+        "n_features": X.shape[1],
         "solver": params["solver"],
         "budget": budget,
         "solver_params": params["solver_params"],

@@ -816,9 +816,16 @@ def kernel_predict(X, centers, alpha, M, kernel, *, budget, comm=None):
 #: model) up to ``NYSTROM_CENTERS_RANGE[1]`` points.
 NYSTROM_CENTERS_RANGE = (1024, 2048)
 NYSTROM_ENTRIES = 2**26
+#: ... and, given the number of features ``d``, every point up to
+#: ``EXACT_POINTS_PER_FEATURE * d`` points (at most ``EXACT_MAX_POINTS``): there
+#: the exact factorisation (``n^3 / 3``) costs no more than the ``n^2 d``
+#: distance and AGOP products every round pays anyway, and the exact model is
+#: the more accurate (``benchmarks/bench_rfm.py``, image-like, d = 784).
+EXACT_POINTS_PER_FEATURE = 6
+EXACT_MAX_POINTS = 8192
 
 
-def resolve_centers(n_centers, n):
+def resolve_centers(n_centers, n, n_features=None):
     """The number of Nystrom centres ``m`` of ``n_centers`` for ``n`` points.
 
     Parameters
@@ -828,8 +835,11 @@ def resolve_centers(n_centers, n):
         ``n`` up to 2,048 points (the exact model); beyond, ``n / 4`` clipped to
         [1024, 2048] and at most ``2^26 / n`` (``K_nm`` of at most 2^26
         numbers): 1,250 centres at 5,000 points, 2,048 from 8,192 to 32,768
-        points, 1,024 from 65,536 points.
+        points, 1,024 from 65,536 points. With ``n_features`` given, every
+        point is a centre also up to ``6 n_features`` points (at most 8,192).
     n : int
+    n_features : int, optional
+        The number of features ``d`` of the points.
 
     Returns
     -------
@@ -849,6 +859,8 @@ def resolve_centers(n_centers, n):
     [1000, 500, 10]
     >>> [resolve_centers("auto", n) for n in (1000, 5000, 20_000, 10**6)]
     [1000, 1250, 2048, 1024]
+    >>> [resolve_centers("auto", 4000, d) for d in (9, 784)]
+    [1024, 4000]
     """
     if isinstance(n_centers, str):
         if n_centers != "auto":
@@ -857,8 +869,12 @@ def resolve_centers(n_centers, n):
                 f"got {n_centers!r}."
             )
         low, high = NYSTROM_CENTERS_RANGE
+        if n_features is not None:
+            per_feature = EXACT_POINTS_PER_FEATURE * int(n_features)
+            high = max(high, min(EXACT_MAX_POINTS, per_feature))
         if n <= high:
             return n
+        high = NYSTROM_CENTERS_RANGE[1]
         return max(low, min(high, n // 4, NYSTROM_ENTRIES // n))
     if isinstance(n_centers, bool) or not isinstance(n_centers, Real):
         raise ValueError(
@@ -1227,6 +1243,7 @@ def fit_kernel_machine_path(
     reg,
     *,
     n_centers="auto",
+    n_features=None,
     solver="auto",
     budget,
     solver_params=None,
@@ -1265,6 +1282,9 @@ def fit_kernel_machine_path(
         One ridge value, or a grid (see :func:`check_reg`).
     n_centers : int, float or "auto", default="auto"
         See :func:`resolve_centers`.
+    n_features : int, optional
+        The number of features of the data (``"auto"`` centres depend on it;
+        ``X`` may hold the fewer columns of a low-rank metric's coordinates).
     solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}, default="auto"
 
     Returns
@@ -1285,6 +1305,7 @@ def fit_kernel_machine_path(
         n_values=len(regs),
         grid=grid,
         n_centers=n_centers,
+        n_features=n_features,
         solver=solver,
         budget=budget,
         solver_params=solver_params,
@@ -1305,6 +1326,7 @@ def prepare_kernel_machine(
     n_values,
     grid=True,
     n_centers="auto",
+    n_features=None,
     solver="auto",
     budget,
     solver_params=None,
@@ -1323,7 +1345,7 @@ def prepare_kernel_machine(
 
     Parameters
     ----------
-    X, Y, M, kernel, n_centers, solver, budget
+    X, Y, M, kernel, n_centers, n_features, solver, budget
         As in :func:`fit_kernel_machine_path`.
     solver_params, generator, log, state, comm
         As in :func:`fit_kernel_machine_path`.
@@ -1348,7 +1370,7 @@ def prepare_kernel_machine(
         options["tol"] = 1e-6 if X.dtype == torch.float64 else 1e-4
     n = X.shape[0]
     exact = solver in ("cholesky", "cg") and n_centers == "auto"
-    m = n if exact else resolve_centers(n_centers, n)
+    m = n if exact else resolve_centers(n_centers, n, n_features)
     n_ranks = 1 if comm is None else comm.size
     method, in_memory = choose_method(
         solver,
