@@ -545,21 +545,22 @@ _RFM_DOC_PARAMETERS = """
         for the interpolating solve; a jitter is added, with a warning, if the kernel
         matrix is then not numerically positive definite. A list of values, or
         ``"auto"`` (the half-decades from 1e-3 to 100, 11 values), is a grid
-        chosen on the validation split: on every round the solves for all the
-        values are scored there (accuracy for the classifier, :math:`R^2` for
-        the regressor), the best one gives the round's predictor and its AGOP,
-        and the value of the best round is used for the final model
-        (``reg_``). With at least 24 values (and at most 4,096 training points
-        in the split) all the solves come from one eigendecomposition of the
-        kernel matrix; a shorter grid, ``"auto"`` included, is solved one value
-        at a time, because on CPU cores an eigendecomposition costs as much as
-        a few dozen Cholesky solves. With ``solver="cg"`` (or ``"auto"`` resolving
-        to it) every value is one conjugate-gradient solve: about ``len(grid)``
-        times the time of a fixed ``reg``. The Nystrom model (``n_centers``
-        fewer than the points) forms its ``m x m`` normal matrix once for the
-        whole grid, so that every value costs a Cholesky factorisation of an
-        ``m x m`` matrix (one eigendecomposition for 24 values or more) instead
-        of a solve of the whole system. Without a validation split
+        chosen on the validation split: the first round scores every value
+        there (accuracy for the classifier, :math:`R^2` for the regressor);
+        each later round scores the value the round before chose and its two
+        neighbours, and widens that window one value at a time while its
+        lowest or highest value scores best (so a single-peaked validation
+        curve gives the whole grid's choice, at about 3 solves a round). The
+        best value gives the round's predictor and its AGOP, and the value of
+        the best round is used for the final model (``reg_``). The values of a
+        round share its kernel matrix (each factors a copy), or, with at least
+        24 values and at most 4,096 training points in the split, one
+        eigendecomposition of it. With ``solver="cg"`` (or ``"auto"``
+        resolving to it) every value is one conjugate-gradient solve. The
+        Nystrom model (``n_centers`` fewer than the points) forms its
+        ``m x m`` normal matrix once a round, so that every value costs a
+        Cholesky factorisation of an ``m x m`` matrix instead of a solve of
+        the whole system. Without a validation split
         (``validation_fraction=0``, or too few samples for one) the grid's value
         nearest to 1e-3 is used.<NOTE>
     max_iter : int, default=5
@@ -760,9 +761,10 @@ _RFM_DOC_ATTRIBUTES = """
         with the round's best ridge value (``history_[best_iter_]`` is the
         best); ``None`` when no validation split was made.
     validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
-        The whole curve behind ``history_``: the validation score of every
-        round and every value of ``reg_grid_`` (``history_`` is its row-wise
-        maximum); ``None`` when no validation split was made.
+        The curve behind ``history_``: the validation score of every round
+        and every value of ``reg_grid_`` that the round's search solved, NaN
+        for the values it skipped (``history_`` is its row-wise maximum,
+        ``np.nanmax``); ``None`` when no validation split was made.
     reg_grid_ : ndarray of shape (n_regs,)
         The ridge values tried, ascending (the one ``reg`` when it is a float).
     reg_ : float

@@ -412,10 +412,13 @@ def rfm_rounds(
     coordinates each round (:meth:`~skdnc._kernels.Kernel.at_scale`: the median
     distance in the metric ``M_t``).
 
-    A grid of ridge values (``params["reg"]`` ``"auto"`` or a tuple) is solved
-    all at once each round (:func:`~skdnc._solvers.fit_kernel_regression_path`),
-    every value is scored by ``evaluate``, and the best one (the smallest value
-    among ties) gives the round's predictor, its score and its AGOP.
+    A grid of ridge values (``params["reg"]`` ``"auto"`` or a tuple) is
+    searched by :func:`bracket_search`: every value in the first round, then
+    the previous round's choice and its neighbours, widened while an edge of
+    that window scores best. The values of a round share its kernel matrix or
+    normal matrix (:func:`~skdnc._solvers.prepare_kernel_machine`), each is
+    scored by ``evaluate``, and the best one (the smallest value among ties)
+    gives the round's predictor, its score and its AGOP.
 
     Parameters
     ----------
@@ -445,9 +448,9 @@ def rfm_rounds(
         ``evaluate(predict) -> tuple``, a score (greater is better, compared
         lexicographically) of the predictor after every solve, where
         ``predict(Z)`` returns its outputs on the points ``Z`` (a tensor). With
-        a grid of ridge values it is called once per value, always on the same
-        points ``Z`` (the predictions for every value are computed on the first
-        call).
+        a grid of ridge values it is called once per value solved, always on
+        the same points ``Z`` (the kernel matrix of ``Z`` against the centres is
+        kept for the round while it fits a quarter of the budget).
     log : callable, optional
         ``log(message)`` for progress lines.
     n_iter_no_change : int or None, default=None
@@ -459,10 +462,10 @@ def rfm_rounds(
         in order.
     path : list, optional
         Receives one dict per solve: ``kernel`` (with its resolved bandwidth),
-        ``regs`` (the ridge values solved), ``scores`` (``evaluate``'s value for
-        each, or ``None``), ``reg`` (the value chosen) and ``centers`` (the
-        indices in ``X`` of the solve's Nystrom centres, or ``None`` when every
-        point is a centre).
+        ``regs`` (the grid), ``scores`` (``evaluate``'s value for each, ``None``
+        for a value the search skipped; ``None`` without ``evaluate``),
+        ``reg`` (the value chosen) and ``centers`` (the indices in ``X`` of the
+        solve's Nystrom centres, or ``None`` when every point is a centre).
 
     Returns
     -------

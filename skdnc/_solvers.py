@@ -22,7 +22,9 @@ eigendecomposition ``K = Q diag(lambda) Q^T``, every
 ``alpha(mu) = Q (diag(lambda) + mu I)^{-1} Q^T Y`` costs one product. Where the
 eigendecomposition would cost more than the solves it replaces, or does not fit
 the memory budget, or the solver is ``"cg"``, it solves one value at a time
-(see :func:`ridge_path_method`).
+(see :func:`ridge_path_method`). :func:`prepare_kernel_machine` does the shared
+work once and returns a function that solves any ridge values, so that the
+RFM rounds can try a few values, score them, and try more.
 """
 
 import math
