@@ -1027,25 +1027,33 @@ def _all_reduce(comm, *tensors):
     return tensors
 
 
-def nystrom_normal_equations(rows, Y, comm=None):
+def nystrom_normal_equations(rows, Y, comm=None, L=None):
     """``G = K_nm^T K_nm`` and ``R = K_nm^T Y`` in float64, from the row blocks
-    of ``rows`` and, on a process group, one all-reduce.
+    of ``rows`` and, on a process group, one all-reduce; with the lower factor
+    ``L`` of ``K_mm``, the whitened ``A = W^T W`` and ``W^T Y`` of
+    ``W = K_nm L^{-T}`` instead (``A = L^{-1} G L^{-T}``).
 
     The kernel rows are computed in the working precision and multiplied in
     float64: ``G`` has about the square of the condition number of ``K_nm``, and
     float32 products left it indefinite by far more than the ridge (HIGGS-like
-    data, 100,000 points, 2,048 centres)."""
+    data, 100,000 points, 2,048 centres). ``A`` is formed as a Gram matrix of
+    the whitened rows, so it is positive semi-definite to rounding whatever the
+    condition number of ``L``; forming it from ``G`` by two triangular solves
+    left ``A + mu I`` indefinite (diamonds, 16,000 points, 2,048 to 4,096
+    centres in float64, where the jitter of ``K_mm`` is ``1e-12``)."""
     m = rows.C.shape[0]
     G = torch.zeros(m, m, dtype=torch.float64, device=Y.device)
     R = torch.zeros(m, Y.shape[1], dtype=torch.float64, device=Y.device)
-    # G is symmetric: its lower block triangle in column panels, 5/8 of the
-    # flops of the full product with 4 panels, then mirrored.
+    # G is symmetric: its lower block triangle in row panels, 5/8 of the flops
+    # of the full product with 4 panels, then mirrored.
     step = max(256, -(-m // 4))
     for block, K in rows.blocks():
-        K = K.double()
+        V = K.double().T  # (m, rows)
+        if L is not None:
+            V = torch.linalg.solve_triangular(L, V, upper=False)
         for j in range(0, m, step):
-            G[j:, j : j + step].addmm_(K[:, j:].T, K[:, j : j + step])
-        R.addmm_(K.T, Y[block].double())
+            G[j:, j : j + step].addmm_(V[j:], V[j : j + step].T)
+        R.addmm_(V, Y[block].double())
     upper = torch.triu_indices(m, m, 1, device=G.device)
     G[upper[0], upper[1]] = G[upper[1], upper[0]]
     return _all_reduce(comm, G, R)
@@ -1131,8 +1139,9 @@ def nystrom_ridge_path(
     """The Nystrom system on ``X[centres]`` prepared for about ``n_values``
     ridge values.
 
-    ``"nystrom"`` forms ``G = K_nm^T K_nm`` (its lower block triangle),
-    ``R = K_nm^T Y``, the factor ``K_mm = L L^T`` and ``A = L^{-1} G L^{-T}``
+    ``"nystrom"`` forms the factor ``K_mm = L L^T`` and
+    ``A = L^{-1} K_nm^T K_nm L^{-T}`` (the Gram matrix of the whitened rows
+    ``K_nm L^{-T}``, its lower block triangle) and ``L^{-1} K_nm^T Y``
     now; each value ``mu`` is then one Cholesky solve of ``A + mu I``
     (``m^3 / 3`` flops), since ``(A + mu I) L^T beta = L^{-1} R``, or, for
     :data:`EIGH_MIN_VALUES` values or more, every value comes from one
@@ -1163,16 +1172,11 @@ def nystrom_ridge_path(
     K_mm = training_kernel_matrix(rows.C, M, kernel).double()
     L = centre_factor(K_mm, X.dtype)
     if method == "nystrom":
-        G, R = nystrom_normal_equations(rows, Y, comm)
-        del rows
         # (G + mu L L^T) beta = R  <=>  (A + mu I) L^T beta = L^{-1} R: A + mu I
         # is well conditioned where G + mu K_mm is not (near-duplicate centres,
         # a float64 jitter of 1e-12: measured singular at 16,000 x 4,096).
-        A = torch.linalg.solve_triangular(L, G, upper=False)
-        del G
-        A = torch.linalg.solve_triangular(L, A.T.contiguous(), upper=False)
-        A = (A + A.T) / 2
-        b = torch.linalg.solve_triangular(L, R, upper=False)
+        A, b = nystrom_normal_equations(rows, Y, comm, L=L)
+        del rows
         if n_values >= EIGH_MIN_VALUES:  # the rule of ridge_path_method
             eigen = eigen_ridge_path(A, b)
         else:

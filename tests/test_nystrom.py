@@ -305,7 +305,10 @@ def test_estimator_with_all_points_as_centres_matches_the_exact_estimator():
     exact = RFMClassifier(solver="cholesky", **common).fit(X, y)
     nystrom = RFMClassifier(solver="nystrom", n_centers=1.0, **common).fit(X, y)
     np.testing.assert_allclose(nystrom.dual_coef_, exact.dual_coef_, atol=1e-8)
-    np.testing.assert_allclose(nystrom.M_, exact.M_, atol=1e-8)
+    # M_ is the AGOP's square root: rounding-level AGOP entries (pixels that are
+    # almost always 0) become ~1e-8 there, so the AGOP itself is compared tightly.
+    np.testing.assert_allclose(nystrom.M_ @ nystrom.M_, exact.M_ @ exact.M_, atol=1e-12)
+    np.testing.assert_allclose(nystrom.M_, exact.M_, atol=1e-7)
 
 
 def test_nystrom_classifier_is_close_to_the_exact_one():
