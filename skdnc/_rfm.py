@@ -138,14 +138,15 @@ def select_model(curve, regs, outputs, Y):
 
     Parameters
     ----------
-    curve : list of list of tuple
+    curve : list of list of tuple or None
         ``curve[t][g]``: the validation score of round ``t`` with ridge value
-        ``regs[g]`` (greater is better; the first entry of each tuple first).
+        ``regs[g]`` (greater is better; the first entry of each tuple first),
+        ``None`` for a value the round's search skipped.
     regs : sequence of float
         The ridge values of every round, in the order of ``curve[t]``.
-    outputs : dict of int to ndarray of shape (n_val, K)
-        Validation outputs of candidates by their index in the order of
-        ``curve`` (round by round): at least the best's and the simplest's.
+    outputs : dict of (int, int) to ndarray of shape (n_val, K)
+        Validation outputs of candidates by their ``(t, g)``: at least the
+        best's and the simplest's.
     Y : ndarray of shape (n_val, K)
         The validation targets.
 
@@ -160,20 +161,26 @@ def select_model(curve, regs, outputs, Y):
     >>> import numpy as np
     >>> from skdnc._rfm import select_model
     >>> Y = np.array([[1.0], [-1.0], [1.0], [-1.0]])
-    >>> noise = {0: np.array([[0.1], [0.1], [-0.1], [-0.1]]), 1: np.zeros((4, 1))}
+    >>> noise = {(0, 0): np.array([[0.1], [0.1], [-0.1], [-0.1]]),
+    ...          (0, 1): np.zeros((4, 1))}
     >>> select_model([[(0.01,), (0.0,)]], [0.1, 10.0], noise, Y)
     (0, 1)
     """
-    flat = [(t, g) for t, row in enumerate(curve) for g in range(len(row))]
-    best = max(range(len(flat)), key=lambda k: curve[flat[k][0]][flat[k][1]])
+    flat = [
+        (t, g)
+        for t, row in enumerate(curve)
+        for g, score in enumerate(row)
+        if score is not None
+    ]
+    best = max(flat, key=lambda k: curve[k[0]][k[1]])  # the first among ties
     if len(regs) == 1:
-        return flat[best]
-    simplest = int(np.argmax(regs))  # in round 0
-    losses = [np.sum((F - Y) ** 2, axis=1) for F in (outputs[best], outputs[simplest])]
+        return best
+    simplest = (0, int(np.argmax(regs)))
+    losses = [np.sum((outputs[k] - Y) ** 2, axis=1) for k in (best, simplest)]
     excess = losses[1] - losses[0]
     if excess.mean() <= excess.std(ddof=1) / math.sqrt(len(excess)):
-        return 0, simplest
-    return flat[best]
+        return simplest
+    return best
 
 
 class _BaseRFM(BaseEstimator):
@@ -388,9 +395,10 @@ class _BaseRFM(BaseEstimator):
             Xv = Xt[torch.as_tensor(val_idx, device=device)]
             Yv = Y_np[val_idx]
             metrics, path = [], []
-            # The validation outputs of the best candidate so far and of the
-            # simplest (round 0, largest ridge), by their index among the
-            # candidates in the order of evaluation (round by round).
+            # The validation outputs of the candidates with the best score so
+            # far (ties included) and of the simplest (round 0, largest ridge;
+            # round 0 scores every value in the grid's order), by their index
+            # in the order of evaluation.
             simplest = int(np.argmax(regs)) if np.ndim(regs) else 0
             kept, scores_seen = {}, []
 
@@ -398,14 +406,12 @@ class _BaseRFM(BaseEstimator):
                 F = to_numpy(predict(Xv))
                 score = self._validation_score(F, Yv, y_scale)
                 k = len(scores_seen)
-                best = max(range(k), key=scores_seen.__getitem__, default=None)
-                if best is None or score > scores_seen[best]:
-                    if best != simplest:
-                        kept.pop(best, None)
-                    kept[k] = F
-                elif k == simplest:
-                    kept[k] = F
                 scores_seen.append(score)
+                top = max(scores_seen)
+                for j in [j for j in kept if j != simplest and scores_seen[j] < top]:
+                    del kept[j]
+                if score == top or k == simplest:
+                    kept[k] = F
                 return score
 
             self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
@@ -427,15 +433,19 @@ class _BaseRFM(BaseEstimator):
             )
             del Xf, Yf, Xv
             rounds_run = len(scores)
+            # Each kept output by its (round, ridge index) in the search's order.
+            order = [(t, g) for t, p in enumerate(path) for g in p["solved"]]
+            outputs = {order[k]: F for k, F in kept.items()}
             n_rounds, g = select_model(
-                [p["scores"] for p in path], path[0]["regs"], kept, Yv
+                [p["scores"] for p in path], path[0]["regs"], outputs, Yv
             )
             history = np.array([s[0] for s in scores])
-            curve = np.array([[s[0] for s in p["scores"]] for p in path])
+            curve = np.array(  # NaN: a ridge value the round's search skipped
+                [[np.nan if s is None else s[0] for s in p["scores"]] for p in path]
+            )
             params["reg"] = path[n_rounds]["regs"][g]
-            seen = sum(len(p["regs"]) for p in path[:n_rounds])
-            self._after_validation(kept[seen + g] * y_scale, Yv * y_scale)
-            del kept
+            self._after_validation(outputs[n_rounds, g] * y_scale, Yv * y_scale)
+            del kept, outputs
             self._log(
                 f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
                 f"reg={params['reg']:g}"
@@ -634,25 +644,26 @@ _RFM_DOC_PARAMETERS = """
         asks for the interpolating solve; a jitter is added, with a warning, if the
         kernel matrix is then not numerically positive definite. A list of values,
         or ``"auto"`` (the half-decades from 1e-3 to 1e4, 15 values), is a grid
-        chosen on the validation split: on every round the solves for all the values
-        are scored there (:math:`R^2` of the targets, for the classifier of its
-        class codes), the best one gives the round's predictor and its AGOP, and the
-        value of the best round is used for the final model (``reg_``), unless the
-        simplest candidate (no AGOP update and the largest value, with the targets
-        centred close to predicting their training mean) is within one standard
-        error of the best: it is kept then (see Notes). With at least 24 values (and
-        at most 4,096 training points in the split) all the solves come from one
-        eigendecomposition of the kernel matrix; a shorter grid, ``"auto"``
-        included, is solved one value at a time, because on CPU cores an
-        eigendecomposition costs as much as a few dozen Cholesky solves. With
-        ``solver="cg"`` (or ``"auto"`` resolving to it) every value is one
-        conjugate-gradient solve: about ``len(grid)`` times the time of a fixed
-        ``reg``. The Nystrom model (``n_centers`` fewer than the points) forms its
-        ``m x m`` normal matrix once for the whole grid, so that every value costs a
-        Cholesky factorisation of an ``m x m`` matrix (one eigendecomposition for 24
-        values or more) instead of a solve of the whole system. Without a validation
-        split (``validation_fraction=0``, or too few samples for one) the grid's
-        value nearest to 1e-3 is used.<NOTE>
+        chosen on the validation split, by the :math:`R^2` of the targets (for the
+        classifier, of its class codes): the first round scores every value
+        there; each later round scores the value the round before chose and its
+        two neighbours, and widens that window one value at a time while its
+        lowest or highest value scores best (so a single-peaked validation curve
+        gives the whole grid's choice, at about 3 solves a round). The best value
+        gives the round's predictor and its AGOP, and the value of the best round
+        is used for the final model (``reg_``), unless the simplest candidate (no
+        AGOP update and the largest value, with the targets centred close to
+        predicting their training mean) is within one standard error of the
+        best: it is kept then (see Notes). The values of a round share its
+        kernel matrix (each factors a copy), or, with at least 24 values and at
+        most 4,096 training points in the split, one eigendecomposition of it.
+        With ``solver="cg"`` (or ``"auto"`` resolving to it) every value is one
+        conjugate-gradient solve. The Nystrom model (``n_centers`` fewer than
+        the points) forms its ``m x m`` normal matrix once a round, so that
+        every value costs a Cholesky factorisation of an ``m x m`` matrix
+        instead of a solve of the whole system. Without a validation split
+        (``validation_fraction=0``, or too few samples for one) the grid's value
+        nearest to 1e-3 is used.<NOTE>
     max_iter : int, default=5
         Largest number of AGOP updates of ``M``. ``0`` is plain kernel ridge
         regression with ``M = I``.
@@ -733,7 +744,10 @@ _RFM_DOC_PARAMETERS = """
         Number of centres of the Nystrom model, drawn uniformly (with
         ``random_state``) from the training points of each solve: a number, a
         fraction of the points, or ``"auto"``: every point (the exact model) up
-        to 2,048 points; beyond, a quarter of the points clipped to [1024, 2048]
+        to 2,048 points, or up to ``6 d`` points (at most 8,192) for ``d``
+        features, where the exact factorisation costs no more than the
+        distance and AGOP products of a round; beyond, a quarter of the points
+        clipped to [1024, 2048]
         and at most :math:`2^{26} / n` (``K_nm`` of at most :math:`2^{26}`
         numbers, 256 MiB in float32): 1,250 centres at 5,000 points, 2,048 from
         8,192 to 32,768 points, 1,024 from 65,536 points. A number larger than the
@@ -852,9 +866,10 @@ _RFM_DOC_ATTRIBUTES = """
         validation split was made. :math:`R^2` of the targets (the class
         codes for the classifier).
     validation_curve_ : ndarray of shape (n_rounds, n_regs) or None
-        The whole curve behind ``history_``: the validation score of every
-        round and every value of ``reg_grid_`` (``history_`` is its row-wise
-        maximum); ``None`` when no validation split was made.
+        The curve behind ``history_``: the validation score of every round
+        and every value of ``reg_grid_`` that the round's search solved, NaN
+        for the values it skipped (``history_`` is its row-wise maximum,
+        ``np.nanmax``); ``None`` when no validation split was made.
     reg_grid_ : ndarray of shape (n_regs,)
         The ridge values tried, ascending (the one ``reg`` when it is a float).
     reg_ : float

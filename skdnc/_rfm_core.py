@@ -23,9 +23,15 @@ from skdnc._agop import (
 )
 from skdnc._backend import block_rows
 from skdnc._base import DEVICE_CONSTRAINT
-from skdnc._kernels import KERNELS
+from skdnc._kernels import KERNELS, kernel_matrix
 from skdnc._linalg import psd_factor_power, psd_power, psd_powers
-from skdnc._solvers import SOLVERS, fit_kernel_machine_path, kernel_predict
+from skdnc._solvers import (
+    REG_GRID,
+    SOLVERS,
+    fit_kernel_machine_path,
+    kernel_predict,
+    prepare_kernel_machine,
+)
 
 #: ``_parameter_constraints`` of the parameters every kernel machine of skdnc has
 #: (RFMClassifier, RFMRegressor and each layer of DeepRFMTransformer).
@@ -260,6 +266,93 @@ def _metric_and_root(XS, alpha, S, kernel, *, params, budget, generator, centres
     return psd_powers(A, (power, power / 2))
 
 
+def _round_predictor(S, CS, kernel, budget, comm):
+    """``predict(Z, alphas) -> (len(Z), G, K)``: the outputs on the points ``Z``
+    of the kernel machines with coefficients ``alphas`` (``(G, m, K)``) over the
+    centres ``CS`` (in the metric's coordinates). The kernel matrix of the last
+    ``Z`` is kept while it fits a quarter of ``budget``, so that ridge values
+    solved later in a round's search cost one product each."""
+    cache = {}
+
+    def predict(Z, alphas):
+        G, m, K = alphas.shape
+        flat = alphas.permute(1, 0, 2).reshape(m, G * K)
+        if cache.get("Z") is not Z:
+            cache.clear()
+            ZS = apply_root(Z, S)
+            if comm is None and ZS.shape[0] * m * ZS.element_size() <= budget // 4:
+                cache["K"] = kernel_matrix(ZS, CS, None, kernel)
+            else:
+                cache["ZS"] = ZS
+            cache["Z"], cache["alphas"] = Z, None
+        if cache["alphas"] is not alphas:  # one product per batch of values
+            if "K" in cache:
+                F = cache["K"] @ flat
+            else:
+                F = kernel_predict(
+                    cache["ZS"], CS, flat, None, kernel, budget=budget, comm=comm
+                )
+            cache["alphas"], cache["F"] = alphas, F.reshape(-1, G, K)
+        return cache["F"]
+
+    return predict
+
+
+def bracket_search(n_values, score, start=None):
+    """The ridge values a round tries, by their index in the ascending grid, and
+    their scores.
+
+    Without ``start`` (the first round) every value is scored. From the value
+    ``start`` that the round before chose, only it and its two neighbours are;
+    then, while the best value scored is the lowest (highest) scored and a lower
+    (higher) one exists, the next lower (higher) value is scored too, so that
+    the window widens until the best is inside it or at the grid's end. On a
+    validation curve with one peak this finds the value the whole grid would,
+    at 3 solves instead of ``n_values``.
+
+    Parameters
+    ----------
+    n_values : int
+        Length of the grid.
+    score : callable
+        ``score(indices) -> scores`` (greater is better, compared as Python
+        values), called once per batch of new indices (ascending).
+    start : int, optional
+        Index of the previous round's choice.
+
+    Returns
+    -------
+    scores : dict
+        ``{index: score}`` of every value scored.
+    best : int
+        The index with the best score, the smallest among ties.
+
+    Examples
+    --------
+    >>> from skdnc._rfm_core import bracket_search
+    >>> curve = [0.1, 0.5, 0.7, 0.9, 0.8, 0.2]
+    >>> scores, best = bracket_search(6, lambda idx: [curve[i] for i in idx], 1)
+    >>> sorted(scores), best
+    ([0, 1, 2, 3, 4], 3)
+    """
+    if start is None:
+        todo = list(range(n_values))
+    else:
+        todo = list(range(max(0, start - 1), min(n_values, start + 2)))
+    scores = {}
+    while True:
+        scores.update(zip(todo, score(todo), strict=True))
+        top = max(scores.values())
+        best = min(i for i, s in scores.items() if s == top)
+        low, high = min(scores), max(scores)
+        if best == low and low > 0:
+            todo = [low - 1]
+        elif best == high and high < n_values - 1:
+            todo = [high + 1]
+        else:
+            return scores, best
+
+
 REFIT_POLICIES = ("solve", "warm", "rounds")
 
 
@@ -319,10 +412,13 @@ def rfm_rounds(
     coordinates each round (:meth:`~skdnc._kernels.Kernel.at_scale`: the median
     distance in the metric ``M_t``).
 
-    A grid of ridge values (``params["reg"]`` ``"auto"`` or a tuple) is solved
-    all at once each round (:func:`~skdnc._solvers.fit_kernel_regression_path`),
-    every value is scored by ``evaluate``, and the best one (the smallest value
-    among ties) gives the round's predictor, its score and its AGOP.
+    A grid of ridge values (``params["reg"]`` ``"auto"`` or a tuple) is
+    searched by :func:`bracket_search`: every value in the first round, then
+    the previous round's choice and its neighbours, widened while an edge of
+    that window scores best. The values of a round share its kernel matrix or
+    normal matrix (:func:`~skdnc._solvers.prepare_kernel_machine`), each is
+    scored by ``evaluate``, and the best one (the smallest value among ties)
+    gives the round's predictor, its score and its AGOP.
 
     Parameters
     ----------
@@ -352,9 +448,9 @@ def rfm_rounds(
         ``evaluate(predict) -> tuple``, a score (greater is better, compared
         lexicographically) of the predictor after every solve, where
         ``predict(Z)`` returns its outputs on the points ``Z`` (a tensor). With
-        a grid of ridge values it is called once per value, always on the same
-        points ``Z`` (the predictions for every value are computed on the first
-        call).
+        a grid of ridge values it is called once per value solved, always on
+        the same points ``Z`` (the kernel matrix of ``Z`` against the centres is
+        kept for the round while it fits a quarter of the budget).
     log : callable, optional
         ``log(message)`` for progress lines.
     n_iter_no_change : int or None, default=None
@@ -366,10 +462,11 @@ def rfm_rounds(
         in order.
     path : list, optional
         Receives one dict per solve: ``kernel`` (with its resolved bandwidth),
-        ``regs`` (the ridge values solved), ``scores`` (``evaluate``'s value for
-        each, or ``None``), ``reg`` (the value chosen) and ``centers`` (the
-        indices in ``X`` of the solve's Nystrom centres, or ``None`` when every
-        point is a centre).
+        ``regs`` (the grid), ``scores`` (``evaluate``'s value for each, ``None``
+        for a value the search skipped; ``None`` without ``evaluate``),
+        ``solved`` (the indices in ``regs`` in the order ``evaluate`` scored
+        them), ``reg`` (the value chosen) and ``centers`` (the indices in ``X`` of the
+        solve's Nystrom centres, or ``None`` when every point is a centre).
 
     Returns
     -------
@@ -399,6 +496,7 @@ def rfm_rounds(
         n_centers = min(int(n_centers), X.shape[0])
     solve = {
         "n_centers": n_centers,
+        "n_features": X.shape[1],
         "solver": params["solver"],
         "budget": budget,
         "solver_params": params["solver_params"],
@@ -406,52 +504,64 @@ def rfm_rounds(
         "log": log,
         "comm": params.get("comm"),
     }
+    regs = (REG_GRID if reg == "auto" else tuple(reg)) if grid else (float(reg),)
+    previous = None  # the grid index the last round chose
     for t in range(n_rounds + 1):
         tic = time.perf_counter()
         if metrics is not None:
             metrics.append((M, S))
         XS = apply_root(X, S)
         round_kernel = kernel.at_scale(XS)
-        regs, centres, alphas = fit_kernel_machine_path(
-            XS, Y, None, round_kernel, reg if grid else float(reg), **solve
+        if not grid:
+            regs, centres, alphas = fit_kernel_machine_path(
+                XS, Y, None, round_kernel, float(reg), **solve
+            )
+            CS = XS if centres is None else XS[centres]
+            round_scores, solved = None, []
+            if evaluate is not None:
+                predict = _round_predictor(S, CS, round_kernel, budget, solve["comm"])
+                round_scores = [evaluate(lambda Z: predict(Z, alphas)[:, 0])]
+                scores.append(round_scores[0])
+                solved = [0]
+            best, alpha = 0, alphas[0]
+            del alphas
+        else:
+            centres, solve_regs = prepare_kernel_machine(
+                XS,
+                Y,
+                None,
+                round_kernel,
+                n_values=len(regs) if previous is None else 3,
+                **solve,
+            )
+            CS = XS if centres is None else XS[centres]
+            predict = _round_predictor(S, CS, round_kernel, budget, solve["comm"])
+            coefs = {}
+
+            def score_values(indices, predict=predict, solve=solve_regs, coefs=coefs):
+                alphas = solve([regs[i] for i in indices])
+                coefs.update(zip(indices, alphas, strict=True))
+                return [
+                    evaluate(lambda Z, g=g: predict(Z, alphas)[:, g])
+                    for g in range(len(indices))
+                ]
+
+            tried, best = bracket_search(len(regs), score_values, previous)
+            round_scores = [tried.get(i) for i in range(len(regs))]
+            solved = list(tried)  # the order in which evaluate saw them
+            scores.append(tried[best])
+            previous, alpha = best, coefs[best]
+            del coefs, solve_regs, predict
+        stop = t == n_rounds or (
+            evaluate is not None and no_improvement(scores, n_iter_no_change, tol)
         )
-        CS = XS if centres is None else XS[centres]
-        stop = t == n_rounds
-        best, round_scores = 0, None
-        if evaluate is not None:
-            cache = {}
-
-            def predict_all(Z, S=S, CS=CS, alphas=alphas, kernel=round_kernel):
-                if cache.get("Z") is not Z:
-                    G, n, K = alphas.shape
-                    flat = alphas.permute(1, 0, 2).reshape(n, G * K)
-                    F = kernel_predict(
-                        apply_root(Z, S),
-                        CS,
-                        flat,
-                        None,
-                        kernel,
-                        budget=budget,
-                        comm=solve["comm"],
-                    )
-                    cache["Z"], cache["F"] = Z, F.reshape(-1, G, K)
-                return cache["F"]
-
-            round_scores = [
-                evaluate(lambda Z, g=g: predict_all(Z)[:, g]) for g in range(len(regs))
-            ]
-            cache.clear()
-            best = max(range(len(regs)), key=round_scores.__getitem__)
-            scores.append(round_scores[best])
-            stop = stop or no_improvement(scores, n_iter_no_change, tol)
-        alpha = alphas[best]
-        del alphas
         if path is not None:
             path.append(
                 {
                     "kernel": round_kernel,
                     "regs": regs,
                     "scores": round_scores,
+                    "solved": solved,
                     "reg": regs[best],
                     "centers": centres,
                 }

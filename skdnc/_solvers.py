@@ -22,7 +22,9 @@ eigendecomposition ``K = Q diag(lambda) Q^T``, every
 ``alpha(mu) = Q (diag(lambda) + mu I)^{-1} Q^T Y`` costs one product. Where the
 eigendecomposition would cost more than the solves it replaces, or does not fit
 the memory budget, or the solver is ``"cg"``, it solves one value at a time
-(see :func:`ridge_path_method`).
+(see :func:`ridge_path_method`). :func:`prepare_kernel_machine` does the shared
+work once and returns a function that solves any ridge values, so that the
+RFM rounds can try a few values, score them, and try more.
 """
 
 import math
@@ -476,14 +478,20 @@ def ridge_path_method(reg, n, itemsize, budget, *, solver="auto", rank=None, n_r
     rank = SOLVER_PARAMS["rank"] if rank is None else rank
     method, _ = choose_solver(solver, n, itemsize, budget, rank, n_ranks=n_ranks)
     regs = REG_GRID if reg == "auto" else tuple(reg)
+    return _path_method(method, len(regs), n, budget), regs
+
+
+def _path_method(method, n_values, n, budget):
+    """``"eigh"`` where one eigendecomposition of an ``n x n`` matrix pays for
+    ``n_values`` ridge values (see :func:`ridge_path_method`), else ``method``."""
     if (
         method == "cholesky"
-        and len(regs) >= EIGH_MIN_VALUES
+        and n_values >= EIGH_MIN_VALUES
         and n <= EIGH_MAX_POINTS
         and 6 * n * n * 8 <= budget
     ):
-        return "eigh", regs
-    return method, regs
+        return "eigh"
+    return method
 
 
 def ridge_path_solve(K, Y, regs):
@@ -517,16 +525,27 @@ def ridge_path_solve(K, Y, regs):
     >>> torch.allclose(A[1], torch.linalg.solve(K + torch.eye(2), Y))
     True
     """
+    return eigen_ridge_path(K, Y)(regs)
+
+
+def eigen_ridge_path(K, Y):
+    """:func:`ridge_path_solve` in two steps: the eigendecomposition of ``K``
+    now, and a function ``regs -> alphas`` that any number of ridge values may
+    call afterwards without factoring again."""
     evals, Q = psd_eigh(K)
     evals = evals.clamp(min=0)
     floor = K.shape[0] * torch.finfo(torch.float64).eps * float(evals[-1])
     C = Q.T @ Y.to(device=Q.device, dtype=torch.float64)
-    mus = torch.tensor(list(regs), dtype=torch.float64, device=Q.device)
-    denom = evals[:, None] + mus[None, :]  # (n, G)
-    inverse = torch.where(denom > floor, 1.0 / denom, torch.zeros_like(denom))
-    W = (C[:, None, :] * inverse[:, :, None]).reshape(len(evals), -1)
-    alphas = (Q @ W).reshape(len(evals), len(mus), -1).permute(1, 0, 2)
-    return alphas.to(device=Y.device, dtype=Y.dtype).contiguous()
+
+    def solve(regs):
+        mus = torch.tensor(list(regs), dtype=torch.float64, device=Q.device)
+        denom = evals[:, None] + mus[None, :]  # (n, G)
+        inverse = torch.where(denom > floor, 1.0 / denom, torch.zeros_like(denom))
+        W = (C[:, None, :] * inverse[:, :, None]).reshape(len(evals), -1)
+        alphas = (Q @ W).reshape(len(evals), len(mus), -1).permute(1, 0, 2)
+        return alphas.to(device=Y.device, dtype=Y.dtype).contiguous()
+
+    return solve
 
 
 def fit_kernel_regression_path(
@@ -562,31 +581,73 @@ def fit_kernel_regression_path(
         The values solved, ascending.
     alphas : torch.Tensor of shape (len(regs), n, K)
     """
-    rank = {**SOLVER_PARAMS, **(solver_params or {})}["rank"]
-    method, regs = ridge_path_method(
-        reg,
-        X.shape[0],
-        X.element_size(),
-        budget,
+    regs = REG_GRID if reg == "auto" else tuple(reg)
+    solve = exact_ridge_path(
+        X,
+        Y,
+        M,
+        kernel,
+        len(regs),
         solver=solver,
-        rank=rank,
-        n_ranks=1 if comm is None else comm.size,
+        budget=budget,
+        solver_params=solver_params,
+        generator=generator,
+        log=log,
+        comm=comm,
     )
+    return regs, solve(regs)
+
+
+def exact_ridge_path(
+    X,
+    Y,
+    M,
+    kernel,
+    n_values,
+    *,
+    solver="auto",
+    budget,
+    solver_params=None,
+    generator=None,
+    log=None,
+    comm=None,
+):
+    """The exact kernel machine prepared for about ``n_values`` ridge values.
+
+    What one factorisation or kernel matrix can share is computed now (the
+    method follows :func:`ridge_path_method` for ``n_values`` values): the
+    eigendecomposition of the kernel matrix, or the kernel matrix itself when a
+    second copy fits the budget (each value factors a copy); otherwise each
+    value is one :func:`fit_kernel_regression`.
+
+    Returns
+    -------
+    solve : callable
+        ``solve(regs) -> alphas`` of shape ``(len(regs), n, K)``, for any ridge
+        values, each solved exactly; it may be called several times.
+    """
+    rank = {**SOLVER_PARAMS, **(solver_params or {})}["rank"]
+    n = X.shape[0]
+    n_ranks = 1 if comm is None else comm.size
+    method, _ = choose_solver(
+        solver, n, X.element_size(), budget, rank, n_ranks=n_ranks
+    )
+    method = _path_method(method, n_values, n, budget)
     if method == "eigh":
         tic = time.perf_counter()
-        K = training_kernel_matrix(X, M, kernel)
-        alphas = ridge_path_solve(K, Y, regs)
+        solve = eigen_ridge_path(training_kernel_matrix(X, M, kernel), Y)
         if log is not None:
             log(
-                f"ridge path ({len(regs)} values, one eigendecomposition): "
+                f"ridge path (one eigendecomposition): "
                 f"{time.perf_counter() - tic:.2f} s"
             )
-        return regs, alphas
-    n = X.shape[0]
+        return solve
     if method == "cholesky" and 2 * n * n * X.element_size() <= budget:
         K = training_kernel_matrix(X, M, kernel, triangle="lower")
-        return regs, torch.stack([cholesky_solve_kernel(K.clone, Y, mu) for mu in regs])
-    alphas = torch.stack(
+        return lambda regs: torch.stack(
+            [cholesky_solve_kernel(K.clone, Y, mu) for mu in regs]
+        )
+    return lambda regs: torch.stack(
         [
             fit_kernel_regression(
                 X,
@@ -604,7 +665,6 @@ def fit_kernel_regression_path(
             for mu in regs
         ]
     )
-    return regs, alphas
 
 
 def _column_major(V):
@@ -759,9 +819,16 @@ def kernel_predict(X, centers, alpha, M, kernel, *, budget, comm=None):
 #: model) up to ``NYSTROM_CENTERS_RANGE[1]`` points.
 NYSTROM_CENTERS_RANGE = (1024, 2048)
 NYSTROM_ENTRIES = 2**26
+#: ... and, given the number of features ``d``, every point up to
+#: ``EXACT_POINTS_PER_FEATURE * d`` points (at most ``EXACT_MAX_POINTS``): there
+#: the exact factorisation (``n^3 / 3``) costs no more than the ``n^2 d``
+#: distance and AGOP products every round pays anyway, and the exact model is
+#: the more accurate (``benchmarks/bench_rfm.py``, image-like, d = 784).
+EXACT_POINTS_PER_FEATURE = 6
+EXACT_MAX_POINTS = 8192
 
 
-def resolve_centers(n_centers, n):
+def resolve_centers(n_centers, n, n_features=None):
     """The number of Nystrom centres ``m`` of ``n_centers`` for ``n`` points.
 
     Parameters
@@ -771,8 +838,11 @@ def resolve_centers(n_centers, n):
         ``n`` up to 2,048 points (the exact model); beyond, ``n / 4`` clipped to
         [1024, 2048] and at most ``2^26 / n`` (``K_nm`` of at most 2^26
         numbers): 1,250 centres at 5,000 points, 2,048 from 8,192 to 32,768
-        points, 1,024 from 65,536 points.
+        points, 1,024 from 65,536 points. With ``n_features`` given, every
+        point is a centre also up to ``6 n_features`` points (at most 8,192).
     n : int
+    n_features : int, optional
+        The number of features ``d`` of the points.
 
     Returns
     -------
@@ -792,6 +862,8 @@ def resolve_centers(n_centers, n):
     [1000, 500, 10]
     >>> [resolve_centers("auto", n) for n in (1000, 5000, 20_000, 10**6)]
     [1000, 1250, 2048, 1024]
+    >>> [resolve_centers("auto", 4000, d) for d in (9, 784)]
+    [1024, 4000]
     """
     if isinstance(n_centers, str):
         if n_centers != "auto":
@@ -800,8 +872,12 @@ def resolve_centers(n_centers, n):
                 f"got {n_centers!r}."
             )
         low, high = NYSTROM_CENTERS_RANGE
+        if n_features is not None:
+            per_feature = EXACT_POINTS_PER_FEATURE * int(n_features)
+            high = max(high, min(EXACT_MAX_POINTS, per_feature))
         if n <= high:
             return n
+        high = NYSTROM_CENTERS_RANGE[1]
         return max(low, min(high, n // 4, NYSTROM_ENTRIES // n))
     if isinstance(n_centers, bool) or not isinstance(n_centers, Real):
         raise ValueError(
@@ -952,21 +1028,35 @@ def _all_reduce(comm, *tensors):
     return tensors
 
 
-def nystrom_normal_equations(rows, Y, comm=None):
+def nystrom_normal_equations(rows, Y, comm=None, L=None):
     """``G = K_nm^T K_nm`` and ``R = K_nm^T Y`` in float64, from the row blocks
-    of ``rows`` and, on a process group, one all-reduce.
+    of ``rows`` and, on a process group, one all-reduce; with the lower factor
+    ``L`` of ``K_mm``, the whitened ``A = W^T W`` and ``W^T Y`` of
+    ``W = K_nm L^{-T}`` instead (``A = L^{-1} G L^{-T}``).
 
     The kernel rows are computed in the working precision and multiplied in
     float64: ``G`` has about the square of the condition number of ``K_nm``, and
     float32 products left it indefinite by far more than the ridge (HIGGS-like
-    data, 100,000 points, 2,048 centres)."""
+    data, 100,000 points, 2,048 centres). ``A`` is formed as a Gram matrix of
+    the whitened rows, so it is positive semi-definite to rounding whatever the
+    condition number of ``L``; forming it from ``G`` by two triangular solves
+    left ``A + mu I`` indefinite (diamonds, 16,000 points, 2,048 to 4,096
+    centres in float64, where the jitter of ``K_mm`` is ``1e-12``)."""
     m = rows.C.shape[0]
     G = torch.zeros(m, m, dtype=torch.float64, device=Y.device)
     R = torch.zeros(m, Y.shape[1], dtype=torch.float64, device=Y.device)
+    # G is symmetric: its lower block triangle in row panels, 5/8 of the flops
+    # of the full product with 4 panels, then mirrored.
+    step = max(256, -(-m // 4))
     for block, K in rows.blocks():
-        K = K.double()
-        G.addmm_(K.T, K)
-        R.addmm_(K.T, Y[block].double())
+        V = K.double().T  # (m, rows)
+        if L is not None:
+            V = torch.linalg.solve_triangular(L, V, upper=False)
+        for j in range(0, m, step):
+            G[j:, j : j + step].addmm_(V[j:], V[j : j + step].T)
+        R.addmm_(V, Y[block].double())
+    upper = torch.triu_indices(m, m, 1, device=G.device)
+    G[upper[0], upper[1]] = G[upper[1], upper[0]]
     return _all_reduce(comm, G, R)
 
 
@@ -1021,25 +1111,51 @@ def falkon_preconditioner(L, n, reg):
     return apply
 
 
-def _nystrom_solve(
+def _nystrom_solve(X, Y, M, kernel, regs, centres, method, in_memory, **kwargs):
+    """The coefficients ``beta`` of every ridge value in ``regs``, shape
+    ``(len(regs), m, K)``, of the Nystrom system on ``X[centres]`` (see
+    :func:`nystrom_ridge_path`)."""
+    kwargs.setdefault("n_values", len(regs))
+    return nystrom_ridge_path(X, Y, M, kernel, centres, method, in_memory, **kwargs)(
+        regs
+    )
+
+
+def nystrom_ridge_path(
     X,
     Y,
     M,
     kernel,
-    regs,
     centres,
     method,
     in_memory,
     *,
+    n_values,
     budget,
     options,
     log=None,
     state=None,
     comm=None,
-    grid=False,
 ):
-    """The coefficients ``beta`` of every ridge value in ``regs``, shape
-    ``(len(regs), m, K)``, of the Nystrom system on ``X[centres]``."""
+    """The Nystrom system on ``X[centres]`` prepared for about ``n_values``
+    ridge values.
+
+    ``"nystrom"`` forms the factor ``K_mm = L L^T`` and
+    ``A = L^{-1} K_nm^T K_nm L^{-T}`` (the Gram matrix of the whitened rows
+    ``K_nm L^{-T}``, its lower block triangle) and ``L^{-1} K_nm^T Y``
+    now; each value ``mu`` is then one Cholesky solve of ``A + mu I``
+    (``m^3 / 3`` flops), since ``(A + mu I) L^T beta = L^{-1} R``, or, for
+    :data:`EIGH_MIN_VALUES` values or more, every value comes from one
+    eigendecomposition of ``A``. ``"falkon"`` holds ``K_nm`` (or its row
+    blocks) and runs one preconditioned CG per value.
+
+    Returns
+    -------
+    solve : callable
+        ``solve(regs) -> betas`` of shape ``(len(regs), m, K)``, for any ridge
+        values, each solved exactly (``"nystrom"``) or to ``options["tol"]``
+        (``"falkon"``); it may be called several times.
+    """
     tic = time.perf_counter()
     m = centres.shape[0]
     n = X.shape[0]
@@ -1054,29 +1170,36 @@ def _nystrom_solve(
         comm=comm,
         hold=in_memory,
     )
-    L = centre_factor(training_kernel_matrix(rows.C, M, kernel), X.dtype)
+    K_mm = training_kernel_matrix(rows.C, M, kernel).double()
+    L = centre_factor(K_mm, X.dtype)
     if method == "nystrom":
-        G, R = nystrom_normal_equations(rows, Y, comm)
-        # (G + mu L L^T) beta = R  <=>  (A + mu I) L^T beta = L^{-1} R
-        A = torch.linalg.solve_triangular(L, G, upper=False)
-        del G
-        A = torch.linalg.solve_triangular(L, A.T.contiguous(), upper=False)
-        A = (A + A.T) / 2
-        b = torch.linalg.solve_triangular(L, R, upper=False)
-        if len(regs) >= EIGH_MIN_VALUES:  # the rule of ridge_path_method
-            Z = ridge_path_solve(A, b, regs)
+        # (G + mu L L^T) beta = R  <=>  (A + mu I) L^T beta = L^{-1} R: A + mu I
+        # is well conditioned where G + mu K_mm is not (near-duplicate centres,
+        # a float64 jitter of 1e-12: measured singular at 16,000 x 4,096).
+        A, b = nystrom_normal_equations(rows, Y, comm, L=L)
+        del rows
+        if n_values >= EIGH_MIN_VALUES:  # the rule of ridge_path_method
+            eigen = eigen_ridge_path(A, b)
         else:
-            Z = torch.stack(
-                [cholesky_solve_kernel(A.clone, b, mu, state=state) for mu in regs]
-            )
-        betas = torch.linalg.solve_triangular(L.T, Z, upper=True)
+
+            def eigen(regs):
+                return torch.stack(
+                    [cholesky_solve_kernel(A.clone, b, mu, state=state) for mu in regs]
+                )
+
+        def solve(regs):
+            Z = eigen(regs)
+            return torch.linalg.solve_triangular(L.T, Z, upper=True).to(Y.dtype)
+
         if log is not None:
             log(
-                f"nystrom ({m} centres, direct, {len(regs)} ridge value(s)): "
+                f"nystrom ({m} centres, direct): normal matrix "
                 f"{time.perf_counter() - tic:.2f} s"
             )
-        return betas.to(Y.dtype)
-    K_mm = L @ L.T  # with its jitter: the preconditioner's own matrix
+        return solve
+
+    # With its jitter, the model's (and the preconditioner's) matrix: L L^T.
+    K_mm.diagonal().copy_(L.square().sum(dim=1))
 
     def normal_matvec(V):
         out = torch.zeros_like(V)
@@ -1089,30 +1212,34 @@ def _nystrom_solve(
     for block, K in rows.blocks():
         R += (K.T @ Y[block]).double()
     _all_reduce(comm, R)
-    betas = []
-    for mu in regs:
-        precondition = falkon_preconditioner(L, n, mu)
-        beta, n_iter, residual = conjugate_gradient(
-            lambda V, mu=mu: normal_matvec(V) + mu * (K_mm @ V),
-            R,
-            0.0,
-            precondition,
-            tol=options["tol"],
-            max_iter=options["max_iter"],
-        )
-        mode = "K_nm in memory" if in_memory else "K_nm in blocks"
-        _report_cg(
-            f"falkon ({m} centres, {mode})",
-            n_iter,
-            residual,
-            options["tol"],
-            "Raise solver_params['max_iter'], or increase reg.",
-            tic=tic,
-            log=log,
-            stacklevel=4,
-        )
-        betas.append(beta)
-    return torch.stack(betas).to(Y.dtype)
+
+    def solve(regs):
+        betas = []
+        for mu in regs:
+            precondition = falkon_preconditioner(L, n, mu)
+            beta, n_iter, residual = conjugate_gradient(
+                lambda V, mu=mu: normal_matvec(V) + mu * (K_mm @ V),
+                R,
+                0.0,
+                precondition,
+                tol=options["tol"],
+                max_iter=options["max_iter"],
+            )
+            mode = "K_nm in memory" if in_memory else "K_nm in blocks"
+            _report_cg(
+                f"falkon ({m} centres, {mode})",
+                n_iter,
+                residual,
+                options["tol"],
+                "Raise solver_params['max_iter'], or increase reg.",
+                tic=tic,
+                log=log,
+                stacklevel=5,
+            )
+            betas.append(beta)
+        return torch.stack(betas).to(Y.dtype)
+
+    return solve
 
 
 def fit_kernel_machine_path(
@@ -1123,6 +1250,7 @@ def fit_kernel_machine_path(
     reg,
     *,
     n_centers="auto",
+    n_features=None,
     solver="auto",
     budget,
     solver_params=None,
@@ -1161,6 +1289,9 @@ def fit_kernel_machine_path(
         One ridge value, or a grid (see :func:`check_reg`).
     n_centers : int, float or "auto", default="auto"
         See :func:`resolve_centers`.
+    n_features : int, optional
+        The number of features of the data (``"auto"`` centres depend on it;
+        ``X`` may hold the fewer columns of a low-rank metric's coordinates).
     solver : {"auto", "cholesky", "cg", "nystrom", "falkon"}, default="auto"
 
     Returns
@@ -1171,13 +1302,82 @@ def fit_kernel_machine_path(
         Indices of the centres in ``X`` (sorted); ``None`` for every point.
     coefs : torch.Tensor of shape (len(regs), m, K)
     """
+    grid = isinstance(reg, str | tuple | list)
+    regs = (REG_GRID if reg == "auto" else tuple(reg)) if grid else (float(reg),)
+    centres, solve = prepare_kernel_machine(
+        X,
+        Y,
+        M,
+        kernel,
+        n_values=len(regs),
+        grid=grid,
+        n_centers=n_centers,
+        n_features=n_features,
+        solver=solver,
+        budget=budget,
+        solver_params=solver_params,
+        generator=generator,
+        log=log,
+        state=state,
+        comm=comm,
+    )
+    return regs, centres, solve(regs)
+
+
+def prepare_kernel_machine(
+    X,
+    Y,
+    M,
+    kernel,
+    *,
+    n_values,
+    grid=True,
+    n_centers="auto",
+    n_features=None,
+    solver="auto",
+    budget,
+    solver_params=None,
+    generator=None,
+    log=None,
+    state=None,
+    comm=None,
+):
+    """One kernel machine's solves, prepared once for any ridge values.
+
+    The work the ridge values share (the kernel matrix or its
+    eigendecomposition; the centres, ``K_mm``'s factor and the normal matrix of
+    the Nystrom model) is done now, for the method :func:`choose_method` picks,
+    so that a search that tries a few values, looks at their scores and then
+    tries more (:func:`~skdnc._rfm_core.rfm_rounds`) pays for it once.
+
+    Parameters
+    ----------
+    X, Y, M, kernel, n_centers, n_features, solver, budget
+        As in :func:`fit_kernel_machine_path`.
+    solver_params, generator, log, state, comm
+        As in :func:`fit_kernel_machine_path`.
+    n_values : int
+        About how many ridge values will be solved: it chooses between one
+        eigendecomposition and a Cholesky factorisation per value.
+    grid : bool, default=True
+        Whether several values may be solved (``False``: the single-value
+        methods, ``"falkon"`` for the Nystrom model).
+
+    Returns
+    -------
+    centres : torch.Tensor of shape (m,), dtype long, or None
+        Indices of the centres in ``X`` (sorted); ``None`` for every point.
+    solve : callable
+        ``solve(regs) -> coefs`` of shape ``(len(regs), m, K)``; each value is
+        solved as a separate solve would (exactly by the direct methods, to the
+        tolerance by conjugate gradients).
+    """
     options = {**SOLVER_PARAMS, **(solver_params or {})}
     if options["tol"] is None:
         options["tol"] = 1e-6 if X.dtype == torch.float64 else 1e-4
-    grid = isinstance(reg, str | tuple | list)
     n = X.shape[0]
     exact = solver in ("cholesky", "cg") and n_centers == "auto"
-    m = n if exact else resolve_centers(n_centers, n)
+    m = n if exact else resolve_centers(n_centers, n, n_features)
     n_ranks = 1 if comm is None else comm.size
     method, in_memory = choose_method(
         solver,
@@ -1199,29 +1399,30 @@ def fit_kernel_machine_path(
     }
     if method in ("cholesky", "cg"):
         if grid:
-            regs, alphas = fit_kernel_regression_path(X, Y, M, kernel, reg, **common)
-            return regs, None, alphas
-        alpha = fit_kernel_regression(X, Y, M, kernel, reg, state=state, **common)
-        return (float(reg),), None, alpha[None]
-    regs = (REG_GRID if reg == "auto" else tuple(reg)) if grid else (float(reg),)
+            return None, exact_ridge_path(X, Y, M, kernel, n_values, **common)
+        return None, lambda regs: torch.stack(
+            [
+                fit_kernel_regression(X, Y, M, kernel, mu, state=state, **common)
+                for mu in regs
+            ]
+        )
     centres = draw_centers(n, m, generator)
-    betas = _nystrom_solve(
+    solve = nystrom_ridge_path(
         X,
         Y,
         M,
         kernel,
-        regs,
         centres,
         method,
         in_memory,
+        n_values=n_values,
         budget=budget,
         options=options,
         log=log,
         state=state,
         comm=comm,
-        grid=grid,
     )
-    return regs, centres.to(X.device), betas
+    return centres.to(X.device), solve
 
 
 def fit_kernel_machine(X, Y, M, kernel, reg, **kwargs):

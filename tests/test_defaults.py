@@ -208,8 +208,17 @@ def test_select_model_against_a_direct_computation():
         d = np.sum(Y**2, axis=1) - np.sum((outputs[b] - Y) ** 2, axis=1)
         keep_null = d.mean() <= d.std(ddof=1) / np.sqrt(len(d))
         expected = (0, 2) if keep_null else divmod(b, 3)
-        assert select_model(curve, regs, dict(enumerate(outputs)), Y) == expected
+        by_key = {divmod(k, 3): F for k, F in enumerate(outputs)}
+        assert select_model(curve, regs, by_key, Y) == expected
+        # A later round's search that skipped values (None) never picks them.
+        curve[1][0] = None
+        flat = [s for row in curve for s in row]
+        b = int(np.argmax([-np.inf if s is None else s[0] for s in flat]))
+        d = np.sum(Y**2, axis=1) - np.sum((outputs[b] - Y) ** 2, axis=1)
+        keep_null = d.mean() <= d.std(ddof=1) / np.sqrt(len(d))
+        expected = (0, 2) if keep_null else divmod(b, 3)
+        assert select_model(curve, regs, by_key, Y) == expected
     # One ridge value: the best, whatever the prior would score.
     one = [[(0.1,)], [(0.3,)]]
-    outputs = {0: np.zeros_like(Y), 1: np.zeros_like(Y)}
+    outputs = {(0, 0): np.zeros_like(Y), (1, 0): np.zeros_like(Y)}
     assert select_model(one, [1.0], outputs, Y) == (1, 0)

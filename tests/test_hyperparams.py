@@ -165,7 +165,7 @@ def test_final_model_solves_with_reg_and_bandwidth(friedman):
     est.fit(X, y)
     assert est.reg_ in REG_GRID
     np.testing.assert_array_equal(est.reg_grid_, REG_GRID)
-    np.testing.assert_allclose(est.validation_curve_.max(axis=1), est.history_)
+    np.testing.assert_allclose(np.nanmax(est.validation_curve_, axis=1), est.history_)
     C = est.centers_
     K = _laplace_np(C, C, est.M_, est.bandwidth_)
     alpha = np.linalg.solve(K + est.reg_ * np.eye(len(C)), y - y.mean())
@@ -302,7 +302,9 @@ def test_regressor_grid_property(regs, scale, seed):
     est.fit(X, y)
     assert est.reg_ in regs
     assert est.validation_curve_.shape == (len(est.history_), len(regs))
-    np.testing.assert_array_equal(est.validation_curve_.max(axis=1), est.history_)
+    np.testing.assert_array_equal(
+        np.nanmax(est.validation_curve_, axis=1), est.history_
+    )
     assert est.history_[est.best_iter_] == est.history_.max()
     assert np.isfinite(est.predict(X)).all()
     if len(regs) == 1:

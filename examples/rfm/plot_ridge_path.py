@@ -70,8 +70,10 @@ print(f"{len(regs) * len(rounds)} refits, {ratio:.0f}x the time")
 # %%
 # The two curves
 # --------------
-# Row ``t`` of ``validation_curve_`` scores every ridge value after ``t`` AGOP
-# updates, each update taken from the best ridge of the round before; the grid
+# Row ``t`` of ``validation_curve_`` scores the ridge values tried after ``t``
+# AGOP updates (every value in row 0; from row 1, the previous choice and its
+# neighbours, widened while an edge of that window wins: blank cells were
+# skipped), each update taken from the best ridge of the round before; the grid
 # search refits every pair on its own, on its own 80/20 split, so the two need
 # not pick the same cell; both put the best ridge far above 1e-3, at a small
 # fraction of the grid search's time for the single fit.
