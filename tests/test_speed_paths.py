@@ -225,7 +225,8 @@ def test_policies_differ(small_problem):
 @pytest.mark.parametrize("refit", ["solve", "warm", "rounds"])
 def test_estimator_final_solve_uses_its_metric(refit, digits):
     """Whatever the policy, dual_coef_ solves the ridge system of M_ on all the
-    (centred) training data: checked with NumPy in float64."""
+    (centred) training data, for the codes less their training mean (the class
+    prior, ``intercept_``): checked with NumPy in float64."""
     X, y = digits
     X = X[:, ::4]  # 16 features keep the NumPy reference small
     clf = RFMClassifier(
@@ -233,7 +234,8 @@ def test_estimator_final_solve_uses_its_metric(refit, digits):
     )
     clf.fit(X, y)
     Y = np.where(np.eye(4)[y] > 0, 1.0, -1.0)
-    alpha = _np_solve(clf.centers_, Y, clf.M_)
+    np.testing.assert_allclose(clf.intercept_, Y.mean(axis=0), rtol=0, atol=1e-12)
+    alpha = _np_solve(clf.centers_, Y - Y.mean(axis=0), clf.M_)
     np.testing.assert_allclose(clf.dual_coef_, alpha, rtol=1e-6, atol=1e-6)
 
 
@@ -310,13 +312,17 @@ def test_no_improvement_definition(values, patience, tol):
 
 
 def test_estimator_history_keeps_what_was_measured():
-    # Separable from the start: validation accuracy 1.0 in every round.
+    # Separable from the start: the validation R^2 of the codes is close to 1
+    # in every round, and early stopping ends the rounds before max_iter.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 5))
     y = (X[:, 0] > 0).astype(int)
     X[:, 0] += np.where(y == 1, 3.0, -3.0)
     stopped = RFMClassifier(max_iter=5, random_state=0).fit(X, y)
-    assert stopped.history_.tolist() == [1.0, 1.0, 1.0]
+    history = stopped.history_
+    assert history.shape == (stopped.n_iter_,) and stopped.n_iter_ < 6
+    assert np.all(history > 0.99) and np.all(history <= 1.0)
+    np.testing.assert_array_equal(history, np.nanmax(stopped.validation_curve_, axis=1))
     full = RFMClassifier(max_iter=5, n_iter_no_change=None, random_state=0)
     assert full.fit(X, y).history_.shape == (6,)
 
