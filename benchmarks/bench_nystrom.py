@@ -385,6 +385,11 @@ def main(argv=None):
     parser.add_argument(
         "--sizes", default=None, help="n of the scale section (default 100k,300k,1M)"
     )
+    parser.add_argument(
+        "--regression-sizes",
+        default=None,
+        help="rows of the regression section (default 5000,20000)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -410,6 +415,8 @@ def main(argv=None):
         )
     if "regression" in sections:
         reg_sizes = [1000, 5000] if args.quick else [5000, 20_000]
+        if args.regression_sizes:
+            reg_sizes = [int(float(s)) for s in args.regression_sizes.split(",")]
         report["regression"] = regression_section(reg_sizes, timeout, targets)
     if "centres" in sections:
         report["centres"] = centres_section(
