@@ -274,22 +274,28 @@ def as_input(x, device, dtype):
     return t
 
 
+def _pick(out, selector, what, param):
+    """``selector(out)`` for a callable, else ``out[selector]``, with a clear error
+    naming ``param`` when the output cannot be indexed so."""
+    if callable(selector):
+        return selector(out)
+    try:
+        return out[selector]
+    except (IndexError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{param}={selector!r} cannot select from the {type(out).__name__} "
+            f"returned by {what}: {exc}."
+        ) from exc
+
+
 def select_output(out, selector, what, param):
     """The tensor to measure from a module's (or the model's) output.
 
     ``selector`` is ``None`` (the output must be a tensor), an index or key into a
     tuple, list or dict output, or a callable applied to the output.
     """
-    if callable(selector):
-        out = selector(out)
-    elif selector is not None:
-        try:
-            out = out[selector]
-        except (IndexError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"{param}={selector!r} cannot select from the {type(out).__name__} "
-                f"returned by {what}: {exc}."
-            ) from exc
+    if selector is not None:
+        out = _pick(out, selector, what, param)
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list, dict)):
@@ -308,18 +314,10 @@ def select_hidden_states(out, selector="hidden_states"):
     returned by a model called with ``output_hidden_states=True``), an index into
     a tuple or list output, or a callable applied to the output.
     """
-    if callable(selector):
-        states = selector(out)
-    elif isinstance(selector, str) and not isinstance(out, dict):
+    if isinstance(selector, str) and not isinstance(out, dict):
         states = getattr(out, selector, None)
     else:
-        try:
-            states = out[selector]
-        except (IndexError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"hidden_states={selector!r} cannot select from the model's "
-                f"{type(out).__name__} output: {exc}."
-            ) from exc
+        states = _pick(out, selector, "the model", "hidden_states")
     if states is None:
         raise ValueError(
             f"The model's {type(out).__name__} output has no {selector!r} (call a "
