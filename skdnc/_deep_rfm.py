@@ -52,6 +52,7 @@ from skdnc._rfm_core import (
     KERNEL_MACHINE_CONSTRAINTS,
     agop_step,
     class_targets,
+    clearly_better,
 )
 from skdnc._solvers import fit_kernel_machine, kernel_predict, resolve_centers
 from skdnc.metrics._collapse import (
@@ -850,8 +851,9 @@ def _improves(correct, best, n_se=AUTO_MIN_STANDARD_ERRORS):
     >>> _improves(np.arange(160) < 3, best), _improves(np.arange(160) < 4, best)
     (False, True)
     """
-    d = np.asarray(correct, np.float64) - np.asarray(best, np.float64)
-    return bool(d.mean() > n_se * d.std(ddof=1) / np.sqrt(len(d)))
+    return clearly_better(
+        np.asarray(correct, np.float64) - np.asarray(best, np.float64), n_se
+    )
 
 
 class _Locator:

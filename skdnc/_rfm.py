@@ -34,6 +34,7 @@ from skdnc._rfm_core import (
     REFIT_POLICIES,
     LowRank,
     class_targets,
+    clearly_better,
     refit_rounds,
     rfm_rounds,
 )
@@ -177,8 +178,7 @@ def select_model(curve, regs, outputs, Y):
         return best
     simplest = (0, int(np.argmax(regs)))
     losses = [np.sum((outputs[k] - Y) ** 2, axis=1) for k in (best, simplest)]
-    excess = losses[1] - losses[0]
-    if excess.mean() <= excess.std(ddof=1) / math.sqrt(len(excess)):
+    if not clearly_better(losses[1] - losses[0], 1.0):
         return simplest
     return best
 

@@ -356,6 +356,27 @@ def bracket_search(n_values, score, start=None):
 REFIT_POLICIES = ("solve", "warm", "rounds")
 
 
+def clearly_better(gain, n_se):
+    """Whether paired per-sample gains (new minus old, greater is better) have a
+    mean above ``n_se`` standard errors of it, ``std(gain, ddof=1) / sqrt(n)``.
+
+    The one rule behind the validation choices that prefer the simpler model
+    unless the other is clearly better: RFM's one-standard-error choice between
+    its best and its simplest candidate (``n_se=1``) and Deep RFM's
+    ``L="auto"`` depth search (``n_se=2``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdnc._rfm_core import clearly_better
+    >>> gain = np.r_[np.ones(4), -np.ones(1), np.zeros(155)]
+    >>> clearly_better(gain, 1.0), clearly_better(gain, 2.0)
+    (True, False)
+    """
+    gain = np.asarray(gain, dtype=np.float64)
+    return bool(gain.mean() > n_se * gain.std(ddof=1) / np.sqrt(len(gain)))
+
+
 def no_improvement(scores, n_iter_no_change, tol):
     """Whether the last ``n_iter_no_change`` scores failed to improve on the best
     before them by more than ``tol`` (the first entry of each score tuple).
