@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -201,6 +201,7 @@ class _BaseRFM(BaseEstimator):
         "diag": ["boolean"],
         "centering": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "cv": [Interval(Integral, 2, None, closed="left"), None],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "tol": [Interval(Real, 0, None, closed="left")],
         "refit": [StrOptions(set(REFIT_POLICIES))],
@@ -221,6 +222,7 @@ class _BaseRFM(BaseEstimator):
         agop_power=0.5,
         centering=False,
         validation_fraction=0.2,
+        cv=None,
         n_iter_no_change=2,
         tol=1e-4,
         refit="solve",
@@ -247,6 +249,7 @@ class _BaseRFM(BaseEstimator):
         self.agop_power = agop_power
         self.centering = centering
         self.validation_fraction = validation_fraction
+        self.cv = cv
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.refit = refit
@@ -274,6 +277,27 @@ class _BaseRFM(BaseEstimator):
         raise NotImplementedError
 
     def _split(self, n, y, rng):
+        raise NotImplementedError
+
+    def _folds(self, n, y, generator, comm=None):
+        """The ``(fit, validation)`` row indices that choose the rounds and the
+        ridge: the ``cv`` folds (stratified for the classifier), else the one
+        split of ``validation_fraction``; ``None`` when there is none."""
+        if self.cv is None:
+            split = self._split(n, y, generator)
+            return None if split is None else [split]
+        if comm is not None:
+            raise ValueError(
+                f"cv={self.cv!r} is not supported by a distributed fit: use "
+                "cv=None (one validation split) with distributed=True."
+            )
+        splitter = self._kfold(int(self.cv), y)
+        splitter.random_state = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        return list(splitter.split(np.zeros((n, 1)), y))
+
+    def _kfold(self, k, y):
+        """The shuffled K-fold splitter for ``y`` (its seed set by the caller);
+        a ``ValueError`` naming ``cv`` when ``y`` has too few samples."""
         raise NotImplementedError
 
     # -- fitting --------------------------------------------------------------------
@@ -382,28 +406,28 @@ class _BaseRFM(BaseEstimator):
         history = curve = None
         searching = not isinstance(params["reg"], float)
         split = self.max_iter > 0 or searching
-        val = self._split(n, y, generator) if split else None
-        if val is None and searching:
+        folds = self._folds(n, y, generator, comm) if split else None
+        if folds is None and searching:
             params["reg"] = _nearest_reg(params["reg"], NO_SPLIT_REG)
         Xt = to_tensor(X, device, dtype)
         Yt = to_tensor(Y_np, device, dtype)
         final_path = []
-        if val is not None:
-            fit_idx, val_idx = val
-            fit_idx_t = torch.as_tensor(fit_idx, device=device)
-            Xf, Yf = Xt[fit_idx_t], Yt[fit_idx_t]
-            Xv = Xt[torch.as_tensor(val_idx, device=device)]
-            Yv = Y_np[val_idx]
+        if folds is not None:
+            # The validation rows of every fold, pooled in the folds' order.
+            Yv = Y_np[np.concatenate([v for _, v in folds])]
+            folds_t = [
+                tuple(torch.as_tensor(i, device=device) for i in fold) for fold in folds
+            ]
             metrics, path = [], []
             # The validation outputs of the candidates with the best score so
-            # far (ties included) and of the simplest (round 0, largest ridge;
-            # round 0 scores every value in the grid's order), by their index
-            # in the order of evaluation.
-            simplest = int(np.argmax(regs)) if np.ndim(regs) else 0
+            # far (ties included) and of the simplest (round 0, largest ridge:
+            # the first value bracket_search scores), by their index in the
+            # order of evaluation.
+            simplest = 0
             kept, scores_seen = {}, []
 
-            def evaluate(predict):
-                F = to_numpy(predict(Xv))
+            def evaluate(F):
+                F = to_numpy(F)
                 score = self._validation_score(F, Yv, y_scale)
                 k = len(scores_seen)
                 scores_seen.append(score)
@@ -414,10 +438,13 @@ class _BaseRFM(BaseEstimator):
                     kept[k] = F
                 return score
 
-            self._log(f"choosing the number of AGOP updates on {len(val_idx)} points")
+            self._log(
+                f"choosing the number of AGOP updates on {len(Yv)} points "
+                f"({len(folds)} fold{'s' if len(folds) > 1 else ''})"
+            )
             _, _, scores = rfm_rounds(
-                Xf,
-                Yf,
+                Xt,
+                Yt,
                 M0,
                 kernel,
                 n_rounds,
@@ -430,8 +457,8 @@ class _BaseRFM(BaseEstimator):
                 tol=float(self.tol),
                 metrics=metrics,
                 path=path,
+                folds=folds_t,
             )
-            del Xf, Yf, Xv
             rounds_run = len(scores)
             # Each kept output by its (round, ridge index) in the search's order.
             order = [(t, g) for t, p in enumerate(path) for g in p["solved"]]
@@ -450,8 +477,12 @@ class _BaseRFM(BaseEstimator):
                 f"refit={self.refit!r} on all {n} points, {n_rounds} AGOP updates, "
                 f"reg={params['reg']:g}"
             )
+            if len(folds) > 1:  # each fold has its own metrics: redo the rounds
+                refit, metrics = "rounds", [(M0, None)]
+            else:
+                refit = self.refit
             M, alpha = refit_rounds(
-                self.refit,
+                refit,
                 Xt,
                 Yt,
                 metrics,
@@ -691,7 +722,20 @@ _RFM_DOC_PARAMETERS = """
         choose the number of AGOP updates in ``0..max_iter`` and, when ``reg``
         is a grid, the ridge (then even with ``max_iter=0``); the model is then refit
         on all the data (see ``refit``). ``0`` uses ``max_iter`` updates, unchecked.
-        Ignored when too few samples make a split meaningless.
+        Ignored when too few samples make a split meaningless, and when ``cv``
+        is set.
+    cv : int or None, default=None
+        Choose the number of AGOP updates and the ridge by K-fold
+        cross-validation (``cv`` folds, stratified for classification) instead
+        of one split: one machine per fold runs the rounds in lockstep, every
+        ridge value tried is solved by every fold, and the search, early
+        stopping and the one-standard-error rule use the pooled out-of-fold
+        score, on every training point instead of ``validation_fraction`` of
+        them. The chosen number of updates is then rerun on all the data at the
+        chosen ridge (``refit="rounds"``, whatever ``refit`` says). About ``cv``
+        times the fit time of one split; for small data sets, where one split's
+        choice varies most (the user guide's "choosing the defaults" has the
+        figures). Not supported by a distributed fit.
     n_iter_no_change : int or None, default=2
         Early stopping: the rounds on the validation split stop once the
         validation score has not improved on its best by more than ``tol`` for
@@ -972,7 +1016,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     Examples
     --------
     >>> from sklearn.datasets import load_digits
-    >>> from sklearn.model_selection import train_test_split
+    >>> from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
     >>> from skdnc import RFMClassifier
     >>> X, y = load_digits(return_X_y=True)
     >>> X_train, X_test, y_train, y_test = train_test_split(
@@ -1003,6 +1047,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         agop_power=0.5,
         centering=False,
         validation_fraction=0.2,
+        cv=None,
         n_iter_no_change=2,
         tol=1e-4,
         refit="solve",
@@ -1031,6 +1076,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
             agop_power=agop_power,
             centering=centering,
             validation_fraction=validation_fraction,
+            cv=cv,
             n_iter_no_change=n_iter_no_change,
             tol=tol,
             refit=refit,
@@ -1094,6 +1140,16 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         return train_test_split(
             np.arange(n), test_size=n_val, stratify=y_index, random_state=seed
         )
+
+    def _kfold(self, k, y_index):
+        counts = np.bincount(y_index)
+        if counts.min() < k:
+            raise ValueError(
+                f"cv={k} needs at least {k} samples of every class; class "
+                f"{self.classes_[np.argmin(counts)]!r} has {counts.min()}. Use "
+                "fewer folds, or cv=None (one split of validation_fraction)."
+            )
+        return StratifiedKFold(k, shuffle=True)
 
     def _labels(self, F):
         return F.argmax(axis=1) if F.shape[1] > 1 else (F[:, 0] > self._threshold())
@@ -1262,6 +1318,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         agop_power=0.5,
         centering=False,
         validation_fraction=0.2,
+        cv=None,
         n_iter_no_change=2,
         tol=1e-4,
         refit="solve",
@@ -1289,6 +1346,7 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
             agop_power=agop_power,
             centering=centering,
             validation_fraction=validation_fraction,
+            cv=cv,
             n_iter_no_change=n_iter_no_change,
             tol=tol,
             refit=refit,
@@ -1348,6 +1406,14 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
             return None
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         return train_test_split(np.arange(n), test_size=n_val, random_state=seed)
+
+    def _kfold(self, k, y):
+        if len(y) < 2 * k:
+            raise ValueError(
+                f"cv={k} needs at least {2 * k} samples (two per fold); got "
+                f"{len(y)}. Use fewer folds, or cv=None."
+            )
+        return KFold(k, shuffle=True)
 
     def _validation_score(self, F, Y, scale):
         return (pooled_r2(F, Y),)  # scale-free

@@ -298,17 +298,26 @@ def _round_predictor(S, CS, kernel, budget, comm):
     return predict
 
 
-def bracket_search(n_values, score, start=None):
+#: The first round's search scores every ``ROUND0_STRIDE``-th ridge value, then
+#: refines around the best (:func:`bracket_search`).
+ROUND0_STRIDE = 2
+
+
+def bracket_search(n_values, score, start=None, stride=ROUND0_STRIDE):
     """The ridge values a round tries, by their index in the ascending grid, and
     their scores.
 
-    Without ``start`` (the first round) every value is scored. From the value
+    Without ``start`` (the first round), the largest value is scored first (the
+    simplest model, against which :func:`select_model`'s rule compares the
+    best), then every ``stride``-th value from the smallest, then the values
+    next to the best scored, one at a time, until both neighbours of the best
+    are scored: coarse to fine, at about ``n_values / stride + 3`` values
+    instead of ``n_values`` (``stride=1`` scores every value). From the value
     ``start`` that the round before chose, only it and its two neighbours are;
     then, while the best value scored is the lowest (highest) scored and a lower
     (higher) one exists, the next lower (higher) value is scored too, so that
     the window widens until the best is inside it or at the grid's end. On a
-    validation curve with one peak this finds the value the whole grid would,
-    at 3 solves instead of ``n_values``.
+    validation curve with one peak both find the value the whole grid would.
 
     Parameters
     ----------
@@ -319,11 +328,13 @@ def bracket_search(n_values, score, start=None):
         values), called once per batch of new indices (ascending).
     start : int, optional
         Index of the previous round's choice.
+    stride : int, default=ROUND0_STRIDE
+        Spacing of the first round's coarse values.
 
     Returns
     -------
     scores : dict
-        ``{index: score}`` of every value scored.
+        ``{index: score}`` of every value scored, in the order scored.
     best : int
         The index with the best score, the smallest among ties.
 
@@ -334,16 +345,31 @@ def bracket_search(n_values, score, start=None):
     >>> scores, best = bracket_search(6, lambda idx: [curve[i] for i in idx], 1)
     >>> sorted(scores), best
     ([0, 1, 2, 3, 4], 3)
+    >>> scores, best = bracket_search(6, lambda idx: [curve[i] for i in idx])
+    >>> list(scores), best
+    ([5, 0, 2, 4, 3], 3)
     """
-    if start is None:
-        todo = list(range(n_values))
-    else:
-        todo = list(range(max(0, start - 1), min(n_values, start + 2)))
     scores = {}
+
+    def best_scored():
+        top = max(scores.values())
+        return min(i for i, s in scores.items() if s == top)
+
+    if start is None:
+        for todo in ([n_values - 1], list(range(0, n_values - 1, stride))):
+            if todo:
+                scores.update(zip(todo, score(todo), strict=True))
+        while True:
+            best = best_scored()
+            todo = [i for i in (best - 1, best + 1) if 0 <= i < n_values]
+            todo = [i for i in todo if i not in scores]
+            if not todo:
+                return scores, best
+            scores.update(zip(todo, score(todo), strict=True))
+    todo = list(range(max(0, start - 1), min(n_values, start + 2)))
     while True:
         scores.update(zip(todo, score(todo), strict=True))
-        top = max(scores.values())
-        best = min(i for i, s in scores.items() if s == top)
+        best = best_scored()
         low, high = min(scores), max(scores)
         if best == low and low > 0:
             todo = [low - 1]
@@ -415,6 +441,7 @@ def rfm_rounds(
     tol=0.0,
     metrics=None,
     path=None,
+    folds=None,
 ):
     """Alternate the kernel ridge solve and the AGOP update of ``M``.
 
@@ -487,7 +514,19 @@ def rfm_rounds(
         for a value the search skipped; ``None`` without ``evaluate``),
         ``solved`` (the indices in ``regs`` in the order ``evaluate`` scored
         them), ``reg`` (the value chosen) and ``centers`` (the indices in ``X`` of the
-        solve's Nystrom centres, or ``None`` when every point is a centre).
+        solve's Nystrom centres, or ``None`` when every point is a centre); with
+        ``folds``, the first fold's kernel and centres.
+    folds : list of (torch.Tensor, torch.Tensor), optional
+        K-fold cross-validation instead of a split made by the caller: the
+        ``(fit, validation)`` row indices in ``X`` of each fold. One machine per
+        fold runs the rounds on its fit rows, in lockstep: every ridge value the
+        search tries is solved by every fold, and ``evaluate(F)`` receives
+        their validation outputs pooled (``F`` of shape ``(n_val, K)``, the
+        folds' validation rows in order) instead of a ``predict``; the search,
+        early stopping and the scores then follow the pooled, out-of-fold
+        score. Each fold takes its AGOP from its own machine at the chosen
+        value. ``metrics`` receives the first fold's metrics, and the returned
+        ``M`` and ``alpha`` are the first fold's.
 
     Returns
     -------
@@ -507,14 +546,17 @@ def rfm_rounds(
             f"A grid of ridge values (reg={reg!r}) is chosen on validation "
             "scores: pass evaluate, or a single reg."
         )
+    if folds is not None and evaluate is None:
+        raise ValueError("folds are scored by evaluate: pass evaluate.")
     if isinstance(M, LowRank):
         S = M.root
     else:
         S = psd_power(M, 0.5) if M is not None and root is None else root
     scores = []
     n_centers = params.get("n_centers", "auto")
+    n_fit = X.shape[0] if folds is None else min(len(f) for f, _ in folds)
     if isinstance(n_centers, Integral):  # a split may have fewer points
-        n_centers = min(int(n_centers), X.shape[0])
+        n_centers = min(int(n_centers), n_fit)
     solve = {
         "n_centers": n_centers,
         "n_features": X.shape[1],
@@ -526,88 +568,105 @@ def rfm_rounds(
         "comm": params.get("comm"),
     }
     regs = (REG_GRID if reg == "auto" else tuple(reg)) if grid else (float(reg),)
+    # One machine per fold, run in lockstep: [fit points, fit targets,
+    # validation points, metric, its root]; without folds, one on all of X.
+    if folds is None:
+        machines = [[X, Y, None, M, S]]
+    else:
+        machines = [[X[f], Y[f], X[v], M, S] for f, v in folds]
     previous = None  # the grid index the last round chose
     for t in range(n_rounds + 1):
         tic = time.perf_counter()
         if metrics is not None:
-            metrics.append((M, S))
-        XS = apply_root(X, S)
-        round_kernel = kernel.at_scale(XS)
-        if not grid:
-            regs, centres, alphas = fit_kernel_machine_path(
-                XS, Y, None, round_kernel, float(reg), **solve
-            )
-            CS = XS if centres is None else XS[centres]
-            round_scores, solved = None, []
-            if evaluate is not None:
-                predict = _round_predictor(S, CS, round_kernel, budget, solve["comm"])
-                round_scores = [evaluate(lambda Z: predict(Z, alphas)[:, 0])]
-                scores.append(round_scores[0])
-                solved = [0]
-            best, alpha = 0, alphas[0]
-            del alphas
-        else:
+            metrics.append((machines[0][3], machines[0][4]))
+        rounds = []  # per machine: [XS, kernel, centres, solve, predict]
+        for Xk, Yk, _, _, Sk in machines:
+            XS = apply_root(Xk, Sk)
+            round_kernel = kernel.at_scale(XS)
             centres, solve_regs = prepare_kernel_machine(
                 XS,
-                Y,
+                Yk,
                 None,
                 round_kernel,
-                n_values=len(regs) if previous is None else 3,
+                n_values=len(regs) if previous is None else min(3, len(regs)),
+                grid=grid,
                 **solve,
             )
-            CS = XS if centres is None else XS[centres]
-            predict = _round_predictor(S, CS, round_kernel, budget, solve["comm"])
-            coefs = {}
+            predict = None
+            if evaluate is not None:
+                CS = XS if centres is None else XS[centres]
+                predict = _round_predictor(Sk, CS, round_kernel, budget, solve["comm"])
+            rounds.append([XS, round_kernel, centres, solve_regs, predict])
+        if evaluate is None:
+            round_scores, solved, best = None, [], 0
+            alpha_of = [r[3](regs)[0] for r in rounds]
+        else:
+            coefs = [{} for _ in machines]
 
-            def score_values(indices, predict=predict, solve=solve_regs, coefs=coefs):
-                alphas = solve([regs[i] for i in indices])
-                coefs.update(zip(indices, alphas, strict=True))
-                return [
-                    evaluate(lambda Z, g=g: predict(Z, alphas)[:, g])
-                    for g in range(len(indices))
-                ]
+            def score_values(indices, rounds=rounds, coefs=coefs):
+                values = [regs[i] for i in indices]
+                alphas = [r[3](values) for r in rounds]
+                for kept, a in zip(coefs, alphas, strict=True):
+                    kept.update(zip(indices, a, strict=True))
+                if folds is None:
+                    predict, a = rounds[0][4], alphas[0]
+                    return [
+                        evaluate(lambda Z, g=g: predict(Z, a)[:, g])
+                        for g in range(len(indices))
+                    ]
+                F = torch.cat(  # out-of-fold outputs, pooled in the folds' order
+                    [
+                        r[4](m[2], a)
+                        for m, r, a in zip(machines, rounds, alphas, strict=True)
+                    ]
+                )
+                return [evaluate(F[:, g]) for g in range(len(indices))]
 
             tried, best = bracket_search(len(regs), score_values, previous)
             round_scores = [tried.get(i) for i in range(len(regs))]
             solved = list(tried)  # the order in which evaluate saw them
             scores.append(tried[best])
-            previous, alpha = best, coefs[best]
-            del coefs, solve_regs, predict
+            previous, alpha_of = best, [kept[best] for kept in coefs]
+            del coefs
+        for r in rounds:  # the prepared solves and kept kernel matrices go first
+            r[3] = r[4] = None
         stop = t == n_rounds or (
             evaluate is not None and no_improvement(scores, n_iter_no_change, tol)
         )
         if path is not None:
             path.append(
                 {
-                    "kernel": round_kernel,
+                    "kernel": rounds[0][1],
                     "regs": regs,
                     "scores": round_scores,
                     "solved": solved,
                     "reg": regs[best],
-                    "centers": centres,
+                    "centers": rounds[0][2],
                 }
             )
-        if not stop:
-            step = _metric_and_root(
-                XS,
-                alpha,
-                S,
-                round_kernel,
-                params=params,
-                budget=budget,
-                generator=generator,
-                centres=centres,
-            )
+        for m, r, alpha in zip(machines, rounds, alpha_of, strict=True):
+            step = None
+            if not stop:
+                step = _metric_and_root(
+                    r[0],
+                    alpha,
+                    m[4],
+                    r[1],
+                    params=params,
+                    budget=budget,
+                    generator=generator,
+                    centres=r[2],
+                )
             if step is not None:
-                M, S = step
-        del XS, CS
+                m[3], m[4] = step
+        del rounds
         if log is not None:
             score = f", validation score {scores[-1][0]:.4f}" if scores else ""
             ridge = f", reg {regs[best]:g}" if len(regs) > 1 else ""
             log(f"round {t}: {time.perf_counter() - tic:.2f} s{score}{ridge}")
         if stop:
             break
-    return M, alpha, scores
+    return machines[0][3], alpha_of[0], scores
 
 
 def refit_rounds(

@@ -37,12 +37,22 @@ def _scorer(curve, calls):
 
 
 # -- bracket_search on given curves ----------------------------------------------------
-def test_first_round_scores_every_value_and_takes_the_smallest_best():
+def test_first_round_is_coarse_to_fine_and_takes_the_smallest_best():
+    """The largest value first (the simplest model), every other value from
+    the smallest, then the unscored neighbours of the best; ``stride=1``
+    scores every value."""
     curve = [0.2, 0.9, 0.5, 0.9, 0.1]
     calls = []
-    scores, best = bracket_search(5, _scorer(curve, calls))
-    assert calls == [[0, 1, 2, 3, 4]] and best == 1
-    assert scores == dict(enumerate(curve))
+    scores, best = bracket_search(5, _scorer(curve, calls), stride=2)
+    assert calls == [[4], [0, 2], [1, 3]] and best == 1
+    assert scores == {i: curve[i] for i in (4, 0, 2, 1, 3)}
+    calls = []
+    scores, best = bracket_search(5, _scorer(curve, calls), stride=1)
+    assert calls == [[4], [0, 1, 2, 3]] and best == 1
+    assert list(scores) == [4, 0, 1, 2, 3]
+    calls = []
+    _, best = bracket_search(1, _scorer([0.3], calls))
+    assert calls == [[0]] and best == 0
 
 
 def test_interior_peak_costs_three_values():
@@ -96,6 +106,26 @@ def test_single_peaked_curves_give_the_whole_grids_choice(n, data):
     assert best == peak
     assert len(scores) <= abs(start - peak) + 3
     assert sorted(scores) == list(range(min(scores), max(scores) + 1))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(n=st.integers(1, 16), stride=st.integers(1, 4), data=st.data())
+def test_first_round_finds_the_peak_of_single_peaked_curves(n, stride, data):
+    """Coarse to fine: on any curve that rises strictly to one peak and then
+    falls strictly, the first round's search finds the peak, with the largest
+    value scored first and at most 1 + ceil((n - 1) / stride) + stride values
+    scored."""
+    peak = data.draw(st.integers(0, n - 1))
+    steps = data.draw(st.lists(st.floats(0.01, 1.0), min_size=n, max_size=n))
+    curve = np.array(
+        [-sum(steps[min(i, peak) : max(i, peak)]) for i in range(n)], dtype=float
+    )
+    calls = []
+    scores, best = bracket_search(n, _scorer(curve, calls), stride=stride)
+    assert best == int(np.argmax(curve)) == peak
+    assert calls[0] == [n - 1]
+    assert len(scores) <= 1 + -(-(n - 1) // stride) + stride
+    assert len(scores) == len(set(scores))
 
 
 # -- the rounds against the whole grid, in NumPy float64 -------------------------------
@@ -164,8 +194,10 @@ def test_rounds_choose_the_whole_grids_best_each_round(rounds_problem):
         tried = [i for i, s in enumerate(entry["scores"]) if s is not None]
         for i in tried:  # every value solved is the float64 solve's score
             assert entry["scores"][i][0] == pytest.approx(full[i], abs=1e-9)
-        if t == 0:
-            assert len(tried) == len(REG_GRID)
+        if t == 0:  # coarse to fine: the largest value, every other one, ...
+            assert entry["solved"][0] == len(REG_GRID) - 1
+            assert set(range(0, len(REG_GRID), 2)) <= set(tried)
+            assert len(tried) < len(REG_GRID)
         else:
             assert tried == list(range(tried[0], tried[-1] + 1))
             assert len(tried) < len(REG_GRID)
@@ -216,6 +248,165 @@ def test_estimator_curve_marks_skipped_values(rounds_problem):
     est.fit(X, Y[:, 0])
     curve = est.validation_curve_
     assert curve.shape == (4, len(REG_GRID))
-    assert np.isfinite(curve[0]).all()
-    assert np.isnan(curve[1:]).any(axis=1).all()
+    assert np.isfinite(curve[0, ::2]).all()  # the first round's coarse values
+    assert np.isnan(curve).any(axis=1).all()
     np.testing.assert_array_equal(np.nanmax(curve, axis=1), est.history_)
+
+
+# -- K-fold cross-validation (cv) against NumPy float64 --------------------------------
+def test_folds_score_the_pooled_out_of_fold_r2(rounds_problem):
+    """With ``folds``, every ridge value the first round tries is solved by
+    every fold and scored once, on the folds' validation outputs pooled: each
+    score equals the R^2 of the out-of-fold predictions computed here by
+    np.linalg.solve per fold, and the choice is the whole grid's best."""
+    X, Y, _, _ = rounds_problem
+    bandwidth = 4.0
+    test_fold = np.arange(len(X)) % 3
+    folds = [
+        (np.flatnonzero(test_fold != k), np.flatnonzero(test_fold == k))
+        for k in range(3)
+    ]
+    Y_val = Y[np.concatenate([v for _, v in folds])]
+    seen = []
+
+    def evaluate(F):
+        seen.append(F.shape)
+        return (_r2(F.numpy(), Y_val),)
+
+    params = {
+        "reg": "auto",
+        "diag": False,
+        "agop_samples": None,
+        "agop_normalization": "max",
+        "agop_power": 0.5,
+        "centering": False,
+        "solver": "cholesky",
+        "solver_params": None,
+    }
+    path = []
+    rfm_rounds(
+        torch.tensor(X),
+        torch.tensor(Y),
+        None,
+        Kernel("laplace", bandwidth),
+        0,
+        params=params,
+        budget=BUDGET,
+        generator=torch.Generator().manual_seed(0),
+        evaluate=evaluate,
+        path=path,
+        folds=[(torch.tensor(f), torch.tensor(v)) for f, v in folds],
+    )
+    full = []
+    for mu in REG_GRID:
+        F = [
+            _laplace_np(X[v], X[f], bandwidth)
+            @ np.linalg.solve(
+                _laplace_np(X[f], X[f], bandwidth) + mu * np.eye(len(f)), Y[f]
+            )
+            for f, v in folds
+        ]
+        full.append(_r2(np.concatenate(F), Y_val))
+    tried = [i for i, s in enumerate(path[0]["scores"]) if s is not None]
+    assert len(seen) == len(tried) and all(shape == Y.shape for shape in seen)
+    for i in tried:
+        assert path[0]["scores"][i][0] == pytest.approx(full[i], abs=1e-9)
+    assert path[0]["reg"] == REG_GRID[int(np.argmax(full))]
+
+
+def test_classifier_cv_against_numpy(monkeypatch):
+    """RFMClassifier(cv=3) with no AGOP update, on folds the test fixes: the
+    first round's curve is the out-of-fold R^2 of the class codes computed here
+    per fold by np.linalg.solve, the ridge is its best (a clear signal: the
+    one-standard-error rule keeps the best), and the final model is the solve
+    on all the points at that ridge."""
+    from sklearn.model_selection import PredefinedSplit
+
+    from skdnc import RFMClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 3))
+    y = (X[:, 0] + 0.5 * X[:, 1] ** 2 + 0.3 * rng.normal(size=150) > 0.5).astype(int)
+    test_fold = np.arange(150) % 3
+    monkeypatch.setattr(
+        RFMClassifier, "_kfold", lambda self, k, y: PredefinedSplit(test_fold)
+    )
+    regs = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    bw = 2.0
+    est = RFMClassifier(cv=3, max_iter=0, reg=regs, bandwidth=bw, random_state=0)
+    est.fit(X, y)
+    codes = np.where(y == 1, 1.0, -1.0)[:, None]
+    intercept = codes.mean()
+    Yc = codes - intercept
+    folds = [
+        (np.flatnonzero(test_fold != k), np.flatnonzero(test_fold == k))
+        for k in range(3)
+    ]
+    pooled = codes[np.concatenate([v for _, v in folds])]
+    curve = []
+    for mu in regs:
+        F = [
+            _laplace_np(X[v], X[f], bw)
+            @ np.linalg.solve(_laplace_np(X[f], X[f], bw) + mu * np.eye(len(f)), Yc[f])
+            + intercept
+            for f, v in folds
+        ]
+        curve.append(_r2(np.concatenate(F), pooled))
+    got = est.validation_curve_[0]
+    finite = np.isfinite(got)
+    np.testing.assert_allclose(got[finite], np.array(curve)[finite], atol=1e-9)
+    assert est.reg_ == regs[int(np.argmax(curve))] < max(regs)
+    X_new = rng.normal(size=(20, 3))
+    alpha = np.linalg.solve(_laplace_np(X, X, bw) + est.reg_ * np.eye(150), Yc)
+    expected = _laplace_np(X_new, X, bw) @ alpha + intercept
+    np.testing.assert_allclose(est.decision_function(X_new), expected[:, 0], atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("params", "y", "match"),
+    [
+        ({"cv": 1}, np.arange(40) % 2, "'cv' parameter"),
+        ({"cv": 2.5}, np.arange(40) % 2, "'cv' parameter"),
+        ({"cv": "5"}, np.arange(40) % 2, "'cv' parameter"),
+        ({"cv": 5}, np.r_[np.zeros(37), np.ones(3)], "cv=5 needs at least 5 samples"),
+    ],
+)
+def test_cv_is_validated(params, y, match):
+    from skdnc import RFMClassifier
+
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    with pytest.raises(ValueError, match=match):
+        RFMClassifier(max_iter=1, **params).fit(X, y)
+    with pytest.raises(ValueError, match="cv=3 needs at least 6 samples"):
+        RFMRegressor(cv=3).fit(X[:5], np.arange(5.0))
+
+
+@settings(derandomize=True, max_examples=10, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    cv=st.integers(2, 4),
+    max_iter=st.integers(0, 2),
+    regressor=st.booleans(),
+)
+def test_cv_fits_property(seed, cv, max_iter, regressor):
+    """Any number of folds: the rounds run on the pooled folds (one score per
+    round), the chosen round is among them, and the predictions are the
+    shapes and labels of the targets."""
+    from skdnc import RFMClassifier
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(48, 3))
+    target = np.sin(2 * X[:, 0]) + 0.3 * rng.normal(size=48)
+    Est = RFMRegressor if regressor else RFMClassifier
+    y = target if regressor else np.where(target > 0, "a", "b")
+    est = Est(cv=cv, max_iter=max_iter, random_state=seed).fit(X, y)
+    assert 1 <= est.n_iter_ <= max_iter + 1
+    assert 0 <= est.best_iter_ < est.n_iter_
+    assert est.history_.shape == (est.n_iter_,)
+    assert est.validation_curve_.shape == (est.n_iter_, len(REG_GRID))
+    pred = est.predict(X)
+    assert pred.shape == (48,)
+    if not regressor:
+        assert set(pred) <= {"a", "b"}
+    again = Est(cv=cv, max_iter=max_iter, random_state=seed).fit(X, y)
+    np.testing.assert_array_equal(again.predict(X), pred)
