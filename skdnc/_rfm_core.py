@@ -28,7 +28,6 @@ from skdnc._linalg import psd_factor_power, psd_power, psd_powers
 from skdnc._solvers import (
     REG_GRID,
     SOLVERS,
-    fit_kernel_machine_path,
     kernel_predict,
     prepare_kernel_machine,
 )
