@@ -222,3 +222,23 @@ def test_select_model_against_a_direct_computation():
     one = [[(0.1,)], [(0.3,)]]
     outputs = {(0, 0): np.zeros_like(Y), (1, 0): np.zeros_like(Y)}
     assert select_model(one, [1.0], outputs, Y) == (1, 0)
+
+
+def test_default_early_stopping_ends_at_the_first_round_gaining_less_than_tol():
+    """``n_iter_no_change=1, tol=3e-3``: every round run but the last raised the
+    best validation R^2 by more than 3e-3 (checked on ``history_`` here), and
+    the last did not unless ``max_iter`` ended the rounds. The former
+    ``n_iter_no_change=2, tol=1e-4`` runs more rounds for the same accuracy."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X, y, X_test, y_test = X[:600], y[:600], X[600:1200], y[600:1200]
+    est = RFMClassifier(random_state=0).fit(X, y)
+    assert (est.n_iter_no_change, est.tol) == (1, 3e-3)
+    h = est.history_
+    gains = h[1:] - np.maximum.accumulate(h)[:-1]
+    assert (gains[:-1] > 3e-3).all()
+    assert est.n_iter_ == est.max_iter + 1 or gains[-1] <= 3e-3
+    former = RFMClassifier(n_iter_no_change=2, tol=1e-4, random_state=0).fit(X, y)
+    assert former.n_iter_ > est.n_iter_
+    assert est.score(X_test, y_test) >= former.score(X_test, y_test) - 0.01

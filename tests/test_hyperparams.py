@@ -127,7 +127,9 @@ LONG_GRID = [float(v) for v in np.logspace(-3, 2, EIGH_MIN_VALUES)]
 )
 def test_chosen_reg_is_argmax_of_separate_fits(Est, regs, friedman, blobs):
     """reg_ is the best of the validation scores of separate fits with each
-    fixed reg (same seed, so the same split; round 0 has M = I)."""
+    fixed reg (same seed, so the same split; round 0 has M = I); the first
+    round's coarse-to-fine search scores every other value, the largest and
+    the neighbours of the best, each as a separate fit would."""
     X, y = friedman if Est is RFMRegressor else blobs
     common = {"bandwidth": 5.0, "random_state": 0}
     separate = [
@@ -135,7 +137,12 @@ def test_chosen_reg_is_argmax_of_separate_fits(Est, regs, friedman, blobs):
         for r in regs
     ]
     grid = Est(reg=regs, max_iter=0, **common).fit(X, y)
-    np.testing.assert_allclose(grid.validation_curve_[0], separate, rtol=1e-8)
+    curve = grid.validation_curve_[0]
+    tried = np.isfinite(curve)
+    assert tried[::2].all() and tried[-1]
+    best = int(np.argmax(separate))
+    assert tried[max(best - 1, 0) : best + 2].all()
+    np.testing.assert_allclose(curve[tried], np.array(separate)[tried], rtol=1e-8)
     assert grid.reg_ == regs[int(np.argmax(separate))]
     np.testing.assert_array_equal(grid.reg_grid_, regs)
     assert grid.best_iter_ == 0 and grid.n_iter_ == 1

@@ -71,7 +71,8 @@ print(f"{len(regs) * len(rounds)} refits, {ratio:.0f}x the time")
 # The two curves
 # --------------
 # Row ``t`` of ``validation_curve_`` scores the ridge values tried after ``t``
-# AGOP updates (every value in row 0; from row 1, the previous choice and its
+# AGOP updates (in row 0 the largest value, every other one from the smallest,
+# then the neighbours of the best; from row 1, the previous choice and its
 # neighbours, widened while an edge of that window wins: blank cells were
 # skipped), each update taken from the best ridge of the round before; the grid
 # search refits every pair on its own, on its own 80/20 split, so the two need
@@ -107,7 +108,8 @@ plt.show()
 # Before any AGOP update the metric is the identity, so row 0 of
 # ``validation_curve_`` is what separate fits with each fixed ridge score on the
 # same validation split (the same ``random_state`` draws the same split): the
-# values computed all in one fit are those of the separate solves.
+# values computed all in one fit are those of the separate solves (NaN: a value
+# the coarse-to-fine search skipped).
 separate = [
     RFMRegressor(reg=r, max_iter=1, n_iter_no_change=None, random_state=0)
     .fit(X_train, y_train)
