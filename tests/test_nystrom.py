@@ -416,3 +416,44 @@ def test_memory_grows_with_the_data_not_with_k_nm():
     # the negative control: a budget that holds K_nm fails the same bound
     held = _extra_memory(n2, m, 1.0) - _extra_memory(n1, m, 1.0)
     assert held > bound, held / MiB
+
+
+def test_whitened_normal_matrix_is_psd_where_the_two_sided_form_is_not():
+    """A = W^T W of the whitened rows W = K_nm L^{-T} (K_mm + jitter = L L^T)
+    against a float64 reference written here (SciPy), on near-duplicate centres
+    (one feature, a bandwidth of 10,000) where forming A as L^{-1} G L^{-T}
+    from G = K_nm^T K_nm leaves A + 1e-3 I (the smallest ridge of the grid)
+    indefinite: A stays positive semi-definite to rounding."""
+    import scipy.linalg
+
+    from skdnc._solvers import _CentreRows, draw_centers, nystrom_normal_equations
+
+    n, m, bandwidth = 1500, 500, 10_000.0
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 1))
+    Y = rng.normal(size=(n, 2))
+    centres = draw_centers(n, m, torch.Generator().manual_seed(0))
+    C = X[centres.numpy()]
+    K_nm = np.exp(-np.abs(X - C.T) / bandwidth)  # Laplace kernel, d = 1
+    K_mm = np.exp(-np.abs(C - C.T) / bandwidth)
+    shift = np.finfo(np.float64).eps * m  # the jitter of a unit diagonal
+    L = scipy.linalg.cholesky(K_mm + shift * np.eye(m), lower=True)
+    W = scipy.linalg.solve_triangular(L, K_nm.T, lower=True).T
+    A_ref, b_ref = W.T @ W, W.T @ Y
+
+    rows = _CentreRows(
+        torch.tensor(X), None, centres, Kernel("laplace", bandwidth), budget=GiB
+    )
+    A, b = nystrom_normal_equations(rows, torch.tensor(Y), None, L=torch.tensor(L))
+    scale = np.abs(A_ref).max()
+    np.testing.assert_allclose(A.numpy(), A_ref, rtol=0, atol=1e-9 * scale)
+    np.testing.assert_allclose(
+        b.numpy(), b_ref, rtol=0, atol=1e-9 * np.abs(b_ref).max()
+    )
+    assert np.linalg.eigvalsh(A.numpy()).min() > -1e-12 * scale
+    assert torch.linalg.cholesky_ex(A + 1e-3 * torch.eye(m, dtype=A.dtype))[1] == 0
+    # The two-sided form of the same matrix fails here by more than the ridge.
+    G = K_nm.T @ K_nm
+    Z = scipy.linalg.solve_triangular(L, G, lower=True)
+    A_two_sided = scipy.linalg.solve_triangular(L, Z.T, lower=True)
+    assert np.linalg.eigvalsh((A_two_sided + A_two_sided.T) / 2).min() < -1e-3
