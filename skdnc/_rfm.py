@@ -754,8 +754,10 @@ _RFM_DOC_PARAMETERS = """
         For ``d`` features, also at most :math:`n d / 48` centres and a lower
         clip of :math:`\\min(1024, 48 d)`, which change the rule below 22
         features: low-dimensional data need fewer centres (937 at 5,000 points
-        with 9 features). A number larger than the
-        validation split is clipped to it there. See :ref:`scaling`.
+        with 9 features); and an upper clip of :math:`\\min(4096, 6 d)` above
+        341 features, which need more (4,000 at 16,000 points with 784). A
+        number larger than the validation split is clipped to it there. See
+        :ref:`scaling`.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction
         (``"auto"``: CUDA when available). Fitted attributes are NumPy arrays, so

@@ -228,16 +228,16 @@ def test_n_centers_auto_keeps_the_exact_model_up_to_six_points_per_feature():
 
 def test_n_centers_auto_takes_fewer_centres_for_few_features():
     """Past the exact model, "auto" with d features takes n / 4 centres, at most
-    n d / 48, clipped to [min(1024, 48 d), 2048], and at most
-    max(1024, 2^26 / n): written out here, value by value."""
+    n d / 48, clipped to [min(1024, 48 d), min(4096, max(2048, 6 d))], and at
+    most max(1024, 2^26 / n): written out here, value by value."""
 
     def rule(n, d):
         m = min(n // 4, n * d // 48)
-        m = max(min(1024, 48 * d), min(2048, m))
+        m = max(min(1024, 48 * d), min(4096, max(2048, 6 * d), m))
         return min(m, max(1024, 2**26 // n))
 
     for n in (2049, 3200, 4000, 5000, 8192, 16_000, 20_000, 100_000, 10**6):
-        for d in (1, 2, 9, 11, 12, 21, 22, 28, 100):
+        for d in (1, 2, 9, 11, 12, 21, 22, 28, 100, 400, 784):
             if n <= 2048 or n <= min(8192, 6 * d):
                 continue
             assert resolve_centers("auto", n, d) == rule(n, d), (n, d)
@@ -248,6 +248,8 @@ def test_n_centers_auto_takes_fewer_centres_for_few_features():
     for n in (3200, 5000, 20_000, 10**6):
         assert resolve_centers("auto", n, 100) == resolve_centers("auto", n)
     assert resolve_centers("auto", 10**6, 9) == 1024
+    # Many features: more centres past the exact model's 6 d points.
+    assert [resolve_centers("auto", n, 784) for n in (16_000, 20_000)] == [4000, 3355]
 
 
 @pytest.mark.parametrize(
