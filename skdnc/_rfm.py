@@ -798,10 +798,16 @@ _RFM_DOC_PARAMETERS = """
         features, where the exact factorisation costs no more than the
         distance and AGOP products of a round; beyond, a quarter of the points
         clipped to [1024, 2048]
-        and at most :math:`2^{26} / n` (``K_nm`` of at most :math:`2^{26}`
-        numbers, 256 MiB in float32): 1,250 centres at 5,000 points, 2,048 from
-        8,192 to 32,768 points, 1,024 from 65,536 points. A number larger than the
-        validation split is clipped to it there. See :ref:`scaling`.
+        and at most :math:`\\max(1024, 2^{26} / n)` (``K_nm`` of at most
+        :math:`2^{26}` numbers, 256 MiB in float32): 1,250 centres at 5,000
+        points, 2,048 from 8,192 to 32,768 points, 1,024 from 65,536 points.
+        For ``d`` features, also at most :math:`n d / 48` centres and a lower
+        clip of :math:`\\min(1024, 48 d)`, which change the rule below 22
+        features: low-dimensional data need fewer centres (937 at 5,000 points
+        with 9 features); and an upper clip of :math:`\\min(4096, 6 d)` above
+        341 features, which need more (4,000 at 16,000 points with 784). A
+        number larger than the validation split is clipped to it there. See
+        :ref:`scaling`.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction
         (``"auto"``: CUDA when available). Fitted attributes are NumPy arrays, so

@@ -814,11 +814,24 @@ def kernel_predict(X, centers, alpha, M, kernel, *, budget, comm=None):
 # -- Nystrom-centre kernel machines (Falkon's model) ------------------------------
 
 #: ``n_centers="auto"``: a quarter of the points, clipped to this range, and at
-#: most ``NYSTROM_ENTRIES / n`` (so that ``K_nm`` holds at most 2^26 numbers,
-#: 256 MiB in float32, and stays in memory as one block); every point (the exact
-#: model) up to ``NYSTROM_CENTERS_RANGE[1]`` points.
+#: most ``max(1024, NYSTROM_ENTRIES / n)`` (so that ``K_nm`` holds at most 2^26
+#: numbers, 256 MiB in float32, and stays in memory as one block); every point
+#: (the exact model) up to ``NYSTROM_CENTERS_RANGE[1]`` points.
 NYSTROM_CENTERS_RANGE = (1024, 2048)
 NYSTROM_ENTRIES = 2**26
+#: ... and, given the number of features ``d``, at most ``n d / 48`` centres and
+#: at least ``min(1024, 48 d)``: fewer than a quarter of the points below 12
+#: features. Each round's normal matrix costs ``n m^2`` and low-dimensional
+#: data need fewer centres (``benchmarks/bench_nystrom.py``: diamonds, d = 9,
+#: R^2 0.9877 with 768 centres against 0.9892 with 1,024-1,250 in half the
+#: time; the 10-class synthetic problem of ``bench_rfm.py``, d = 100, loses
+#: 1.3 accuracy points from 1,024 to 768 centres, and keeps its quarter).
+NYSTROM_CENTERS_PER_FEATURE = 48
+#: ... and, past the exact model's ``6 d`` points, an upper clip of ``6 d``
+#: centres (at most this many) instead of 2,048: many features need more
+#: centres (image-like digits, d = 784, n = 20,000: 99.22% with 2,048 centres
+#: against 99.92% for the exact model).
+NYSTROM_MAX_CENTERS = 4096
 #: ... and, given the number of features ``d``, every point up to
 #: ``EXACT_POINTS_PER_FEATURE * d`` points (at most ``EXACT_MAX_POINTS``): there
 #: the exact factorisation (``n^3 / 3``) costs no more than the ``n^2 d``
@@ -836,10 +849,15 @@ def resolve_centers(n_centers, n, n_features=None):
     n_centers : int, float in (0, 1] or "auto"
         A number of centres (at most ``n``), a fraction of ``n``, or ``"auto"``:
         ``n`` up to 2,048 points (the exact model); beyond, ``n / 4`` clipped to
-        [1024, 2048] and at most ``2^26 / n`` (``K_nm`` of at most 2^26
-        numbers): 1,250 centres at 5,000 points, 2,048 from 8,192 to 32,768
-        points, 1,024 from 65,536 points. With ``n_features`` given, every
-        point is a centre also up to ``6 n_features`` points (at most 8,192).
+        [1024, 2048] and at most ``max(1024, 2^26 / n)`` (``K_nm`` of at most
+        2^26 numbers): 1,250 centres at 5,000 points, 2,048 from 8,192 to
+        32,768 points, 1,024 from 65,536 points. With ``n_features`` ``d``
+        given, every point is a centre also up to ``6 d`` points (at most
+        8,192), the quarter is at most ``n d / 48``, the lower clip
+        ``min(1024, 48 d)`` (fewer centres for fewer than 12 features: 750 at
+        4,000 points with 9 features) and the upper clip
+        ``min(4096, max(2048, 6 d))`` (more for more than 341 features: 4,000
+        at 16,000 points with 784 features).
     n : int
     n_features : int, optional
         The number of features ``d`` of the points.
@@ -862,8 +880,8 @@ def resolve_centers(n_centers, n, n_features=None):
     [1000, 500, 10]
     >>> [resolve_centers("auto", n) for n in (1000, 5000, 20_000, 10**6)]
     [1000, 1250, 2048, 1024]
-    >>> [resolve_centers("auto", 4000, d) for d in (9, 784)]
-    [1024, 4000]
+    >>> [resolve_centers("auto", 4000, d) for d in (9, 100, 784)]
+    [750, 1024, 4000]
     """
     if isinstance(n_centers, str):
         if n_centers != "auto":
@@ -872,13 +890,17 @@ def resolve_centers(n_centers, n, n_features=None):
                 f"got {n_centers!r}."
             )
         low, high = NYSTROM_CENTERS_RANGE
+        exact, grow = high, n // 4
         if n_features is not None:
-            per_feature = EXACT_POINTS_PER_FEATURE * int(n_features)
-            high = max(high, min(EXACT_MAX_POINTS, per_feature))
-        if n <= high:
+            d = int(n_features)
+            exact = max(high, min(EXACT_MAX_POINTS, EXACT_POINTS_PER_FEATURE * d))
+            low = min(low, NYSTROM_CENTERS_PER_FEATURE * d)
+            grow = min(grow, n * d // NYSTROM_CENTERS_PER_FEATURE)
+            high = min(exact, NYSTROM_MAX_CENTERS)
+        if n <= exact:
             return n
-        high = NYSTROM_CENTERS_RANGE[1]
-        return max(low, min(high, n // 4, NYSTROM_ENTRIES // n))
+        m = max(low, min(high, grow))
+        return min(m, max(NYSTROM_CENTERS_RANGE[0], NYSTROM_ENTRIES // n))
     if isinstance(n_centers, bool) or not isinstance(n_centers, Real):
         raise ValueError(
             f"n_centers must be a positive int, a fraction in (0, 1] or 'auto'; got "
