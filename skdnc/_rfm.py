@@ -749,10 +749,9 @@ _RFM_DOC_PARAMETERS = """
         stopping: with ``n_iter_no_change=1``, the first round that adds less
         than 0.3% of the targets' variance ends the rounds. The :math:`R^2` of
         the codes keeps rising by a few 1e-4 a round long after the accuracy
-        has settled; stopping there saves up to three rounds, at a test
-        accuracy that was the same or better on every data set of
-        ``benchmarks/bench_real.py`` and ``benchmarks/bench_rfm.py`` (the user
-        guide's "choosing the defaults" has the figures).
+        has settled; stopping there saves up to three rounds (the user guide's
+        "choosing the defaults" gives what it costs and saves on
+        ``benchmarks/bench_real.py`` and ``benchmarks/bench_rfm.py``).
     refit : {"solve", "warm", "rounds"}, default="solve"
         How the final model is fitted on all the training data once the number of
         AGOP updates is chosen on the validation split. ``"solve"``: one kernel

@@ -821,16 +821,14 @@ NYSTROM_CENTERS_RANGE = (1024, 2048)
 NYSTROM_ENTRIES = 2**26
 #: ... and, given the number of features ``d``, at most ``n d / 48`` centres and
 #: at least ``min(1024, 48 d)``: fewer than a quarter of the points below 12
-#: features. Each round's normal matrix costs ``n m^2`` and low-dimensional
-#: data need fewer centres (``benchmarks/bench_nystrom.py``: diamonds, d = 9,
-#: R^2 0.9877 with 768 centres against 0.9892 with 1,024-1,250 in half the
-#: time; the 10-class synthetic problem of ``bench_rfm.py``, d = 100, loses
-#: 1.3 accuracy points from 1,024 to 768 centres, and keeps its quarter).
+#: features. Each round's normal matrix costs ``n m^2``, and low-dimensional
+#: data need fewer centres for the same fit (measured in the regression section
+#: of ``benchmarks/bench_nystrom.py``, with the figures in ``doc/scaling.rst``).
 NYSTROM_CENTERS_PER_FEATURE = 48
 #: ... and, past the exact model's ``6 d`` points, an upper clip of ``6 d``
 #: centres (at most this many) instead of 2,048: many features need more
-#: centres (image-like digits, d = 784, n = 20,000: 99.22% with 2,048 centres
-#: against 99.92% for the exact model).
+#: centres to come close to the exact model (the exact section of
+#: ``benchmarks/bench_nystrom.py``).
 NYSTROM_MAX_CENTERS = 4096
 #: ... and, given the number of features ``d``, every point up to
 #: ``EXACT_POINTS_PER_FEATURE * d`` points (at most ``EXACT_MAX_POINTS``): there
