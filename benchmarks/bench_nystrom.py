@@ -381,10 +381,10 @@ def scale_section(sizes, xrfm_max, timeout, targets):
     return rows
 
 
-def exact_section(n, timeout, targets):
+def exact_section(n, timeout, targets, problems=("higgs", "images")):
     print(f"\n== 2. Default n_centers against the exact model at n = {n} ==")
     rows = []
-    for problem in ("higgs", "images"):
+    for problem in problems:
         pair = {"skdnc": _cell(problem, n, "skdnc", timeout)}
         if "reg" in pair["skdnc"]:  # the exact model at the default's choices
             chosen = {
@@ -465,6 +465,11 @@ def main(argv=None):
         default=None,
         help="rows of the regression section (default 5000,20000)",
     )
+    parser.add_argument(
+        "--exact-problems",
+        default="higgs,images",
+        help="problems of the exact section (default higgs,images)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -486,7 +491,10 @@ def main(argv=None):
         report["scale"] = scale_section(sizes, 100_000, timeout, targets)
     if "exact" in sections:
         report["exact"] = exact_section(
-            5000 if args.quick else 20_000, timeout, targets
+            5000 if args.quick else 20_000,
+            timeout,
+            targets,
+            problems=args.exact_problems.split(","),
         )
     if "regression" in sections:
         reg_sizes = [1000, 5000] if args.quick else [5000, 20_000]
