@@ -19,6 +19,21 @@ from skdnc._solvers import REG_GRID, prepare_kernel_machine
 BUDGET = 2**30
 
 
+def _round_params():
+    """The ``params`` of :func:`rfm_rounds` at the estimators' defaults, with
+    the ridge grid ``"auto"`` and the exact Cholesky solver."""
+    return {
+        "reg": "auto",
+        "diag": False,
+        "agop_samples": None,
+        "agop_normalization": "max",
+        "agop_power": 0.5,
+        "centering": False,
+        "solver": "cholesky",
+        "solver_params": None,
+    }
+
+
 def _laplace_np(X, Z, bandwidth):
     D = np.linalg.norm(X[:, None, :] - Z[None, :, :], axis=2)
     return np.exp(-D / bandwidth)
@@ -150,16 +165,7 @@ def test_rounds_choose_the_whole_grids_best_each_round(rounds_problem):
     def evaluate(predict):
         return (_r2(predict(Xv_t).numpy(), Yv),)
 
-    params = {
-        "reg": "auto",
-        "diag": False,
-        "agop_samples": None,
-        "agop_normalization": "max",
-        "agop_power": 0.5,
-        "centering": False,
-        "solver": "cholesky",
-        "solver_params": None,
-    }
+    params = _round_params()
     metrics, path = [], []
     rfm_rounds(
         torch.tensor(X),
@@ -273,16 +279,7 @@ def test_folds_score_the_pooled_out_of_fold_r2(rounds_problem):
         seen.append(F.shape)
         return (_r2(F.numpy(), Y_val),)
 
-    params = {
-        "reg": "auto",
-        "diag": False,
-        "agop_samples": None,
-        "agop_normalization": "max",
-        "agop_power": 0.5,
-        "centering": False,
-        "solver": "cholesky",
-        "solver_params": None,
-    }
+    params = _round_params()
     path = []
     rfm_rounds(
         torch.tensor(X),
