@@ -22,16 +22,7 @@ BUDGET = 2**30
 def _round_params():
     """The ``params`` of :func:`rfm_rounds` at the estimators' defaults, with
     the ridge grid ``"auto"`` and the exact Cholesky solver."""
-    return {
-        "reg": "auto",
-        "diag": False,
-        "agop_samples": None,
-        "agop_normalization": "max",
-        "agop_power": 0.5,
-        "centering": False,
-        "solver": "cholesky",
-        "solver_params": None,
-    }
+    return RFMRegressor(reg="auto", solver="cholesky")._round_params()
 
 
 def _laplace_np(X, Z, bandwidth):

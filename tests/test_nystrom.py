@@ -199,16 +199,7 @@ def test_n_centers_auto_keeps_the_exact_model_up_to_six_points_per_feature():
             assert m == resolve_centers("auto", n)
     X = torch.tensor(np.random.default_rng(0).normal(size=(2100, 400)))
     Y = X[:, :1].clone()
-    params = {
-        "reg": 1.0,
-        "diag": False,
-        "agop_samples": None,
-        "agop_normalization": "max",
-        "agop_power": 0.5,
-        "centering": False,
-        "solver": "auto",
-        "solver_params": None,
-    }
+    params = RFMRegressor(reg=1.0)._round_params()
     for d, centres in [(400, None), (10, 480)]:
         path = []
         rfm_rounds(

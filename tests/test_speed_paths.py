@@ -136,16 +136,7 @@ def _np_next_metric(X, alpha, M):
 
 
 def _params():
-    return {
-        "reg": REG,
-        "diag": False,
-        "agop_samples": None,
-        "agop_normalization": "max",
-        "agop_power": POWER,
-        "centering": False,
-        "solver": "cholesky",
-        "solver_params": None,
-    }
+    return RFMRegressor(reg=REG, agop_power=POWER, solver="cholesky")._round_params()
 
 
 def _np_rounds(X, Y, M, t):
