@@ -38,7 +38,13 @@ from skdnc._rfm_core import (
     refit_rounds,
     rfm_rounds,
 )
-from skdnc._solvers import REG_GRID, check_reg, kernel_predict, resolve_centers
+from skdnc._solvers import (
+    REG_GRID,
+    check_reg,
+    kernel_predict,
+    refit_centers,
+    resolve_centers,
+)
 
 #: Without a validation split (validation_fraction=0, or too few samples for
 #: one), a grid of ridge values falls back to its value nearest to this one on a
@@ -412,6 +418,16 @@ class _BaseRFM(BaseEstimator):
         Xt = to_tensor(X, device, dtype)
         Yt = to_tensor(Y_np, device, dtype)
         final_path = []
+        # The kernel machine on all n points: exact where its kernel matrix fits.
+        final_centers, final_solver = refit_centers(
+            params["n_centers"],
+            params["solver"],
+            n,
+            Xt.element_size(),
+            budget,
+            n_features=d,
+            n_ranks=1 if comm is None else comm.size,
+        )
         if folds is not None:
             # The validation rows of every fold, pooled in the folds' order.
             Yv = Y_np[np.concatenate([v for _, v in folds])]
@@ -481,6 +497,7 @@ class _BaseRFM(BaseEstimator):
                 refit, metrics = "rounds", [(M0, None)]
             else:
                 refit = self.refit
+            params.update(n_centers=final_centers, solver=final_solver)
             M, alpha = refit_rounds(
                 refit,
                 Xt,
@@ -501,6 +518,7 @@ class _BaseRFM(BaseEstimator):
             self._after_validation(None, None)
             rounds_run = n_rounds + 1
             self._log(f"fitting on all {n} points with {n_rounds} AGOP updates")
+            params.update(n_centers=final_centers, solver=final_solver)
             M, alpha, _ = rfm_rounds(
                 Xt,
                 Yt,
@@ -805,7 +823,15 @@ _RFM_DOC_PARAMETERS = """
         features: low-dimensional data need fewer centres (937 at 5,000 points
         with 9 features); and an upper clip of :math:`\\min(4096, 6 d)` above
         341 features, which need more (4,000 at 16,000 points with 784). A
-        number larger than the validation split is clipped to it there. See
+        number larger than the validation split is clipped to it there.
+        With ``"auto"`` (and ``solver="auto"``) the rule above serves the
+        rounds on the validation split, which learn ``M``; the kernel machine
+        fitted on all ``n`` training points (the refit, or every round without
+        a split) takes every point as a centre up to 32,768 points while twice
+        its ``n x n`` kernel matrix fits ``memory_budget``, solved by Cholesky
+        up to 8,192 points and by conjugate gradients beyond: the Nystrom model
+        cannot fit every training point as the exact one does, which on clean
+        data costs accuracy that more centres do not win back. See
         :ref:`scaling`.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where the computation runs, resolved in :meth:`fit` and at prediction

@@ -918,6 +918,53 @@ def resolve_centers(n_centers, n, n_features=None):
     return max(1, min(n, int(round(float(n_centers) * n))))
 
 
+#: ``n_centers="auto"``: the kernel machine fitted on all the training points
+#: (the refit after the rounds on a validation split, or every round of a fit
+#: without one) takes every point as a centre up to this many points, while its
+#: kernel matrix fits half the memory budget. The rounds on the split need only
+#: the metric, which the Nystrom model learns as well; the final predictor
+#: needs the exact model's fit of every training point (near interpolation on
+#: clean data), which more Nystrom centres do not give (the ``exact`` section
+#: of ``benchmarks/bench_nystrom.py`` and ``doc/scaling.rst``).
+EXACT_REFIT_MAX_POINTS = 32_768
+
+
+def refit_centers(
+    n_centers, solver, n, itemsize, budget, *, n_features=None, n_ranks=1
+):
+    """``(n_centers, solver)`` of the kernel machine fitted on all ``n`` points.
+
+    With ``n_centers="auto"`` and ``solver="auto"``, every point is a centre
+    (``n_centers=1.0``) when :func:`resolve_centers` would take fewer, ``n`` is
+    at most :data:`EXACT_REFIT_MAX_POINTS` and twice this rank's rows of the
+    ``n x n`` kernel matrix fit ``budget``; the exact model is then solved by
+    Cholesky up to :data:`EXACT_MAX_POINTS` points and by conjugate gradients
+    with the kernel matrix held beyond (``n^3 / 3`` against a few dozen
+    ``n^2`` products). Anything else is returned as it is: a number of centres
+    or a solver the caller chose, or the Nystrom model of ``n_centers="auto"``
+    where the kernel matrix would not fit.
+
+    Examples
+    --------
+    >>> from skdnc._solvers import refit_centers
+    >>> gib = 2**30
+    >>> refit_centers("auto", "auto", 20_000, 4, 8 * gib, n_features=784)
+    (1.0, 'cg')
+    >>> refit_centers("auto", "auto", 20_000, 4, gib, n_features=784)
+    ('auto', 'auto')
+    >>> refit_centers(500, "auto", 20_000, 4, 8 * gib)
+    (500, 'auto')
+    """
+    if n_centers != "auto" or solver != "auto":
+        return n_centers, solver
+    if resolve_centers("auto", n, n_features) >= n:
+        return n_centers, solver  # the exact model already
+    kernel_bytes = -(-n // n_ranks) * n * itemsize
+    if n > EXACT_REFIT_MAX_POINTS or 2 * kernel_bytes > budget:
+        return n_centers, solver
+    return 1.0, ("cg" if n > EXACT_MAX_POINTS else "auto")
+
+
 def choose_method(
     solver,
     n,

@@ -25,6 +25,7 @@ from skdnc._solvers import (
     falkon_preconditioner,
     fit_kernel_machine,
     fit_kernel_machine_path,
+    refit_centers,
     resolve_centers,
 )
 
@@ -326,6 +327,65 @@ def test_estimator_with_all_points_as_centres_matches_the_exact_estimator():
     # almost always 0) become ~1e-8 there, so the AGOP itself is compared tightly.
     np.testing.assert_allclose(nystrom.M_ @ nystrom.M_, exact.M_ @ exact.M_, atol=1e-12)
     np.testing.assert_allclose(nystrom.M_, exact.M_, atol=1e-7)
+
+
+def _exact_reference(X, y, Z, bandwidth, reg):
+    """Predictions at Z of kernel ridge regression on every point, M = I, in
+    float64 NumPy: k(Z, X) (K + reg I)^{-1} (y - mean y) + mean y."""
+    alpha = np.linalg.solve(
+        _laplace(X, X, bandwidth) + reg * np.eye(len(X)), y - y.mean()
+    )
+    return _laplace(Z, X, bandwidth) @ alpha + y.mean()
+
+
+def test_auto_centres_refit_the_exact_model_where_its_kernel_matrix_fits():
+    """Past the exact model's size, n_centers="auto" fits its final kernel
+    machine on every point while the kernel matrix fits half the budget: its
+    predictions are those of an independent exact solve. The negative control,
+    a budget that the kernel matrix does not fit twice, keeps the Nystrom model
+    (162 centres) and misses the same comparison by far."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2600, 3))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2]
+    Z = rng.normal(size=(200, 3))
+    assert resolve_centers("auto", 2600, 3) == 162  # the rounds' model
+    expected = _exact_reference(X, y, Z, 2.0, 1e-2)
+    common = {"reg": 1e-2, "bandwidth": 2.0, "dtype": "float64", "random_state": 0}
+    exact = RFMRegressor(max_iter=0, **common).fit(X, y)
+    assert len(exact.centers_) == 2600
+    np.testing.assert_allclose(exact.predict(Z), expected, rtol=1e-8, atol=1e-8)
+    # 2600^2 float64 numbers are 54 MB: a 80 MB budget does not hold two.
+    tight = RFMRegressor(max_iter=0, memory_budget=80 / 1024, **common).fit(X, y)
+    assert len(tight.centers_) == 162
+    assert np.abs(tight.predict(Z) - expected).max() > 1e-3
+    # with a validation split: Nystrom rounds on the split, the exact refit
+    split = RFMRegressor(max_iter=1, n_iter_no_change=None, **common).fit(X, y)
+    assert len(split.centers_) == 2600 and split.n_iter_ == 2
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    n=st.integers(1, 50_000),
+    d=st.integers(1, 1000),
+    itemsize=st.sampled_from([4, 8]),
+    budget_mib=st.integers(1, 65_536),
+    n_centers=st.sampled_from(["auto", 100, 0.5]),
+    solver=st.sampled_from(["auto", "cg", "falkon"]),
+)
+def test_refit_centers_rule(n, d, itemsize, budget_mib, n_centers, solver):
+    budget = budget_mib * MiB
+    got = refit_centers(n_centers, solver, n, itemsize, budget, n_features=d)
+    exact = (
+        n_centers == "auto"
+        and solver == "auto"
+        and resolve_centers("auto", n, d) < n
+        and n <= 32_768
+        and 2 * n * n * itemsize <= budget
+    )
+    if exact:
+        assert got == (1.0, "cg" if n > 8192 else "auto")
+    else:
+        assert got == (n_centers, solver)
 
 
 def test_nystrom_classifier_is_close_to_the_exact_one():
