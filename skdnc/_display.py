@@ -6,9 +6,7 @@ ones) and keeps the artists (``lines_``, ``image_``, ...) next to ``figure_`` an
 ``ax_``, as :class:`sklearn.metrics.RocCurveDisplay` does.
 """
 
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from sklearn.utils.validation import check_consistent_length, check_is_fitted
 
 from skdnc._backend import normalize_rows
@@ -40,6 +38,8 @@ STAGE_COLORS = dict(zip(STAGES, ("tab:green", "tab:orange", "tab:blue")))
 
 def _axes(ax, n):
     """``n`` Axes: the ones given, or a new row of them."""
+    import matplotlib.pyplot as plt
+
     if n < 1:
         raise ValueError("Nothing to draw: at least one metric is needed.")
     if ax is None:
@@ -54,6 +54,8 @@ def _axes(ax, n):
 def _log_scale_if_positive(ax, values):
     """A log y axis where the values allow one, with readable labels: decades
     for wide ranges, 1-1.5-2-3-5-7 steps written plainly within a decade or two."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     values = np.asarray(values, dtype=np.float64)
     positive = values[np.isfinite(values) & (values > 0)]
     if positive.size == 0:
@@ -196,6 +198,8 @@ class CollapseDisplay:
         -------
         self : CollapseDisplay
         """
+        from matplotlib.ticker import MaxNLocator
+
         _check_series(self.layers, self.values)
         fig, axes = _axes(ax, len(self.values))
         labels = self.stage_labels or {s: s for s in STAGES}
@@ -324,6 +328,8 @@ class GramDisplay:
         -------
         self : GramDisplay
         """
+        import matplotlib.pyplot as plt
+
         n = len(self.grams)
         if n == 0 or len(self.layers) != n:
             raise ValueError(
@@ -457,6 +463,9 @@ class TrainingHistoryDisplay(_HistoryDisplay):
         -------
         self : TrainingHistoryDisplay
         """
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
         self._check_layers()
         s = self.summary
         if ax is None:
@@ -527,6 +536,9 @@ class SVDSplitDisplay(_HistoryDisplay):
         -------
         self : SVDSplitDisplay
         """
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
         self._check_layers()
         L = len(self.layer_names)
         if ax is None:
@@ -636,6 +648,8 @@ class LayerProbeDisplay:
         -------
         self : LayerProbeDisplay
         """
+        import matplotlib.pyplot as plt
+
         L = len(self.layer_names)
         if L == 0 or not self.scores:
             raise ValueError("Nothing to draw: no layers or no scores.")
