@@ -47,22 +47,27 @@ class Kernel:
     exponent : float, default=1.0
         The exponent :math:`p \\in (0, 2]` of the ``"exponential"`` kernel; ignored
         by the others.
+    median_multiple : float, default=1.0
+        The rule ``"auto"`` takes this multiple of the median distance; ignored
+        by a numeric bandwidth.
     """
 
     name: str = "laplace"
     bandwidth: float = 10.0
     exponent: float = 1.0
+    median_multiple: float = 1.0
 
     def at_scale(self, X, *, seed=0, n_pairs=2000):
         """This kernel with ``bandwidth="auto"`` resolved on the points ``X``.
 
-        The rule: the bandwidth is the median distance between random pairs of
-        distinct rows of ``X`` (:func:`median_distance`; ``O(n_pairs d)``, a
-        fixed-size sample whatever the number of rows). Given the points of a
-        round in the coordinates ``X M^{1/2}`` of its metric, it is the median
-        Mahalanobis distance: the bandwidth follows the data's scale, and
-        multiplying ``X`` by ``c`` multiplies it by ``c`` (the pairs are drawn with
-        a fixed seed), which leaves the kernel matrix unchanged. A number is
+        The rule: the bandwidth is ``median_multiple`` times the median distance
+        between random pairs of distinct rows of ``X`` (:func:`median_distance`;
+        ``O(n_pairs d)``, a fixed-size sample whatever the number of rows). Given
+        the points of a round in the coordinates ``X M^{1/2}`` of its metric, it
+        is that multiple of the median Mahalanobis distance: the bandwidth
+        follows the data's scale, and multiplying ``X`` by ``c`` multiplies it by
+        ``c`` (the pairs are drawn with a fixed seed), which leaves the kernel
+        matrix unchanged. A number is
         returned as it is; when every sampled distance is 0 the bandwidth is 1.
 
         Parameters
@@ -79,7 +84,7 @@ class Kernel:
         if not isinstance(self.bandwidth, str):
             return self
         median = median_distance(X, seed=seed, n_pairs=n_pairs)
-        return replace(self, bandwidth=median or 1.0)
+        return replace(self, bandwidth=self.median_multiple * median if median else 1.0)
 
     def profile(self, distance):
         """Kernel value :math:`\\phi` at a Euclidean distance (a float)."""

@@ -402,11 +402,14 @@ def clearly_better(gain, n_se):
     return bool(gain.mean() > n_se * gain.std(ddof=1) / np.sqrt(len(gain)))
 
 
-def no_improvement(scores, n_iter_no_change, tol):
+def no_improvement(scores, n_iter_no_change, tol, *, relative=False):
     """Whether the last ``n_iter_no_change`` scores failed to improve on the best
     before them by more than ``tol`` (the first entry of each score tuple).
 
-    ``n_iter_no_change=None`` never stops.
+    With ``relative=True`` the improvement must exceed ``tol`` times the best's
+    remaining error ``1 - score`` (for scores of at most 1, such as
+    :math:`R^2`): a round counts when it removes more than that fraction of
+    the unexplained variance. ``n_iter_no_change=None`` never stops.
 
     Examples
     --------
@@ -415,11 +418,21 @@ def no_improvement(scores, n_iter_no_change, tol):
     True
     >>> no_improvement([(0.9,), (0.95,), (0.95,), (0.96,)], 2, 1e-4)
     False
+
+    From 0.99 to 0.9905 removes 5% of the error left: an improvement of less
+    than 3e-3, but of more than 3% of that error.
+
+    >>> no_improvement([(0.99,), (0.9905,)], 1, 3e-3)
+    True
+    >>> no_improvement([(0.99,), (0.9905,)], 1, 0.03, relative=True)
+    False
     """
     if n_iter_no_change is None or len(scores) <= n_iter_no_change:
         return False
     best_before = max(s[0] for s in scores[:-n_iter_no_change])
     recent = max(s[0] for s in scores[-n_iter_no_change:])
+    if relative:
+        return recent <= best_before + tol * max(1.0 - best_before, 0.0)
     return recent <= best_before + tol
 
 
@@ -438,6 +451,7 @@ def rfm_rounds(
     log=None,
     n_iter_no_change=None,
     tol=0.0,
+    relative_tol=False,
     metrics=None,
     path=None,
     folds=None,
@@ -504,6 +518,9 @@ def rfm_rounds(
         Early stopping patience (needs ``evaluate``); ``None`` runs every round.
     tol : float, default=0.0
         Smallest improvement of the score's first entry that counts.
+    relative_tol : bool, default=False
+        Measure ``tol`` as a fraction of the best score's remaining error
+        ``1 - score`` (:func:`no_improvement`).
     metrics : list, optional
         Receives ``(M_t, S_t)``, the metric of every solve and its square root,
         in order.
@@ -630,7 +647,8 @@ def rfm_rounds(
         for r in rounds:  # the prepared solves and kept kernel matrices go first
             r[3] = r[4] = None
         stop = t == n_rounds or (
-            evaluate is not None and no_improvement(scores, n_iter_no_change, tol)
+            evaluate is not None
+            and no_improvement(scores, n_iter_no_change, tol, relative=relative_tol)
         )
         if path is not None:
             path.append(

@@ -242,3 +242,58 @@ def test_default_early_stopping_ends_at_the_first_round_gaining_less_than_tol():
     former = RFMClassifier(n_iter_no_change=2, tol=1e-4, random_state=0).fit(X, y)
     assert former.n_iter_ > est.n_iter_
     assert est.score(X_test, y_test) >= former.score(X_test, y_test) - 0.01
+
+
+def _smooth_regression(n, seed, noise=0.05):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + noise * rng.normal(size=n)
+    return X, y
+
+
+@pytest.mark.parametrize(
+    "estimator, kernel, multiple",
+    [
+        (RFMRegressor, "laplace", 4.0),
+        (RFMRegressor, "gaussian", 1.0),
+        (RFMClassifier, "laplace", 1.0),
+    ],
+)
+def test_auto_bandwidth_is_a_multiple_of_the_median_distance(
+    estimator, kernel, multiple
+):
+    """The regressor's Laplace kernel takes four median distances, the other
+    kernels and the classifier one; the median is computed here, independently
+    of the estimator (on all rows instead of the split's: within 10%)."""
+    X, y = _smooth_regression(500, 0)
+    if estimator is RFMClassifier:
+        y = (y > 0).astype(int)
+    est = estimator(kernel=kernel, max_iter=0, random_state=0).fit(X, y)
+    rng = np.random.default_rng(1)
+    i, j = rng.integers(0, len(X), (2, 4000))
+    keep = i != j
+    median = np.median(np.linalg.norm(X[i[keep]] - X[j[keep]], axis=1))
+    assert est.bandwidth_ == pytest.approx(multiple * median, rel=0.1)
+
+
+def test_regressor_early_stopping_is_relative_to_the_error_left():
+    """``tol=0.03`` of the regressor: every round run but the last removed more
+    than 3% of the validation error ``1 - R^2`` the best round before it left
+    (checked on ``history_`` here), and the last did not unless ``max_iter``
+    ended the rounds. At a validation R^2 near 0.99 the absolute rule of the
+    classifier's ``tol=3e-3`` stops earlier, and predicts no better."""
+    X, y = _smooth_regression(2800, 0)
+    X, y, X_test, y_test = X[:800], y[:800], X[800:], y[800:]
+    est = RFMRegressor(random_state=0).fit(X, y)
+    assert (est.n_iter_no_change, est.tol) == (1, 0.03)
+    error = 1.0 - est.history_
+    best_before = np.minimum.accumulate(error)[:-1]
+    removed = (best_before - error[1:]) / best_before
+    assert (removed[:-1] > 0.03).all()
+    assert est.n_iter_ == est.max_iter + 1 or removed[-1] <= 0.03
+    absolute = RFMRegressor(tol=3e-3, random_state=0)
+    absolute._relative_tol = False  # the classifier's rule, as an ablation
+    absolute.fit(X, y)
+    assert np.isfinite(absolute.history_).all()
+    assert absolute.n_iter_ < est.n_iter_
+    assert est.score(X_test, y_test) >= absolute.score(X_test, y_test)

@@ -399,3 +399,33 @@ def test_default_number_of_agop_points():
     assert len(sample_points(5000, None, g, 64)) == 5000  # all of them
     assert len(sample_points(50_000, None, g, 4096)) == 500
     assert len(sample_points(50_000, None, g, 10)) == 20_000
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    st.lists(st.floats(0, 0.5), min_size=2, max_size=8),
+    st.integers(1, 3),
+    st.floats(0.001, 0.2),
+    st.sampled_from([0.01, 0.1, 10.0]),
+)
+def test_relative_no_improvement_is_scale_free(errors, patience, tol, c):
+    """``relative=True`` measures an improvement against the error ``1 - score``
+    left: multiplying every error by ``c`` changes no decision, and a round
+    counts exactly when it removes more than ``tol`` of the best's error."""
+    as_scores = lambda e: [(1.0 - x,) for x in e]  # noqa: E731
+    stop = no_improvement(as_scores(errors), patience, tol, relative=True)
+    scaled = [c * x for x in errors]
+    assert no_improvement(as_scores(scaled), patience, tol, relative=True) == stop
+    if len(errors) > patience:
+        best = min(errors[:-patience])
+        cut = [best - e for e in errors[-patience:]]
+        assert stop == all(g <= tol * best * (1 + 1e-12) + 1e-15 for g in cut)
+
+
+def test_relative_tolerance_goes_on_where_the_absolute_one_stops():
+    """At R^2 0.99 a round that removes 5% of the error left is 5e-4: below an
+    absolute 3e-3, above a relative 3%."""
+    scores = [(0.98,), (0.99,), (0.9905,)]
+    assert no_improvement(scores, 1, 3e-3)
+    assert not no_improvement(scores, 1, 0.03, relative=True)
+    assert no_improvement(scores + [(0.99052,)], 1, 0.03, relative=True)
