@@ -194,6 +194,20 @@ def block_rows(n_cols, itemsize, budget, n_buffers=1, max_entries=2**26):
     return int(max(1, min(budget // per_row, max_entries // max(1, n_cols))))
 
 
+#: On a CPU, a kernel block holds at most this many entries (8 MiB in float64):
+#: the elementwise passes that turn its distances into kernel values (clamp,
+#: square root, scale, exponential) then run in cache instead of streaming a
+#: large block through memory once per pass (``benchmarks/bench_predict.py``).
+CPU_KERNEL_BLOCK_ENTRIES = 2**20
+
+
+def kernel_block_rows(n_cols, X, budget, n_buffers=1):
+    """:func:`block_rows` for kernel blocks of rows of ``X`` against ``n_cols``
+    columns: on a CPU, at most :data:`CPU_KERNEL_BLOCK_ENTRIES` entries."""
+    cap = CPU_KERNEL_BLOCK_ENTRIES if X.device.type == "cpu" else 2**26
+    return block_rows(n_cols, X.element_size(), budget, n_buffers, max_entries=cap)
+
+
 def iter_row_blocks(n, block_size):
     """Yield ``slice`` objects covering ``range(n)`` in blocks of ``block_size``."""
     block_size = max(1, int(block_size))

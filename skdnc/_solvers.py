@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 
-from skdnc._backend import block_rows, iter_row_blocks
+from skdnc._backend import block_rows, iter_row_blocks, kernel_block_rows
 from skdnc._kernels import (
     apply_metric,
     kernel_matrix,
+    mahalanobis_sqnorms,
     sqdist,
     training_kernel_matrix,
     zero_self_pairs,
@@ -302,7 +303,7 @@ def fit_kernel_regression(
 
     else:
         nystrom = 3 * n * options["rank"] * X.element_size()
-        rows = block_rows(n, X.element_size(), budget - nystrom, n_buffers=2)
+        rows = kernel_block_rows(n, X, budget - nystrom, n_buffers=2)
 
         XM = apply_metric(X, M)
         norms = (XM * X).sum(dim=1)
@@ -376,7 +377,7 @@ def _sharded_matvec(X, M, kernel, comm, in_memory, budget, options):
         K = rows_of_kernel(shard)
         return lambda V: comm.gather_rows(K @ _column_major(V), n)
     nystrom = 3 * n * options["rank"] * X.element_size()
-    rows = block_rows(n, X.element_size(), budget - nystrom, n_buffers=2)
+    rows = kernel_block_rows(n, X, budget - nystrom, n_buffers=2)
 
     def matvec(V):
         local = V.new_empty(shard.stop - shard.start, V.shape[1])
@@ -800,14 +801,16 @@ def kernel_predict(X, centers, alpha, M, kernel, *, budget, comm=None):
     With a process group ``comm``, each rank computes its rows of ``X`` and every
     rank returns all of them."""
     n = centers.shape[0]
-    rows = block_rows(n, X.element_size(), budget, n_buffers=2)
+    rows = kernel_block_rows(n, X, budget, n_buffers=2)
     n_points = X.shape[0]
     if comm is not None:
         X = X[comm.row_shard(n_points)]
     out = X.new_empty(X.shape[0], alpha.shape[1])
     alpha = _column_major(alpha)
+    center_norms = mahalanobis_sqnorms(centers, M)  # once, not once per block
     for block in iter_row_blocks(X.shape[0], rows):
-        out[block] = kernel_matrix(X[block], centers, M, kernel) @ alpha
+        D2 = sqdist(X[block], centers, M, Z_sqnorms=center_norms)
+        out[block] = kernel.from_sqdist(D2) @ alpha
     return out if comm is None else comm.gather_rows(out, n_points)
 
 

@@ -8,6 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.linalg import LinAlgWarning
 from scipy.spatial.distance import cdist
 from sklearn.datasets import load_digits
@@ -241,3 +243,52 @@ def test_well_conditioned_solve_is_not_at_risk():
         state=state,
     )
     assert state == {"jitter": 0.0, "at_risk": False}
+
+
+@pytest.mark.parametrize("M_kind", ["none", "diag", "full"])
+def test_prediction_in_cache_sized_blocks_against_scipy(monkeypatch, M_kind):
+    """``kernel_predict`` in many small blocks (a cap of 64 entries: one row of
+    48 centres per block) equals ``k_M(X, C) @ alpha`` computed by SciPy in one
+    piece, in float64; the centres' norms are computed once for all blocks."""
+    import skdnc._backend as backend
+    from skdnc._solvers import kernel_predict
+
+    rng = np.random.default_rng(0)
+    X, C = rng.normal(size=(37, 5)), rng.normal(size=(48, 5))
+    alpha = rng.normal(size=(48, 2))
+    A = rng.normal(size=(5, 5))
+    M = {"none": None, "diag": rng.random(5) + 0.5, "full": A @ A.T / 5}[M_kind]
+    if M is None:
+        D = cdist(X, C)
+    elif M.ndim == 1:
+        D = cdist(X * np.sqrt(M), C * np.sqrt(M))
+    else:
+        D = cdist(X, C, "mahalanobis", VI=M)
+    expected = np.exp(-D / 2.5) @ alpha
+    monkeypatch.setattr(backend, "CPU_KERNEL_BLOCK_ENTRIES", 64)
+    t = lambda a: None if a is None else torch.tensor(a)  # noqa: E731
+    got = kernel_predict(
+        t(X), t(C), t(alpha), t(M), Kernel("laplace", 2.5), budget=2**30
+    )
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    st.integers(1, 50_000),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(2**10, 2**34),
+)
+def test_kernel_block_rows_on_a_cpu_stay_in_cache(n_cols, dtype, budget):
+    """On a CPU a kernel block has at most ``CPU_KERNEL_BLOCK_ENTRIES`` entries
+    (or one row), and two buffers of it fit the budget (or one row)."""
+    from skdnc._backend import CPU_KERNEL_BLOCK_ENTRIES, kernel_block_rows
+
+    X = torch.empty(3, 2, dtype=dtype)
+    rows = kernel_block_rows(n_cols, X, budget, n_buffers=2)
+    assert rows >= 1
+    assert rows == 1 or rows * n_cols <= CPU_KERNEL_BLOCK_ENTRIES
+    assert rows == 1 or 2 * rows * n_cols * X.element_size() <= budget
+    assert rows * n_cols > CPU_KERNEL_BLOCK_ENTRIES - n_cols or (
+        2 * (rows + 1) * n_cols * X.element_size() > budget
+    )
