@@ -197,14 +197,15 @@ def provenance():
 
     return {
         "commit": git("rev-parse", "HEAD"),
-        # Uncommitted changes to tracked files, other than the results being written.
+        # Uncommitted changes to tracked files of the repository (the package
+        # included), other than the results being written.
         "dirty": bool(
             git(
                 "status",
                 "--porcelain",
                 "--untracked-files=no",
                 "--",
-                ".",
+                "..",
                 ":(exclude)results",
             )
         ),

@@ -252,8 +252,32 @@ def methods(task, extra):
         }
         est = RFMRegressor
     for label, params in extra:
-        out[label] = sk(lambda p=params: est(random_state=0, **p))
+        out[label] = sk(lambda p=params: with_rules(est, p))
     return out
+
+
+#: Variant keys that set a default rule of the estimator rather than a parameter
+#: (ablations of the regressor's defaults): the multiple of the median distance
+#: that ``bandwidth="auto"`` takes with the variant's kernel, and whether ``tol``
+#: is relative to the validation error left.
+RULES = {
+    "median_multiple": lambda est, v: setattr(
+        est, "_median_multiple", {est.kernel: float(v)}
+    ),
+    "relative_tol": lambda est, v: setattr(est, "_relative_tol", bool(v)),
+}
+
+
+def with_rules(estimator, params):
+    """``estimator(random_state=0, **params)``, the keys of :data:`RULES` set on
+    the instance instead of passed."""
+    est = estimator(
+        random_state=0, **{k: v for k, v in params.items() if k not in RULES}
+    )
+    for key, value in params.items():
+        if key in RULES:
+            RULES[key](est, value)
+    return est
 
 
 def score(task, y, pred):
@@ -492,7 +516,11 @@ def main(argv=None):
         "--variant",
         action="append",
         default=[],
-        help="an extra RFM, e.g. 'reg=auto' or 'bandwidth=auto,reg=0.1'",
+        help=(
+            "an extra RFM, e.g. 'reg=auto' or 'bandwidth=auto,reg=0.1'; "
+            "'median_multiple=1.0' and 'relative_tol=False' set the default "
+            "rules of RFMRegressor (ablations)"
+        ),
     )
     parser.add_argument("--json", default=None, help="where to write the figures")
     args = parser.parse_args(argv)
