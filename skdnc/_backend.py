@@ -156,7 +156,9 @@ def memory_budget_bytes(memory_budget, device):
     ----------
     memory_budget : float or None
         Budget in GiB. ``None`` means: 80% of the free memory of a CUDA device, or
-        half of the physical memory that is available now on the CPU.
+        half of the physical memory that is available now on the CPU (Linux's
+        ``MemAvailable``: the free pages and the page cache the kernel can
+        reclaim; elsewhere the free pages).
     device : torch.device
 
     Returns
@@ -169,11 +171,29 @@ def memory_budget_bytes(memory_budget, device):
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.8 * free)
-    try:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        available = 8 * 2**30
+    available = _meminfo_available()
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            available = 8 * 2**30
     return int(0.5 * available)
+
+
+def _meminfo_available(path="/proc/meminfo"):
+    """``MemAvailable`` of Linux's ``/proc/meminfo`` in bytes, or ``None``.
+
+    The free pages alone (``SC_AVPHYS_PAGES``) leave out the page cache, which
+    grows with every file read and is handed back on demand: a default budget
+    from them varied with what the machine had read before the fit."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def release_memory(device):

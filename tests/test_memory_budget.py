@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import skdnc
 
@@ -74,3 +76,48 @@ def test_prediction_and_agop_blocks_stay_within_the_budget():
     growth = _run(0.01)
     for call, peak in growth.items():
         assert peak <= budget + allowance, (call, peak / 2**20)
+
+
+MEMINFO = """MemTotal:       24000000 kB
+MemFree:         1000000 kB
+MemAvailable:   {kib} kB
+Cached:         15000000 kB
+"""
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(st.integers(0, 2**40))
+def test_meminfo_available_reads_the_kernel_figure(tmp_path_factory, kib):
+    from skdnc._backend import _meminfo_available
+
+    path = tmp_path_factory.mktemp("meminfo") / "meminfo"
+    path.write_text(MEMINFO.format(kib=kib))
+    assert _meminfo_available(str(path)) == kib * 1024
+
+
+def test_meminfo_available_is_none_without_the_figure(tmp_path):
+    from skdnc._backend import _meminfo_available
+
+    no_line = tmp_path / "meminfo"
+    no_line.write_text("MemTotal: 1 kB\nMemFree: 1 kB\n")
+    assert _meminfo_available(str(no_line)) is None
+    # A path under a regular file cannot be opened, even by root.
+    assert _meminfo_available(str(no_line / "meminfo")) is None
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/meminfo"), reason="needs Linux's /proc/meminfo"
+)
+def test_default_cpu_budget_is_half_the_available_memory():
+    """The default CPU budget counts the reclaimable page cache as available
+    (``MemAvailable``, read here independently), not the free pages alone."""
+    import torch
+
+    from skdnc._backend import memory_budget_bytes
+
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    available = int(fields["MemAvailable"].split()[0]) * 1024
+    budget = memory_budget_bytes(None, torch.device("cpu"))
+    assert budget == pytest.approx(0.5 * available, rel=0.05)
+    assert budget > 0

@@ -20,8 +20,9 @@ numbers of rounds, on a noisy regression problem.
 # sklearn's diabetes data: ten features, 442 patients, and a target that the
 # features explain only in part. On such noisy targets the near-interpolating
 # ridge 1e-3 (the right one for separable classes) overfits. ``bandwidth="auto"``
-# takes the median distance between training points in the metric of each round,
-# so the bandwidth needs no scaling of ``X``.
+# takes a multiple of the median distance between training points in the metric
+# of each round (four medians for the regressor's Laplace kernel), so the
+# bandwidth needs no scaling of ``X``.
 import time
 
 import matplotlib.pyplot as plt
