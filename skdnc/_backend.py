@@ -224,8 +224,11 @@ CPU_KERNEL_BLOCK_ENTRIES = 2**20
 def kernel_block_rows(n_cols, X, budget, n_buffers=1):
     """:func:`block_rows` for kernel blocks of rows of ``X`` against ``n_cols``
     columns: on a CPU, at most :data:`CPU_KERNEL_BLOCK_ENTRIES` entries."""
-    cap = CPU_KERNEL_BLOCK_ENTRIES if X.device.type == "cpu" else 2**26
-    return block_rows(n_cols, X.element_size(), budget, n_buffers, max_entries=cap)
+    if X.device.type != "cpu":
+        return block_rows(n_cols, X.element_size(), budget, n_buffers)
+    return block_rows(
+        n_cols, X.element_size(), budget, n_buffers, CPU_KERNEL_BLOCK_ENTRIES
+    )
 
 
 def iter_row_blocks(n, block_size):
